@@ -1,0 +1,170 @@
+"""The command table: every command is declared here once.
+
+Dispatch, `COMMAND` / `COMMAND INFO` / `COMMAND DOCS` / `COMMAND GETKEYS`,
+cluster routing and the docs all read `TABLE`. A family module declares its
+commands with the `@command` decorator:
+
+    @command("set", arity=-3, flags="write denyoom", keys=(1, 1, 1), group="string",
+             summary="Set the string value of a key.", since="1.0.0")
+    def set_(ctx: CommandContext, argv: list[bytes]):
+        ...
+
+`arity` follows Redis: positive means exactly that many arguments (the name
+counts), negative means at least -arity. `keys` is (first, last, step) as in
+Redis' legacy key specs; last = -1 means "up to the last argument".
+
+Handler signature: `handler(ctx, argv) -> reply value` (see
+`kvorum.protocol.values`). `argv[0]` is the command name as the client sent it.
+Handlers of data commands (flags `write` or `readonly`) touch only `ctx.db` and
+`ctx.now_ms`, so that later the same handler can be applied on every replica
+from the replicated log. Connection and server commands may use `ctx.client`
+and `ctx.server`.
+
+Subcommands (CLIENT ID, CONFIG GET, ...) are declared as containers: the parent
+has `subcommands`, and dispatch routes on argv[1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+# Flags that Redis clients and tools look at; unknown flags are a programmer error.
+KNOWN_FLAGS = frozenset(
+    {
+        "write",  # modifies the keyspace
+        "readonly",  # reads the keyspace only
+        "denyoom",  # refused with OOM when over maxmemory and nothing can be evicted
+        "admin",  # server administration
+        "pubsub",
+        "noscript",
+        "blocking",
+        "loading",  # allowed while loading data
+        "stale",
+        "skip_monitor",
+        "skip_slowlog",
+        "fast",  # O(1) or O(log N)
+        "no_auth",  # allowed before AUTH
+        "may_replicate",
+        "no_multi",  # refused inside MULTI
+        "allow_busy",
+    }
+)
+
+
+@dataclass(slots=True)
+class Command:
+    name: str  # lower-case
+    arity: int
+    flags: frozenset[str]
+    first_key: int
+    last_key: int
+    key_step: int
+    group: str
+    handler: Callable[[Any, list], Any] | None
+    summary: str
+    since: str = "1.0.0"
+    complexity: str = ""
+    container: str | None = None  # parent command name for subcommands
+    subcommands: dict[str, "Command"] = field(default_factory=dict)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.container}|{self.name}" if self.container else self.name
+
+    def arity_ok(self, argc: int) -> bool:
+        return argc == self.arity if self.arity > 0 else argc >= -self.arity
+
+    def key_positions(self, argc: int) -> range:
+        """Indexes of key arguments for a call with argc arguments (name included)."""
+        if self.first_key == 0:
+            return range(0)
+        last = self.last_key if self.last_key >= 0 else argc + self.last_key
+        return range(self.first_key, last + 1, self.key_step)
+
+
+# name (lower-case str) -> Command; also keyed by bytes for the hot path.
+TABLE: dict[str, Command] = {}
+TABLE_BY_BYTES: dict[bytes, Command] = {}
+
+
+def command(
+    name: str,
+    *,
+    arity: int,
+    flags: str = "",
+    keys: tuple[int, int, int] = (0, 0, 0),
+    group: str,
+    summary: str,
+    since: str = "1.0.0",
+    complexity: str = "O(1)",
+    container: str | None = None,
+) -> Callable:
+    """Declare a command (or a subcommand when `container` is given)."""
+    flag_set = frozenset(flags.split())
+    unknown = flag_set - KNOWN_FLAGS
+    assert not unknown, f"{name}: unknown flags {unknown}"
+    assert arity != 0, f"{name}: arity 0 is meaningless"
+
+    def register(handler: Callable) -> Callable:
+        cmd = Command(
+            name=name.lower(),
+            arity=arity,
+            flags=flag_set,
+            first_key=keys[0],
+            last_key=keys[1],
+            key_step=keys[2],
+            group=group,
+            handler=handler,
+            summary=summary,
+            since=since,
+            complexity=complexity,
+            container=container,
+        )
+        if container is None:
+            assert cmd.name not in TABLE, f"{name} declared twice"
+            TABLE[cmd.name] = cmd
+            TABLE_BY_BYTES[cmd.name.encode()] = cmd
+        else:
+            parent = TABLE[container]
+            assert cmd.name not in parent.subcommands, f"{container}|{name} declared twice"
+            parent.subcommands[cmd.name] = cmd
+        return handler
+
+    return register
+
+
+def container(name: str, *, arity: int = -2, group: str, summary: str, since: str = "1.0.0",
+              flags: str = "") -> Command:
+    """Declare a container command (CLIENT, CONFIG, ...) whose subcommands follow."""
+    flag_set = frozenset(flags.split())
+    cmd = Command(name=name, arity=arity, flags=flag_set, first_key=0, last_key=0, key_step=0,
+                  group=group, handler=None, summary=summary, since=since)
+    assert name not in TABLE, f"{name} declared twice"
+    TABLE[name] = cmd
+    TABLE_BY_BYTES[name.encode()] = cmd
+    return cmd
+
+
+def lookup(name: bytes) -> Command | None:
+    cmd = TABLE_BY_BYTES.get(name)
+    if cmd is None:
+        cmd = TABLE_BY_BYTES.get(name.lower())
+    return cmd
+
+
+class CommandContext:
+    """What a handler may touch. Data handlers use only `db` and `now_ms`.
+
+    `now_ms` is the command's wall-clock time in milliseconds, chosen once by
+    the caller (the server's cached clock on a single node; the leader's stamp
+    in a log entry on a replica), so a handler never reads a clock itself.
+    """
+
+    __slots__ = ("db", "now_ms", "client", "server")
+
+    def __init__(self, db: Any, now_ms: int, client: Any = None, server: Any = None):
+        self.db = db
+        self.now_ms = now_ms
+        self.client = client
+        self.server = server
