@@ -1,0 +1,1 @@
+"""Deterministic simulation of kvorum consensus groups, and the checkers it uses."""
