@@ -1,0 +1,77 @@
+"""Raft, as a pure state machine implementing `kvorum.consensus.replicated_log.ReplicatedLog`.
+
+Constructing a node
+-------------------
+A fresh member of a new group (every node gets the same initial membership)::
+
+    import random
+    from kvorum.consensus.replicated_log import Membership
+    from kvorum.consensus.raft import RaftConfig, RaftNode
+
+    membership = Membership(voters=frozenset({"1", "2", "3"}))
+    node = RaftNode(RaftConfig(id="1", membership=membership, rng=random.Random(seed)))
+
+A node restarted from what it persisted (the snapshot it installed or took,
+the entries and hard state from its Ready's, in that order)::
+
+    from kvorum.consensus.replicated_log import RestoreState
+    node = RaftNode(config, RestoreState(hard_state=hs, snapshot=snap, entries=entries))
+
+On restart `config.membership` is only a fallback: the membership in the
+restored snapshot or log wins. A node being added to a running group is
+started fresh with any membership that does not make it a voter (for example
+the group's current one); it will not campaign and learns the real membership
+from the leader. `RaftConfig.validate()` runs in the constructor and raises
+ValueError for a bad setting.
+
+Driving it (see `replicated_log` for the loop): `tick()`, `step(msg)`,
+`propose(data) -> (index, term)`, `read_barrier(ctx)`,
+`change_membership(Membership)`, `transfer_leadership(to)`, `compact(snapshot)`,
+`has_ready()`, `ready()`, `advance(ready)`, `status()`, `log_entries(lo, hi)`,
+plus `campaign()` to start an election at once. Messages in `Ready.messages`
+carry `.to` and `.frm`; `encode_message` / `decode_message` turn them into
+bytes and back.
+
+`compact(snapshot)` needs `snapshot.index <= status().applied`; the engine
+fills in the snapshot's membership itself. `Ready.snapshot` (a follower that
+was sent one) must be persisted and installed before `Ready.entries`.
+
+Deliberate bugs (`RaftConfig.bugs`, for checking the simulator):
+"commit-old-term", "forget-vote", "stale-lease" (needs `lease_reads=True`; it
+also lifts the check_quorum requirement), "no-truncate".
+"""
+
+from kvorum.consensus.raft.config import KNOWN_BUGS, RaftConfig
+from kvorum.consensus.raft.messages import (
+    AppendEntries,
+    AppendResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    Message,
+    MessageDecodeError,
+    RequestVote,
+    TimeoutNow,
+    VoteResponse,
+    decode_message,
+    encode_message,
+)
+from kvorum.consensus.raft.node import RaftNode
+
+__all__ = [
+    "KNOWN_BUGS",
+    "RaftConfig",
+    "RaftNode",
+    "AppendEntries",
+    "AppendResponse",
+    "Heartbeat",
+    "HeartbeatResponse",
+    "InstallSnapshot",
+    "Message",
+    "MessageDecodeError",
+    "RequestVote",
+    "TimeoutNow",
+    "VoteResponse",
+    "encode_message",
+    "decode_message",
+]
