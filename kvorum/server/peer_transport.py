@@ -93,6 +93,7 @@ log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 OnMessage = Callable[[str, bytes], None]
+OnLinkChange = Callable[[str, bool], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,7 @@ class PeerStats:
     """Counters for one peer; `bytes_*` count frame bytes on the wire."""
 
     messages_sent: int = 0  # written to the connection (not necessarily received)
+    frames_sent: int = 0  # BATCH frames, one per write: messages_sent / frames_sent is the batch size
     bytes_sent: int = 0
     messages_dropped: int = 0  # queue overflow, peer removed, transport stopped
     messages_received: int = 0
@@ -251,10 +253,13 @@ class _OutboundProtocol(_Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail_handshake(ConnectionError("connection lost during handshake"))
         self.paused = False
-        if self.link.protocol is self:
+        link_lost = self.link.protocol is self
+        if link_lost:
             self.link.protocol = None
             self.link.connected.clear()
         super().connection_lost(exc)
+        if link_lost:
+            self.owner.link_changed(self.link, False)
 
     def _fail_handshake(self, error: Exception) -> None:
         if not self.welcomed.done():
@@ -344,7 +349,9 @@ class PeerTransport:
     `peers` maps node ids to bus addresses and may include this node, which
     is skipped. `on_message(sender, payload)` is called in the event loop for
     every payload received, in arrival order per connection; it must not
-    block, and an exception it raises closes the connection it came on. `send`, `set_peers` and `stats` are plain calls made from the
+    block, and an exception it raises closes the connection it came on.
+    `on_link_change(peer, connected)`, if given, is called when the outgoing
+    connection to a peer is welcomed (True) and when it is lost (False). `send`, `set_peers` and `stats` are plain calls made from the
     loop's thread; `start` and `stop` are coroutines.
     """
 
@@ -356,6 +363,7 @@ class PeerTransport:
         peers: Mapping[str, Address],
         on_message: OnMessage,
         limits: TransportLimits = TransportLimits(),
+        on_link_change: OnLinkChange | None = None,
         rng: random.Random | None = None,
     ) -> None:
         # Shared, fixed for the transport's life.
@@ -363,6 +371,7 @@ class PeerTransport:
         self.cluster_id = cluster_id
         self.bind_addr = bind_addr
         self.on_message = on_message
+        self.on_link_change = on_link_change
         self.limits = limits
         self.payload_bytes_max = payload_bytes_max(limits.frame_bytes_max)
         self.rng = rng if rng is not None else random.Random()
@@ -512,9 +521,14 @@ class PeerTransport:
         frame = protocol.connection.encode_batch(batch)
         protocol.transport.write(frame)
         link.stats.messages_sent += len(batch)
+        link.stats.frames_sent += 1
         link.stats.bytes_sent += len(frame)
         if queue:
             self.schedule_flush(link)
+
+    def link_changed(self, link: _Link, connected: bool) -> None:
+        if self.on_link_change is not None:
+            self.on_link_change(link.peer_id, connected)
 
     def accept_inbound(self, sender: str, protocol: _InboundProtocol) -> None:
         previous = self.inbound_by_sender.get(sender)
@@ -559,6 +573,7 @@ class PeerTransport:
             link.protocol = protocol
             link.connected.set()
             log.info("connected to peer %s at %s", link.peer_id, link.address)
+            self.link_changed(link, True)
             if link.queue:
                 self.schedule_flush(link)
             try:

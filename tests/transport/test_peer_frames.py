@@ -1,0 +1,242 @@
+"""Peer framing and handshake, sans-I/O: bytes in, frames and events out, no sockets."""
+
+from __future__ import annotations
+
+import struct
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvorum.server.peer_frames import (
+    BATCH_ENVELOPE_BYTES_MAX,
+    PROTOCOL_VERSION,
+    Batch,
+    Connection,
+    FrameDecoder,
+    FrameKind,
+    Hello,
+    HelloAccepted,
+    HelloRefused,
+    LocalProtocolError,
+    Refuse,
+    RemoteProtocolError,
+    Role,
+    State,
+    Welcome,
+    batch_cost_bytes,
+    encode_frame,
+    payload_bytes_max,
+)
+
+FRAMES = [
+    Hello(PROTOCOL_VERSION, "cluster-1", "n1", "n2"),
+    Welcome(PROTOCOL_VERSION, "n2"),
+    Refuse("cluster id 'x' is not 'y'"),
+    Batch([]),
+    Batch([b"", b"a", b"\x00" * 300, bytes(range(256))]),
+]
+
+
+def raw_frame(body: object) -> bytes:
+    packed = msgpack.packb(body)
+    return struct.pack(">I", len(packed)) + packed
+
+
+# --- decoder ----------------------------------------------------------------
+
+
+def test_every_frame_kind_round_trips() -> None:
+    decoder = FrameDecoder()
+    assert decoder.feed(b"".join(map(encode_frame, FRAMES))) == FRAMES
+    assert decoder.buffered_bytes == 0
+
+
+def test_byte_at_a_time_yields_each_frame_when_its_last_byte_arrives() -> None:
+    decoder = FrameDecoder()
+    out = []
+    for frame in FRAMES:
+        wire = encode_frame(frame)
+        for i, byte in enumerate(wire):
+            got = decoder.feed(bytes([byte]))
+            assert got == ([frame] if i == len(wire) - 1 else [])
+            out.extend(got)
+    assert out == FRAMES
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    payload_lists=st.lists(st.lists(st.binary(max_size=70), max_size=5), min_size=1, max_size=8),
+    cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=12),
+)
+def test_any_split_of_the_stream_yields_the_same_frames(payload_lists, cuts) -> None:
+    frames = [Batch(payloads) for payloads in payload_lists]
+    wire = b"".join(map(encode_frame, frames))
+    bounds = sorted({0, len(wire), *(cut % (len(wire) + 1) for cut in cuts)})
+    decoder = FrameDecoder()
+    out = []
+    for start, end in zip(bounds, bounds[1:]):
+        out.extend(decoder.feed(wire[start:end]))
+    assert out == frames
+    assert decoder.buffered_bytes == 0
+
+
+def test_oversized_frame_is_refused_from_its_header_alone() -> None:
+    decoder = FrameDecoder(frame_bytes_max=1000)
+    with pytest.raises(RemoteProtocolError, match="exceeds frame_bytes_max=1000"):
+        decoder.feed(struct.pack(">I", 1001))
+
+
+def test_oversized_frame_after_good_ones_in_the_same_chunk() -> None:
+    decoder = FrameDecoder(frame_bytes_max=1000)
+    good = encode_frame(Batch([b"x"]))
+    with pytest.raises(RemoteProtocolError):
+        decoder.feed(good + struct.pack(">I", 2**32 - 1) + b"junk")
+
+
+def test_frame_exactly_at_the_limit_is_accepted() -> None:
+    body = msgpack.packb([FrameKind.BATCH, [b"y" * 100]])
+    decoder = FrameDecoder(frame_bytes_max=len(body))
+    assert decoder.feed(struct.pack(">I", len(body)) + body) == [Batch([b"y" * 100])]
+
+
+def test_decoder_stays_broken_after_a_protocol_error() -> None:
+    decoder = FrameDecoder()
+    with pytest.raises(RemoteProtocolError):
+        decoder.feed(struct.pack(">I", 0))
+    with pytest.raises(RemoteProtocolError):
+        decoder.feed(encode_frame(Batch([b"fine"])))
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        pytest.param(struct.pack(">I", 0), id="empty-frame"),
+        pytest.param(struct.pack(">I", 2) + b"\xc1\xc1", id="not-msgpack"),
+        pytest.param(struct.pack(">I", 3) + b"\x91\x04\x00", id="trailing-bytes"),
+        pytest.param(raw_frame({"kind": 4}), id="map-not-array"),
+        pytest.param(raw_frame([]), id="empty-array"),
+        pytest.param(raw_frame([99, []]), id="unknown-kind"),
+        pytest.param(raw_frame([True, "v", "c", "a", "b"]), id="bool-kind"),
+        pytest.param(raw_frame([FrameKind.BATCH, ["text, not bytes"]]), id="str-payload"),
+        pytest.param(raw_frame([FrameKind.BATCH, b"not a list"]), id="batch-not-list"),
+        pytest.param(raw_frame([FrameKind.BATCH, [], []]), id="batch-extra-field"),
+        pytest.param(raw_frame([FrameKind.HELLO, 1, "c", "a"]), id="hello-short"),
+        pytest.param(raw_frame([FrameKind.HELLO, 1, "c", "", "b"]), id="hello-empty-id"),
+        pytest.param(raw_frame([FrameKind.HELLO, "1", "c", "a", "b"]), id="hello-str-version"),
+        pytest.param(raw_frame([FrameKind.HELLO, 1, "c" * 257, "a", "b"]), id="hello-long-id"),
+        pytest.param(raw_frame([FrameKind.WELCOME, 1]), id="welcome-short"),
+        pytest.param(raw_frame([FrameKind.REFUSE, b"bytes"]), id="refuse-bytes-reason"),
+    ],
+)
+def test_malformed_frames_are_remote_protocol_errors(wire: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        FrameDecoder().feed(wire)
+
+
+# --- handshake and the state table -------------------------------------------
+
+
+def pair(cluster_dialer="c1", cluster_acceptor="c1", target="n2", acceptor_id="n2"):
+    dialer = Connection(Role.DIALER, "n1", cluster_dialer, peer_id=target)
+    acceptor = Connection(Role.ACCEPTOR, acceptor_id, cluster_acceptor)
+    return dialer, acceptor
+
+
+def handshake(dialer: Connection, acceptor: Connection):
+    (answer,) = acceptor.receive_data(dialer.start())
+    (reply,) = dialer.receive_data(answer.reply)
+    return answer, reply
+
+
+def test_handshake_then_batches_flow_dialer_to_acceptor() -> None:
+    dialer, acceptor = pair()
+    answer, reply = handshake(dialer, acceptor)
+    assert isinstance(answer, HelloAccepted) and answer.hello.sender_id == "n1"
+    assert reply == Welcome(PROTOCOL_VERSION, "n2")
+    assert (dialer.state, acceptor.state) == (State.SENDING, State.RECEIVING)
+    assert acceptor.peer_id == "n1"
+    wire = dialer.encode_batch([b"one", b"two"]) + dialer.encode_batch([b"three"])
+    assert acceptor.receive_data(wire) == [Batch([b"one", b"two"]), Batch([b"three"])]
+
+
+def test_hello_and_first_batch_in_one_chunk_are_both_handled() -> None:
+    dialer, acceptor = pair()
+    hello = dialer.start()
+    dialer.state = State.SENDING  # as if welcomed; only the acceptor side is under test
+    events = acceptor.receive_data(hello + dialer.encode_batch([b"early"]))
+    assert isinstance(events[0], HelloAccepted)
+    assert events[1] == Batch([b"early"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, reason",
+    [
+        (dict(cluster_dialer="c1", cluster_acceptor="c2"), "cluster id 'c1' is not 'c2'"),
+        (dict(target="n3"), "addressed to node 'n3', this is 'n2'"),
+        (dict(target="n1", acceptor_id="n1"), "sender claims this node's own id"),
+    ],
+)
+def test_mismatched_hello_is_refused_with_a_reason(kwargs, reason) -> None:
+    dialer, acceptor = pair(**kwargs)
+    answer, reply = handshake(dialer, acceptor)
+    assert isinstance(answer, HelloRefused)
+    assert reason in answer.reason
+    assert reply == Refuse(answer.reason)
+    assert dialer.state is State.CLOSED and acceptor.state is State.CLOSED
+
+
+def test_other_protocol_version_is_refused() -> None:
+    acceptor = Connection(Role.ACCEPTOR, "n2", "c1")
+    (answer,) = acceptor.receive_data(encode_frame(Hello(PROTOCOL_VERSION + 1, "c1", "n1", "n2")))
+    assert isinstance(answer, HelloRefused) and "protocol version" in answer.reason
+
+
+def test_refused_acceptor_ignores_frames_pipelined_after_the_hello() -> None:
+    dialer, acceptor = pair(cluster_acceptor="other")
+    events = acceptor.receive_data(dialer.start() + encode_frame(Batch([b"must not be delivered"])))
+    assert [type(event) for event in events] == [HelloRefused]
+    with pytest.raises(RemoteProtocolError):
+        acceptor.receive_data(encode_frame(Batch([b"later"])))
+
+
+@pytest.mark.parametrize(
+    "role, frames",
+    [
+        (Role.ACCEPTOR, [Batch([b"before hello"])]),
+        (Role.ACCEPTOR, [Welcome(PROTOCOL_VERSION, "n1")]),
+        (Role.ACCEPTOR, [Hello(PROTOCOL_VERSION, "c1", "n1", "n2"), Hello(PROTOCOL_VERSION, "c1", "n1", "n2")]),
+        (Role.DIALER, [Batch([b"wrong direction"])]),
+        (Role.DIALER, [Hello(PROTOCOL_VERSION, "c1", "n2", "n1")]),
+        (Role.DIALER, [Welcome(PROTOCOL_VERSION, "n2"), Welcome(PROTOCOL_VERSION, "n2")]),
+        (Role.DIALER, [Welcome(PROTOCOL_VERSION, "n2"), Batch([b"wrong direction"])]),
+        (Role.DIALER, [Welcome(PROTOCOL_VERSION, "n2"), Refuse("too late")]),
+        (Role.DIALER, [Welcome(PROTOCOL_VERSION, "n3")]),
+        (Role.DIALER, [Welcome(PROTOCOL_VERSION + 1, "n2")]),
+    ],
+)
+def test_frames_outside_the_state_table_close_the_connection(role, frames) -> None:
+    connection = Connection(role, "n2" if role is Role.ACCEPTOR else "n1", "c1", "n2" if role is Role.DIALER else None)
+    if role is Role.DIALER:
+        connection.start()
+    with pytest.raises(RemoteProtocolError):
+        connection.receive_data(b"".join(map(encode_frame, frames)))
+    assert connection.state is State.CLOSED
+
+
+def test_largest_payload_fits_the_frame_limit_exactly() -> None:
+    frame_bytes_max = 70_000  # the bin32 header applies past 65535 bytes
+    dialer = Connection(Role.DIALER, "n1", "c1", "n2", frame_bytes_max=frame_bytes_max)
+    acceptor = Connection(Role.ACCEPTOR, "n2", "c1", frame_bytes_max=frame_bytes_max)
+    handshake(dialer, acceptor)
+    largest = payload_bytes_max(frame_bytes_max)
+    assert batch_cost_bytes(largest) + BATCH_ENVELOPE_BYTES_MAX == frame_bytes_max
+    assert acceptor.receive_data(dialer.encode_batch([b"z" * largest])) == [Batch([b"z" * largest])]
+
+
+def test_batch_over_the_frame_limit_is_the_callers_error() -> None:
+    dialer = Connection(Role.DIALER, "n1", "c1", "n2", frame_bytes_max=1000)
+    handshake(dialer, Connection(Role.ACCEPTOR, "n2", "c1", frame_bytes_max=1000))
+    with pytest.raises(LocalProtocolError):
+        dialer.encode_batch([b"a" * 600, b"b" * 600])
