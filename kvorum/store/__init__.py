@@ -1,0 +1,5 @@
+"""The keyspace (sans-I/O): values, versions, TTL, memory accounting, eviction."""
+
+from kvorum.store.keyspace import POLICIES, STRING_BYTES_MAX, Entry, Keyspace
+
+__all__ = ["Keyspace", "Entry", "POLICIES", "STRING_BYTES_MAX"]
