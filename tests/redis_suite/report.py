@@ -223,8 +223,11 @@ def cmd_summary(args) -> int:
         rows.append((r.unit, n_ok, len(r.err), len(not_run), n_skip))
         for name, detail in r.err:
             failures.append((r.unit, name, locate(locs, name), detail))
-        for name in not_run:
-            not_run_all.append((r.unit, name, locate(locs, name)))
+        def line_of(where: str) -> int:
+            return int(where.rsplit(":", 1)[1]) if where[-1:].isdigit() else 1 << 30
+
+        for where, name in sorted(((locate(locs, n), n) for n in not_run), key=lambda x: (line_of(x[0]), x[1])):
+            not_run_all.append((r.unit, name, where))
         for blk in r.block_err:
             block_errs.append((r.unit, blk))
         for e in r.events:
