@@ -1,0 +1,535 @@
+"""Durable storage for one consensus group: the write-ahead log and its snapshots.
+
+Theory of operation
+-------------------
+The driver hands every `Ready` to this module in the order the consensus
+contract demands (kvorum/consensus/replicated_log.py):
+
+    if rd.snapshot: storage.save_snapshot(rd.snapshot)   # durable on return
+    storage.append(rd.entries, rd.hard_state)            # buffered
+    storage.sync()                                       # one write + one fsync
+    ... only now send rd.messages ...
+
+Group commit. `append` only validates the call, applies it to an in-memory
+`LogModel` and encodes its records into a pending buffer. `sync` writes the
+whole buffer with one `write` and makes it durable with one fsync. A driver
+that gathers several Readies calls `append` for each and `sync` once, before
+sending any of their messages. `sync` may run in a worker thread while the
+event loop keeps calling `append`: records appended during an fsync wait for
+the next `sync`, which is what makes a group. Two locks keep that safe:
+`_io_lock` serialises everything that touches files (sync, snapshots,
+compaction, close), `_state_lock` guards the model and the pending buffer and
+is only ever taken inside `_io_lock` or on its own, never the other way round.
+
+Fsync modes (what each can lose is stated in docs/storage.md as well):
+
+- "always": every `append` writes and fsyncs before it returns. Nothing
+  returned from `append` is lost by any crash. One fsync per call.
+- "batch": `append` buffers, `sync` writes and fsyncs once for the group. As
+  long as the driver calls `sync` before sending the messages that depend on
+  the group, nothing acknowledged to a peer or a client is lost by any crash.
+- "never": `sync` writes to the operating system and never fsyncs (segment
+  files, directory entries, segment deletion). A process crash loses nothing
+  that `sync` returned, because the kernel still has the data; a machine crash
+  or power loss can lose acknowledged writes and votes, which breaks Raft's
+  safety for that node, and can leave the directory unrecoverable (the node
+  must then be rebuilt from its peers). Snapshot files are fsynced even here.
+
+Segments. Records go to the current segment until the next record would take
+it past `segment_bytes_max`; then the segment is cut: the old file is fsynced
+(so every segment but the last is complete, which recovery relies on), a new
+file is created starting with SEGMENT, HARD_STATE and SNAPSHOT records that
+restate the state at the cut, and the directory is fsynced. The decision to
+cut is taken in `append`, where the model state at that point is known; the
+pending buffer carries it to `sync` as a `_Cut`.
+
+Snapshots and compaction. `save_snapshot` writes the snapshot file atomically,
+appends a SNAPSHOT record (preceded by TRUNCATE when the snapshot conflicts
+with the log, by the rule of the Raft paper, section 7: keep the entries after
+the snapshot only if the log holds the snapshot's last entry with the same
+term), syncs, deletes every segment whose entries all lie at or below the
+snapshot, and deletes all but the newest `snapshot_count_max` snapshot files.
+
+Recovery (`Storage.open`, `load`) replays the segments (see replay.py),
+truncates a torn tail, loads the newest snapshot and checks that the snapshot
+and the log join without a gap. A crash between writing a snapshot file and
+its SNAPSHOT record leaves a snapshot newer than the log says; recovery
+applies it by the same rule and writes the missing records.
+
+Failures. A failed write or fsync leaves the file in an unknown state (after a
+failed fsync, Linux may already have dropped the dirty pages), so the storage
+refuses every later call with `StorageFailedError`; restarting the node
+recovers from what is really on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from kvorum.consensus.replicated_log import Entry, HardState, RestoreState, Snapshot
+from kvorum.storage import record as rec
+from kvorum.storage import snapshot as snap
+from kvorum.storage.record import CorruptLogError, RecordType
+from kvorum.storage.replay import LogModel, SegmentFile, replay, segment_name
+
+FsyncFn = Callable[[int], None]
+
+FSYNC_MODES = ("always", "batch", "never")
+MiB = 1024 * 1024
+
+# A row of an ENTRIES record costs at most this much besides the entry's data:
+# msgpack array header, term and index-free kind integers, bin header.
+_ENTRY_OVERHEAD_BYTES_MAX = 1 + 9 + 2 + 5
+# The ENTRIES record body's own framing: outer array, first index, rows array header.
+_ENTRIES_FRAMING_BYTES_MAX = 1 + 9 + 5
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """Limits and durability of one storage directory; checked once, here."""
+
+    fsync: str = "batch"
+    # A segment is cut before a record that would take it past this size.
+    segment_bytes_max: int = 64 * MiB
+    # Largest record, header included; an entry that cannot fit is refused.
+    record_bytes_max: int = 8 * MiB
+    # Bytes appended but not yet written; past this, `append` writes (without
+    # fsync) before returning, so memory stays bounded even without `sync`.
+    pending_bytes_max: int = 16 * MiB
+    # Snapshot files kept on disk; older ones are deleted after a new one is saved.
+    snapshot_count_max: int = 2
+    # Largest snapshot file body that recovery will read into memory.
+    snapshot_bytes_max: int = 4096 * MiB
+
+    def __post_init__(self) -> None:
+        if self.fsync not in FSYNC_MODES:
+            raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")
+        if self.record_bytes_max < 4096:
+            raise ValueError("record_bytes_max must be at least 4096")
+        if self.segment_bytes_max < 2 * self.record_bytes_max:
+            raise ValueError("segment_bytes_max must be at least twice record_bytes_max")
+        if self.pending_bytes_max < self.record_bytes_max:
+            raise ValueError("pending_bytes_max must be at least record_bytes_max")
+        if self.snapshot_count_max < 1:
+            raise ValueError("snapshot_count_max must be at least 1")
+        if self.snapshot_bytes_max < 1:
+            raise ValueError("snapshot_bytes_max must be positive")
+
+
+class StorageFailedError(Exception):
+    """Operating error: an earlier write or fsync failed; reopen the storage to recover."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Cut:
+    """Pending marker: close the current segment and start `seq` with `header`."""
+
+    seq: int
+    next_index: int
+    header: bytes
+
+
+class Storage:
+    """The WAL and snapshots of one consensus group in one directory."""
+
+    def __init__(self, dir_path: str, config: StorageConfig, fsync_fn: FsyncFn) -> None:
+        """Use `Storage.open`; this only sets fields."""
+        # Fixed for the lifetime of the object.
+        self.dir_path = dir_path
+        self.config = config
+        self._fsync_fn = fsync_fn
+        self._durable = config.fsync != "never"
+        self._io_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._failed: BaseException | None = None
+        self.restored = RestoreState()
+        # What the log looks like once every pending record is written; guarded by _state_lock.
+        self._model: LogModel[int] = LogModel(lambda term: term)
+        self._pending: list[bytes | _Cut] = []
+        self._pending_bytes = 0
+        # Invariant: _pending_bytes == total size of the bytes items in _pending.
+        self._segment_bytes = 0  # size of the segment the next record goes to, pending included
+        self._segment_has_records = False  # anything besides the header records
+        self._next_seq = 0
+        # On-disk state; guarded by _io_lock.
+        self._segments: list[SegmentFile] = []
+        self._fd = -1  # the last segment, open for appending
+
+    # ------------------------------------------------------------------ open
+
+    @classmethod
+    def open(
+        cls,
+        dir_path: str,
+        config: StorageConfig | None = None,
+        fsync_fn: FsyncFn = os.fsync,
+    ) -> Storage:
+        """Recover the directory (creating it if needed) and return storage ready to append.
+
+        `restored` holds what recovery found. Raises CorruptLogError when the
+        directory is damaged beyond a torn tail."""
+        storage = cls(dir_path, config or StorageConfig(), fsync_fn)
+        os.makedirs(dir_path, exist_ok=True)
+        with storage._io_lock:
+            storage._recover()
+        return storage
+
+    def _recover(self) -> None:
+        snap.remove_temp_files(self.dir_path)
+        found = replay(self.dir_path, self.config.record_bytes_max)
+        model = found.model
+        self._segments = found.segments
+        if found.empty_tail is not None:
+            os.unlink(found.empty_tail)
+            self._fsync_dir()
+        if self._segments and found.torn_reason is not None:
+            last = self._segments[-1].path
+            with open(last, "r+b") as f:
+                f.truncate(found.last_valid_bytes)
+                if self._durable:
+                    self._fsync_fn(f.fileno())
+
+        snapshots = snap.list_snapshots(self.dir_path)
+        if not self._segments and snapshots:
+            raise CorruptLogError(self.dir_path, None, "snapshot files but no WAL segment")
+        newest = snap.read_snapshot(snapshots[-1][1], self.config.snapshot_bytes_max) if snapshots else None
+        unrecorded = self._check_snapshot(model, newest)
+        if newest is not None and unrecorded:
+            if model.term_at(newest.index) != newest.term and model.last_index > newest.index:
+                model.truncate(newest.index + 1)
+            model.snapshot(newest.index, newest.term)
+        if model.first_index != model.snapshot_index + 1:
+            raise CorruptLogError(
+                self.dir_path, None,
+                f"entries {model.snapshot_index + 1}..{model.first_index - 1} are missing: "
+                f"the log starts at {model.first_index} and the newest snapshot ends at "
+                f"{model.snapshot_index}",
+            )
+        entries = tuple(model.items)
+        for offset, entry in enumerate(entries):
+            assert entry.index == model.first_index + offset
+        self.restored = RestoreState(hard_state=model.hard_state, snapshot=newest, entries=entries)
+
+        self._model.snapshot(model.snapshot_index, model.snapshot_term)
+        self._model.hard_state = model.hard_state
+        if entries:
+            self._model.extend(entries[0].index, [e.term for e in entries])
+        assert self._model.next_index == model.next_index
+
+        if self._segments:
+            last = self._segments[-1]
+            self._fd = os.open(last.path, os.O_WRONLY | os.O_APPEND)
+            self._segment_bytes = os.fstat(self._fd).st_size
+            self._segment_has_records = True
+            self._next_seq = last.seq + 1
+        else:
+            self._next_seq = found.empty_tail_seq or 0
+            self._start_first_segment()
+        if unrecorded:
+            assert newest is not None
+            with self._state_lock:
+                self._emit_snapshot(newest.index, newest.term)
+            self._flush_locked(self._durable)
+            self._compact_locked()
+
+    def _start_first_segment(self) -> None:
+        """Create the first segment of an empty directory, durably."""
+        with self._state_lock:
+            cut = self._new_cut()
+        fd = self._create_segment(cut)
+        self._write_all(fd, cut.header)
+        if self._durable:
+            self._fsync_fn(fd)
+            self._fsync_dir()
+        self._fd = fd
+
+    def _check_snapshot(self, model: LogModel[Entry], newest: Snapshot | None) -> bool:
+        """Check the newest snapshot file against the WAL; True if the WAL does not record it yet."""
+        marker = model.snapshot_index
+        if newest is None:
+            if marker > 0:
+                raise CorruptLogError(self.dir_path, None, f"the WAL records a snapshot at {marker} but no snapshot file exists")
+            return False
+        if newest.index < marker:
+            raise CorruptLogError(
+                self.dir_path, None,
+                f"the WAL records a snapshot at {marker} but the newest snapshot file is at {newest.index}",
+            )
+        if newest.index == marker and newest.term != model.snapshot_term:
+            raise CorruptLogError(
+                self.dir_path, None,
+                f"snapshot at {marker} has term {newest.term}, the WAL says {model.snapshot_term}",
+            )
+        return newest.index > marker
+
+    # ------------------------------------------------------------ appending
+
+    @property
+    def first_index(self) -> int:
+        """Index of the first entry in the log (snapshot index + 1)."""
+        with self._state_lock:
+            return self._model.first_index
+
+    @property
+    def last_index(self) -> int:
+        """Index of the last entry appended (pending ones included), or the snapshot index."""
+        with self._state_lock:
+            return self._model.last_index
+
+    @property
+    def hard_state(self) -> HardState:
+        with self._state_lock:
+            return self._model.hard_state
+
+    @property
+    def snapshot_index(self) -> int:
+        with self._state_lock:
+            return self._model.snapshot_index
+
+    def append(self, entries: Sequence[Entry], hard_state: HardState | None) -> None:
+        """Append `entries` (overwriting any stored suffix from the first one's index) and
+        record `hard_state` (None: unchanged).
+
+        Durable on return only in "always" mode; otherwise after the next `sync`.
+        Raises ValueError, changing nothing, when an entry cannot fit in one record."""
+        self._check_usable()
+        batches = self._batch(entries)
+        with self._state_lock:
+            self._append_locked(entries, batches, hard_state)
+            overflow = self._pending_bytes > self.config.pending_bytes_max
+        if self.config.fsync == "always":
+            self.sync()
+        elif overflow:
+            with self._io_lock:
+                self._flush_locked(False)
+
+    def _batch(self, entries: Sequence[Entry]) -> list[Sequence[Entry]]:
+        """Split `entries` into runs that each fit one ENTRIES record."""
+        body_bytes_max = self.config.record_bytes_max - rec.HEADER_BYTES - _ENTRIES_FRAMING_BYTES_MAX
+        batches: list[Sequence[Entry]] = []
+        start = 0
+        size = 0
+        for i, entry in enumerate(entries):
+            row = len(entry.data) + _ENTRY_OVERHEAD_BYTES_MAX
+            if row > body_bytes_max:
+                raise ValueError(
+                    f"entry {entry.index} holds {len(entry.data)} bytes; with its framing it "
+                    f"exceeds record_bytes_max {self.config.record_bytes_max}"
+                )
+            if size + row > body_bytes_max:
+                batches.append(entries[start:i])
+                start, size = i, 0
+            size += row
+        if start < len(entries):
+            batches.append(entries[start:])
+        return batches
+
+    def _append_locked(
+        self, entries: Sequence[Entry], batches: list[Sequence[Entry]], hard_state: HardState | None
+    ) -> None:
+        model = self._model
+        if entries:
+            first = entries[0].index
+            for prev, entry in zip(entries, entries[1:]):
+                assert entry.index == prev.index + 1, "entries must be contiguous"
+                assert entry.term >= prev.term, "terms never decrease along the log"
+            assert first > model.snapshot_index, "cannot overwrite entries covered by a snapshot"
+            assert first <= model.next_index, f"gap: appending {first} after {model.last_index}"
+            prev_term = model.term_at(first - 1)
+            assert prev_term is not None and entries[0].term >= prev_term
+            if first < model.next_index:
+                self._emit(RecordType.TRUNCATE, rec.encode_truncate(first))
+                model.truncate(first)
+            for batch in batches:
+                self._emit(RecordType.ENTRIES, rec.encode_entries(batch))
+                model.extend(batch[0].index, [e.term for e in batch])
+        if hard_state is not None and hard_state != model.hard_state:
+            assert hard_state.term >= model.hard_state.term, "term never decreases"
+            assert hard_state.commit >= model.hard_state.commit, "commit never decreases"
+            self._emit(RecordType.HARD_STATE, rec.encode_hard_state(hard_state))
+            model.hard_state = hard_state
+
+    def _emit(self, rtype: RecordType, body: bytes) -> None:
+        """Queue one record, cutting a new segment first if it would overflow this one."""
+        record = rec.encode_record(rtype, body)
+        assert len(record) <= self.config.record_bytes_max
+        if self._segment_has_records and self._segment_bytes + len(record) > self.config.segment_bytes_max:
+            self._pending.append(self._new_cut())
+        self._pending.append(record)
+        self._pending_bytes += len(record)
+        self._segment_bytes += len(record)
+        self._segment_has_records = True
+
+    def _new_cut(self) -> _Cut:
+        """Start a new segment whose header restates the model's current state."""
+        model = self._model
+        prev_term = model.term_at(model.last_index)
+        assert prev_term is not None
+        seq = self._next_seq
+        header = b"".join(
+            (
+                rec.encode_record(RecordType.SEGMENT, rec.encode_segment(seq, model.next_index, prev_term)),
+                rec.encode_record(RecordType.HARD_STATE, rec.encode_hard_state(model.hard_state)),
+                rec.encode_record(
+                    RecordType.SNAPSHOT,
+                    rec.encode_snapshot_marker(model.snapshot_index, model.snapshot_term),
+                ),
+            )
+        )
+        cut = _Cut(seq, model.next_index, header)
+        self._next_seq += 1
+        self._segment_bytes = len(header)
+        self._segment_has_records = False
+        return cut
+
+    def _emit_snapshot(self, index: int, term: int) -> None:
+        """Queue the records that install a snapshot at (index, term) into the log."""
+        model = self._model
+        if model.term_at(index) != term and model.last_index > index:
+            self._emit(RecordType.TRUNCATE, rec.encode_truncate(index + 1))
+            model.truncate(index + 1)
+        self._emit(RecordType.SNAPSHOT, rec.encode_snapshot_marker(index, term))
+        model.snapshot(index, term)
+        assert model.first_index == index + 1
+
+    # -------------------------------------------------------------- syncing
+
+    def sync(self) -> None:
+        """Write everything appended so far and, unless fsync="never", fsync it.
+
+        Safe to call from a worker thread while another thread appends."""
+        self._check_usable()
+        with self._io_lock:
+            self._flush_locked(self._durable)
+
+    def _flush_locked(self, fsync: bool) -> None:
+        assert self._io_lock.locked()
+        with self._state_lock:
+            batch, self._pending = self._pending, []
+            self._pending_bytes = 0
+        if not batch:
+            return
+        try:
+            self._write_batch(batch, fsync)
+        except BaseException as exc:
+            self._failed = exc
+            raise
+
+    def _write_batch(self, batch: list[bytes | _Cut], fsync: bool) -> None:
+        chunk: list[bytes] = []
+        created = False
+        for item in batch:
+            if isinstance(item, bytes):
+                chunk.append(item)
+                continue
+            self._write_all(self._fd, b"".join(chunk))
+            chunk = [item.header]
+            # Every segment but the last must be complete on disk before the
+            # next one exists: recovery treats damage in it as corruption.
+            if self._durable:
+                self._fsync_fn(self._fd)
+            os.close(self._fd)
+            self._fd = self._create_segment(item)
+            created = True
+        self._write_all(self._fd, b"".join(chunk))
+        if fsync:
+            self._fsync_fn(self._fd)
+            if created:
+                self._fsync_dir()
+
+    def _create_segment(self, cut: _Cut) -> int:
+        path = os.path.join(self.dir_path, segment_name(cut.seq))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        self._segments.append(SegmentFile(cut.seq, path, cut.next_index))
+        return fd
+
+    @staticmethod
+    def _write_all(fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    def _fsync_dir(self) -> None:
+        if self._durable:
+            snap.fsync_dir(self.dir_path, self._fsync_fn)
+
+    # ------------------------------------------------------------ snapshots
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Persist `snapshot`, install it into the log, and compact; durable on return.
+
+        Used both for snapshots this node takes of its own state machine and for
+        snapshots installed from a leader. Entries after the snapshot are kept
+        only if the log holds (snapshot.index, snapshot.term)."""
+        self._check_usable()
+        with self._io_lock:
+            with self._state_lock:
+                assert snapshot.index > self._model.snapshot_index, "snapshots only move forward"
+            try:
+                snap.write_snapshot(self.dir_path, snapshot, self._fsync_fn)
+            except BaseException as exc:
+                self._failed = exc
+                raise
+            with self._state_lock:
+                self._emit_snapshot(snapshot.index, snapshot.term)
+            self._flush_locked(self._durable)
+            self._compact_locked()
+
+    def _compact_locked(self) -> None:
+        """Delete segments wholly covered by the snapshot, and surplus snapshot files."""
+        assert self._io_lock.locked()
+        with self._state_lock:
+            covered = self._model.snapshot_index
+        doomed = 0
+        while doomed + 1 < len(self._segments) and self._segments[doomed + 1].next_index - 1 <= covered:
+            doomed += 1
+        for segment in self._segments[:doomed]:
+            os.unlink(segment.path)
+        del self._segments[:doomed]
+        pruned = snap.prune_snapshots(self.dir_path, self.config.snapshot_count_max)
+        if doomed or pruned:
+            self._fsync_dir()
+
+    # ------------------------------------------------------------- lifetime
+
+    def segment_paths(self) -> list[str]:
+        """Paths of the segment files on disk, oldest first (for tests and tools)."""
+        with self._io_lock:
+            return [segment.path for segment in self._segments]
+
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise StorageFailedError(f"{self.dir_path}: an earlier write failed") from self._failed
+        if self._fd < 0:
+            raise StorageFailedError(f"{self.dir_path}: storage is closed")
+
+    def close(self) -> None:
+        """Sync what is pending (by the fsync mode) and release the segment file."""
+        with self._io_lock:
+            if self._fd < 0:
+                return
+            try:
+                if self._failed is None:
+                    self._flush_locked(self._durable)
+            finally:
+                os.close(self._fd)
+                self._fd = -1
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def load(
+    dir_path: str, config: StorageConfig | None = None, fsync_fn: FsyncFn = os.fsync
+) -> RestoreState:
+    """Recover `dir_path` (truncating a torn tail) and return what a restarted node loads.
+
+    Raises CorruptLogError when the directory is damaged beyond a torn tail."""
+    with Storage.open(dir_path, config, fsync_fn) as storage:
+        return storage.restored
