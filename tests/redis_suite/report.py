@@ -4,6 +4,7 @@
                                                   print the --tags value
     report.py unit-line UNIT LOG SECONDS          one progress line per unit
     report.py summary --log-dir D ... --units U.. the final report and exit status
+    report.py failures --log-dir D ... --units U.. markdown draft of each failure
 
 The runtest output (ANSI colours stripped) has one line per test:
     [ok]: NAME (N ms)        [skip]: NAME        [ignore]: NAME: Tag: x denied
@@ -304,6 +305,55 @@ def cmd_summary(args) -> int:
     return 0 if denom and pct >= args.min_pct else 1
 
 
+def test_body(src: str, where: str, max_lines: int = 40) -> list[str]:
+    """Source lines of the test that starts at tests/x.tcl:LINE (up to its closing brace)."""
+    try:
+        rel, line = where.rsplit(":", 1)
+        with open(os.path.join(src, rel), encoding="utf-8", errors="replace") as f:
+            lines = f.read().split("\n")
+    except (ValueError, FileNotFoundError):
+        return []
+    start = int(line) - 1
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    body = [lines[start]]
+    for ln in lines[start + 1:]:
+        body.append(ln)
+        if ln.strip().startswith("}") and len(ln) - len(ln.lstrip()) == indent:
+            break
+        if len(body) >= max_lines:
+            body.append("    ...")
+            break
+    return body
+
+
+def cmd_failures(args) -> int:
+    """Markdown draft of every failure of one run (the input of FAILURES.md)."""
+    expected = read_expected(args.expected)
+    for unit in args.units:
+        r = parse_log(unit, os.path.join(args.log_dir, unit.replace("/", "_") + ".log"))
+        locs = test_locations(args.src, unit)
+        for name, detail in r.err:
+            where = locate(locs, name)
+            print(f"### {name}\n\n`{where}`\n\n```tcl")
+            print("\n".join(test_body(args.src, where)))
+            print("```\n\nReported:\n\n```")
+            print("\n".join(d.rstrip() for d in detail[:12]))
+            print("```\n")
+        for blk in r.block_err:
+            print(f"### block aborted in {unit}\n\n```")
+            print("\n".join(d.rstrip() for d in blk[:16]))
+            print("```\n")
+        if expected is not None:
+            ran = collections.Counter(r.ok) + collections.Counter(n for n, _ in r.err)
+            missing = sorted((expected.get(unit, collections.Counter()) - ran).elements())
+            if missing:
+                print(f"### not run in {unit}\n")
+                for n in missing:
+                    print(f"- {n} `{locate(locs, n)}`")
+                print()
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -325,8 +375,14 @@ def main() -> int:
     s.add_argument("--write-expected", action="store_true")
     s.add_argument("--check-unused-skips", action="store_true")
     s.add_argument("--units", nargs="+", required=True)
+    s = sub.add_parser("failures")
+    s.add_argument("--src", required=True)
+    s.add_argument("--log-dir", required=True)
+    s.add_argument("--expected", required=True)
+    s.add_argument("--units", nargs="+", required=True)
     a = p.parse_args()
-    return {"skiplist": cmd_skiplist, "unit-line": cmd_unit_line, "summary": cmd_summary}[a.cmd](a)
+    return {"skiplist": cmd_skiplist, "unit-line": cmd_unit_line, "summary": cmd_summary,
+            "failures": cmd_failures}[a.cmd](a)
 
 
 if __name__ == "__main__":
