@@ -226,17 +226,18 @@ class ProgressTracker:
         self.membership = membership
         self._voters = membership.voters
         self._outgoing = membership.voters_outgoing
-        members = membership.members()
-        for gone in [pid for pid in self.progress if pid not in members]:
-            del self.progress[gone]
-        for pid in members:
-            if pid not in self.progress:
-                self.progress[pid] = Progress(next_index, self.inflight_max)
+        # Sorted, so that every walk over the progress map (and so the order of
+        # outgoing messages) is the same in every process, whatever the hash seed.
+        old = self.progress
+        self.progress = {
+            pid: old.get(pid) or Progress(next_index, self.inflight_max)
+            for pid in sorted(membership.members())
+        }
 
     def reset_all(self, next_index: int, self_id: NodeId, self_match: int) -> None:
-        self.progress = {}
-        for pid in self.membership.members():
-            self.progress[pid] = Progress(next_index, self.inflight_max)
+        self.progress = {
+            pid: Progress(next_index, self.inflight_max) for pid in sorted(self.membership.members())
+        }
         if self_id in self.progress:
             pr = self.progress[self_id]
             pr.match = self_match
