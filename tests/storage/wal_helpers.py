@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from kvorum.consensus.replicated_log import Entry, Membership, Snapshot
 from kvorum.storage import StorageConfig
 
@@ -33,3 +35,12 @@ class FsyncCounter:
 
 def no_fsync(fd: int) -> None:
     """Skip the real fsync: these tests reopen in the same process, where it adds nothing."""
+
+
+def crash(storage) -> None:
+    """Simulate a process crash: drop the pending buffer and the file handle without writing.
+
+    Reaches into the storage on purpose: a real crash gives no chance to run
+    `close`, and what was already written stays in the operating system."""
+    os.close(storage._fd)
+    storage._fd = -1
