@@ -556,9 +556,14 @@ class PeerTransport:
             link.protocol.close()
 
     async def _run_link(self, link: _Link) -> None:
-        """Dial, serve, and redial `link`'s peer until cancelled."""
+        """Dial, serve, and redial `link`'s peer until cancelled or replaced.
+
+        The loop also checks that it is still the link's task and that the
+        transport is not stopping, because `asyncio.wait_for` in Python 3.11
+        can swallow a cancellation that races with the dial's own result.
+        """
         failures = 0
-        while True:
+        while link.task is asyncio.current_task() and not self.stopping:
             try:
                 protocol = await self._dial(link)
             except (OSError, asyncio.TimeoutError) as error:
