@@ -1,0 +1,111 @@
+"""Glob-style patterns exactly as Redis' stringmatchlen() reads them (KEYS, SCAN MATCH).
+
+    *        any run of bytes, including none
+    ?        any one byte
+    [abc]    one of a, b, c;  [^abc] none of them;  [a-z] a range (ends may come
+             in either order);  \\x inside a class is a literal x;  a class left
+             open runs to the end of the pattern
+    \\x       a literal x (a trailing lone backslash is a literal backslash)
+
+A pattern is translated once into an equivalent regular expression (cached),
+rather than interpreted byte by byte per key, because KEYS matches one pattern
+against every key. One quirk is kept on purpose: stringmatchlen never matches
+the empty string against a non-empty pattern; only "*", which Redis' callers
+treat as "everything" before matching, and the empty pattern match it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+# Compiled patterns kept for reuse; cleared when full.
+PATTERN_CACHE_MAX = 256
+
+_cache: dict[bytes, Callable[[bytes], bool]] = {}
+
+
+def _byte(c: int) -> bytes:
+    return b"\\x%02x" % c
+
+
+def _class(pattern: bytes, i: int) -> tuple[bytes, int]:
+    """Translate the class whose '[' is at i-1; return (regex, index after it)."""
+    n = len(pattern)
+    negate = i < n and pattern[i] == ord("^")
+    if negate:
+        i += 1
+    items = []
+    while True:
+        if i < n and pattern[i] == ord("\\") and n - i >= 2:
+            items.append(_byte(pattern[i + 1]))
+            i += 2
+        elif i < n and pattern[i] == ord("]"):
+            i += 1
+            break
+        elif i >= n:
+            break
+        elif n - i >= 3 and pattern[i + 1] == ord("-"):
+            lo, hi = sorted((pattern[i], pattern[i + 2]))
+            items.append(_byte(lo) + b"-" + _byte(hi))
+            i += 3
+        else:
+            items.append(_byte(pattern[i]))
+            i += 1
+    body = b"".join(items)
+    if not body:
+        return (b"." if negate else b"(?!)"), i
+    return b"[" + (b"^" if negate else b"") + body + b"]", i
+
+
+def translate(pattern: bytes) -> bytes:
+    """The regular expression (for fullmatch, DOTALL) that matches what `pattern` matches."""
+    out = []
+    i = 0
+    n = len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c == ord("*"):
+            while i < n and pattern[i] == ord("*"):
+                i += 1
+            out.append(b".*")
+        elif c == ord("?"):
+            out.append(b".")
+        elif c == ord("["):
+            regex, i = _class(pattern, i)
+            out.append(regex)
+        elif c == ord("\\") and i < n:
+            out.append(_byte(pattern[i]))
+            i += 1
+        else:
+            out.append(_byte(c))
+    return b"".join(out)
+
+
+def matcher(pattern: bytes) -> Callable[[bytes], bool]:
+    """A predicate telling whether a string matches `pattern`."""
+    match = _cache.get(pattern)
+    if match is not None:
+        return match
+    if pattern == b"*":
+        # Redis short-cuts "*" before calling stringmatchlen, so it also
+        # matches the empty key.
+        def match(s: bytes) -> bool:
+            return True
+    else:
+        fullmatch = re.compile(translate(pattern), re.DOTALL).fullmatch
+        if pattern:
+            def match(s: bytes, fullmatch=fullmatch) -> bool:
+                return bool(s) and fullmatch(s) is not None
+        else:
+            def match(s: bytes) -> bool:
+                return not s
+    if len(_cache) >= PATTERN_CACHE_MAX:
+        _cache.clear()
+    _cache[pattern] = match
+    return match
+
+
+def stringmatch(pattern: bytes, string: bytes) -> bool:
+    return matcher(pattern)(string)
