@@ -375,7 +375,9 @@ class RaftNode:
 
     def _apply_membership(self) -> None:
         """Make the latest membership in the log the one in force (thesis 4.1)."""
-        self._tracker.set_membership(self._membership_now(), self._log.last_index() + 1)
+        # A new member is first offered the newest entry (the membership entry
+        # itself, on a leader); its rejection hint then says where its log ends.
+        self._tracker.set_membership(self._membership_now(), max(self._log.last_index(), 1))
         self._self_pr = self._tracker.progress.get(self.id)
         if self._role is Role.LEADER:
             if self._self_pr is not None:
