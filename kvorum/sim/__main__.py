@@ -1,0 +1,3 @@
+from kvorum.sim.runner import main
+
+raise SystemExit(main())

@@ -1,0 +1,427 @@
+"""The simulated world: one seed, one event queue, every fault.
+
+Theory of operation
+-------------------
+Everything random comes from one `random.Random(seed)`: message fates and
+delays, fsync latency, clock drift, fault choices, client choices; each
+engine gets its own `random.Random` seeded from it, drawn when the node starts
+or restarts. Time is a float of simulated milliseconds; the event queue is a
+heap of (time, sequence number, event) so ties break in scheduling order.
+Nothing else (dict order of ids, wall clock, object ids) influences the run,
+so one seed always produces the same trace, byte for byte.
+
+Each node ticks at its own rate: `tick_ms * (1 + drift)` with drift drawn
+uniformly from [-clock_drift, +clock_drift] once per node. That is what makes
+lease reads meaningful: a leader's lease is only safe if the engine's drift
+margin covers the difference in tick rates.
+
+A nemesis wakes up every `nemesis_ms_min..max` and does one of the enabled
+faults: a partition (isolate one node, split in two, or cut one direction
+only), which heals after a while; a crash, followed by a restart from the
+node's disk (losing unsynced writes); a membership change through the leader
+(add a learner, promote it, remove a voter, possibly the leader, or swap two
+voters at once, which needs joint consensus); or a leadership transfer.
+
+The invariant checker runs after every event a node handles, and sweeps all
+logs every `sweep_every` events; the client history is checked for
+linearizability at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from kvorum.consensus.replicated_log import Membership, ProposalDropped, Role
+from kvorum.sim import engines
+from kvorum.sim.clients import Client, ClientKnobs
+from kvorum.sim.engines import NodeSettings
+from kvorum.sim.history import Op, Recorder
+from kvorum.sim.invariants import Invariants, InvariantViolation
+from kvorum.sim.linearizability import CheckResult, Verdict, check
+from kvorum.sim.network import Network, NetworkKnobs, split_links
+from kvorum.sim.node import SimNode
+
+TRACE_TAIL_LINES = 40
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Every knob of a run. Times are simulated milliseconds."""
+
+    engine: str = "raft"
+    nodes: int = 3  # initial voters
+    spares: int = 1  # extra nodes that membership changes can add
+    steps: int = 6000  # events processed
+    tick_ms: float = 10.0
+    clock_drift: float = 0.05  # max relative tick-rate error per node
+    election_tick: int = 10
+    heartbeat_tick: int = 2
+    lease_reads: str = "mixed"  # "on", "off", or "mixed" (the seed decides)
+    compact_every: int = 64
+    fsync_ms_min: float = 0.5
+    fsync_ms_max: float = 4.0
+    lose_unsynced: bool = True
+    network: NetworkKnobs = field(default_factory=NetworkKnobs)
+    clients: ClientKnobs = field(default_factory=ClientKnobs)
+    nemesis_ms_min: float = 60.0
+    nemesis_ms_max: float = 250.0
+    partitions: bool = True
+    one_way_partitions: bool = True
+    partition_ms_min: float = 40.0
+    partition_ms_max: float = 500.0
+    crashes: bool = True
+    restart_ms_min: float = 10.0
+    restart_ms_max: float = 400.0
+    membership_changes: bool = True
+    transfers: bool = True
+    sweep_every: int = 400
+    check_states_max: int = 200_000
+    bugs: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        assert self.nodes >= 1 and self.spares >= 0 and self.steps >= 1
+        assert 0 <= self.clock_drift < 0.5
+        assert self.lease_reads in ("on", "off", "mixed"), self.lease_reads
+        assert 0 < self.fsync_ms_min <= self.fsync_ms_max
+        assert 0 < self.nemesis_ms_min <= self.nemesis_ms_max
+
+
+@dataclass(slots=True)
+class RunResult:
+    seed: int
+    config: SimConfig
+    violation: InvariantViolation | None
+    linearizability: CheckResult | None
+    trace_hash: str
+    trace_tail: list[str]
+    steps: int
+    sim_ms: float
+    stats: dict[str, int]
+    history: list[Op]
+
+    @property
+    def failed(self) -> bool:
+        if self.violation is not None:
+            return True
+        return self.linearizability is not None and self.linearizability.verdict is Verdict.VIOLATION
+
+    def summary(self) -> str:
+        if self.violation is not None:
+            what = f"{self.violation.invariant} violated: {self.violation.detail}"
+        elif self.linearizability is not None and not self.linearizability.ok:
+            bad = self.linearizability.failures()
+            what = f"linearizability {self.linearizability.verdict.value} on keys {[k.key for k in bad]}"
+        else:
+            what = "ok"
+        return f"seed {self.seed}: {what}"
+
+
+# Event codes (ints dispatch faster than strings and sort never reaches them).
+_TICK, _DELIVER, _FSYNC, _CLIENT_NEXT, _CLIENT_SUBMIT, _CLIENT_TIMEOUT, _NEMESIS, _HEAL, _RESTART = range(9)
+
+
+class World:
+    def __init__(self, seed: int, config: SimConfig, verbose: Callable[[str], None] | None = None) -> None:
+        self.seed = seed
+        self.config = config
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self._queue: list[tuple[float, int, int, Any, Any]] = []
+        self._seq = 0
+        self._verbose = verbose
+        self._hash = hashlib.sha256()
+        self._tail: deque[str] = deque(maxlen=TRACE_TAIL_LINES)
+        self.spec = engines.get(config.engine)
+        self.invariants = Invariants()
+        self.recorder = Recorder()
+        self.network = Network(self.rng, config.network, self._schedule_delivery)
+        self.stats = {"crashes": 0, "restarts": 0, "partitions": 0, "membership": 0, "transfers": 0, "lost_writes": 0}
+        self._partition_id = 0
+        self.lease_reads = config.lease_reads == "on" or (config.lease_reads == "mixed" and self.rng.random() < 0.5)
+        ids = [f"n{i + 1}" for i in range(config.nodes + config.spares)]
+        initial = Membership(voters=frozenset(ids[: config.nodes]))
+        self.nodes: dict[str, SimNode] = {}
+        for node_id in ids:
+            node = SimNode(self, self.spec, node_id, initial)
+            node.compact_every = config.compact_every
+            node.tick_ms = config.tick_ms * (1 + self.rng.uniform(-config.clock_drift, config.clock_drift))
+            self.nodes[node_id] = node
+        self.clients = [Client(self, f"c{i + 1}", config.clients) for i in range(config.clients.count)]
+
+    # --- tracing -----------------------------------------------------------------
+
+    def trace(self, line: str) -> None:
+        text = f"{self.now:10.3f} {line}"
+        self._hash.update(text.encode())
+        self._hash.update(b"\n")
+        self._tail.append(text)
+        if self._verbose is not None:
+            self._verbose(text)
+
+    def trace_client(self, client: Client, line: str) -> None:
+        self.trace(f"{client.id} {line}")
+
+    # --- scheduling ------------------------------------------------------------
+
+    def _push(self, time: float, code: int, a: Any = None, b: Any = None) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (time, self._seq, code, a, b))
+
+    def _schedule_delivery(self, time: float, to: str, message: Any) -> None:
+        self._push(time, _DELIVER, message)
+
+    def send(self, message: Any) -> None:
+        self.network.send(self.now, message)
+
+    def schedule_fsync(self, node: SimNode) -> None:
+        delay = self.rng.uniform(self.config.fsync_ms_min, self.config.fsync_ms_max)
+        self._push(self.now + delay, _FSYNC, node.id, node.incarnation)
+
+    def schedule_client_next(self, client: Client, time: float) -> None:
+        self._push(time, _CLIENT_NEXT, client)
+
+    def schedule_client_submit(self, client: Client, op_id: int, time: float) -> None:
+        self._push(time, _CLIENT_SUBMIT, client, op_id)
+
+    def schedule_client_timeout(self, client: Client, op_id: int, time: float) -> None:
+        self._push(time, _CLIENT_TIMEOUT, client, op_id)
+
+    def client_result(self, client_id: str, op_id: int, result: Any) -> None:
+        self._client(client_id).answered(op_id, result)
+
+    def client_retry(self, client_id: str, op_id: int, reason: str) -> None:
+        self._client(client_id).retry(op_id, reason)
+
+    def _client(self, client_id: str) -> Client:
+        return self.clients[int(client_id[1:]) - 1]
+
+    def pick_node(self, rng: random.Random, exclude: str | None = None) -> SimNode | None:
+        up = [n for n in self.nodes.values() if n.up and n.id != exclude]
+        return rng.choice(up) if up else None
+
+    # --- node life cycle ----------------------------------------------------------
+
+    def _start(self, node: SimNode, restore: Any) -> None:
+        settings = NodeSettings(
+            id=node.id,
+            membership=node.initial,
+            rng=random.Random(self.rng.getrandbits(64)),
+            restore=restore,
+            election_tick=self.config.election_tick,
+            heartbeat_tick=self.config.heartbeat_tick,
+            lease_reads=self.lease_reads,
+            bugs=self.config.bugs,
+        )
+        node.start(settings)
+        self._push(self.now + node.tick_ms * self.rng.random(), _TICK, node.id, node.incarnation)
+
+    def _crash(self, node: SimNode) -> None:
+        lost = node.crash()
+        self.stats["crashes"] += 1
+        self.stats["lost_writes"] += lost
+        self.trace(f"crash {node.id} (lost {lost} unsynced writes)")
+        delay = self.rng.uniform(self.config.restart_ms_min, self.config.restart_ms_max)
+        self._push(self.now + delay, _RESTART, node.id)
+
+    def _restart(self, node: SimNode) -> None:
+        restore = node.disk.restore_state()
+        self.stats["restarts"] += 1
+        self.trace(
+            f"restart {node.id} term={restore.hard_state.term} vote={restore.hard_state.vote} "
+            f"commit={restore.hard_state.commit} entries={len(restore.entries)} "
+            f"snapshot={restore.snapshot.index if restore.snapshot else 0}"
+        )
+        self._start(node, restore)
+
+    # --- the nemesis -------------------------------------------------------------
+
+    def _leader(self) -> SimNode | None:
+        best: SimNode | None = None
+        best_term = -1
+        for node in self.nodes.values():
+            if node.up:
+                status = node.engine.status()
+                if status.role is Role.LEADER and status.term > best_term:
+                    best, best_term = node, status.term
+        return best
+
+    def _nemesis(self) -> None:
+        cfg = self.config
+        actions: list[Callable[[], None]] = []
+        if cfg.partitions:
+            actions.append(self._partition)
+        if cfg.crashes:
+            actions.append(self._crash_someone)
+        if cfg.membership_changes:
+            actions.append(self._change_membership)
+        if cfg.transfers:
+            actions.append(self._transfer)
+        if actions:
+            self.rng.choice(actions)()
+            self._push(self.now + self.rng.uniform(cfg.nemesis_ms_min, cfg.nemesis_ms_max), _NEMESIS)
+
+    def _partition(self) -> None:
+        cfg, rng = self.config, self.rng
+        ids = list(self.nodes)
+        shape = rng.choice(["isolate", "split", "one-way"] if cfg.one_way_partitions else ["isolate", "split"])
+        rng.shuffle(ids)
+        if shape == "isolate":
+            side_a, side_b = ids[:1], ids[1:]
+        else:
+            cut = rng.randint(1, len(ids) - 1)
+            side_a, side_b = ids[:cut], ids[cut:]
+        side_a.sort()
+        side_b.sort()
+        self.network.partition(split_links(side_a, side_b, one_way=shape == "one-way"))
+        self._partition_id += 1
+        self.stats["partitions"] += 1
+        arrow = "->|" if shape == "one-way" else "|"
+        self.trace(f"partition #{self._partition_id} {shape}: {','.join(side_a)} {arrow} {','.join(side_b)}")
+        self._push(self.now + rng.uniform(cfg.partition_ms_min, cfg.partition_ms_max), _HEAL, self._partition_id)
+
+    def _crash_someone(self) -> None:
+        voters = self._voters()
+        down = [n for n in self.nodes.values() if not n.up]
+        # Keep a quorum of the voters up so the run keeps making progress.
+        if len(down) >= max(1, (len(voters) - 1) // 2):
+            return
+        node = self.pick_node(self.rng)
+        if node is not None:
+            self._crash(node)
+
+    def _voters(self) -> frozenset[str]:
+        leader = self._leader()
+        if leader is None:
+            return frozenset(self.nodes)
+        m = leader.engine.status().membership
+        return m.voters | m.voters_outgoing
+
+    def _change_membership(self) -> None:
+        leader = self._leader()
+        if leader is None:
+            return
+        rng = self.rng
+        m = leader.engine.status().membership
+        if m.joint:
+            return
+        outside = sorted(set(self.nodes) - m.members())
+        voters, learners = sorted(m.voters), sorted(m.learners)
+        options: list[tuple[str, Membership]] = []
+        if outside:
+            new = rng.choice(outside)
+            options.append((f"add learner {new}", Membership(m.voters, m.learners | {new})))
+        if learners and len(voters) < 5:
+            new = rng.choice(learners)
+            options.append((f"promote {new}", Membership(m.voters | {new}, m.learners - {new})))
+        if len(voters) > 3:
+            old = rng.choice(voters)
+            options.append((f"remove {old}", Membership(m.voters - {old}, m.learners)))
+        if learners and len(voters) >= 3:
+            new, old = rng.choice(learners), rng.choice(voters)
+            options.append((f"swap {old} for {new}", Membership((m.voters - {old}) | {new}, m.learners - {new})))
+        if not options:
+            return
+        what, target = rng.choice(options)
+        try:
+            index, term = leader.engine.change_membership(target)
+        except ProposalDropped as err:
+            self.trace(f"membership {what} via {leader.id} refused: {err}")
+            return
+        self.stats["membership"] += 1
+        self.trace(f"membership {what} via {leader.id} at ({index},{term})")
+        leader.drain()
+
+    def _transfer(self) -> None:
+        leader = self._leader()
+        if leader is None:
+            return
+        voters = sorted(leader.engine.status().membership.voters - {leader.id})
+        if not voters:
+            return
+        to = self.rng.choice(voters)
+        self.stats["transfers"] += 1
+        self.trace(f"transfer leadership {leader.id} -> {to}")
+        leader.engine.transfer_leadership(to)
+        leader.drain()
+
+    # --- the main loop -------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        cfg = self.config
+        self.trace(
+            f"seed {self.seed} engine {cfg.engine} nodes {sorted(self.nodes)} lease_reads {self.lease_reads} "
+            f"bugs {sorted(cfg.bugs)} ticks {[round(n.tick_ms, 3) for n in self.nodes.values()]}"
+        )
+        for node in self.nodes.values():
+            self._start(node, None)
+        for client in self.clients:
+            self._push(self.rng.uniform(0, cfg.tick_ms * cfg.election_tick), _CLIENT_NEXT, client)
+        self._push(self.rng.uniform(cfg.nemesis_ms_min, cfg.nemesis_ms_max) * 2, _NEMESIS)
+        violation: InvariantViolation | None = None
+        steps = 0
+        try:
+            while steps < cfg.steps and self._queue:
+                steps += 1
+                self._step()
+                if steps % cfg.sweep_every == 0:
+                    self.invariants.sweep(list(self.nodes.values()))
+            self.invariants.sweep(list(self.nodes.values()))
+        except InvariantViolation as err:
+            violation = err
+            self.trace(f"VIOLATION {err}")
+        history = self.recorder.history()
+        result = None
+        if violation is None:
+            result = check(history, cfg.check_states_max)
+            self.trace(f"linearizability {result.verdict.value} over {len(history)} ops")
+        return RunResult(
+            seed=self.seed,
+            config=cfg,
+            violation=violation,
+            linearizability=result,
+            trace_hash=self._hash.hexdigest(),
+            trace_tail=list(self._tail),
+            steps=steps,
+            sim_ms=self.now,
+            stats=dict(self.stats, messages=self.network.sent, dropped=self.network.dropped, ops=len(history)),
+            history=history,
+        )
+
+    def _step(self) -> None:
+        time, _, code, a, b = heapq.heappop(self._queue)
+        self.now = time
+        if code == _DELIVER:
+            node = self.nodes[a.to]
+            if node.up and self.network.deliverable(a):
+                self.trace(f"deliver {type(a).__name__} {a.frm}->{a.to} t{a.term}")
+                node.receive(a)
+        elif code == _TICK:
+            node = self.nodes[a]
+            if node.up and node.incarnation == b:
+                self.trace(f"tick {a}")
+                node.tick()
+                self._push(time + node.tick_ms, _TICK, a, b)
+        elif code == _FSYNC:
+            node = self.nodes[a]
+            if node.up and node.incarnation == b:
+                self.trace(f"fsync {a}")
+                node.fsync_done()
+        elif code == _CLIENT_NEXT:
+            a.next_op()
+        elif code == _CLIENT_SUBMIT:
+            a.submit(b)
+        elif code == _CLIENT_TIMEOUT:
+            a.timed_out(b)
+        elif code == _NEMESIS:
+            self._nemesis()
+        elif code == _HEAL:
+            if a == self._partition_id:
+                self.network.heal()
+                self.trace(f"heal partition #{a}")
+        elif code == _RESTART:
+            self._restart(self.nodes[a])
