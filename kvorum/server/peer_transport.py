@@ -183,11 +183,10 @@ class _Protocol(asyncio.Protocol):
     def __init__(self, owner: PeerTransport, connection: Connection) -> None:
         self.owner = owner
         self.connection = connection
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | None = None  # or uvloop's, which does not subclass it
         self.closed = owner.loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.owner.connections.add(self)
 

@@ -94,7 +94,7 @@ async def mesh(*nodes: Node) -> None:
             await asyncio.wait_for(node.transport.wait_connected(peer), WAIT_S)
 
 
-def run(test: Callable[[], Awaitable[None]]) -> None:
+def run(test: Callable[[], Awaitable[None]], loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> None:
     """Run `test` in a fresh loop and check that it left no task behind."""
 
     async def body() -> None:
@@ -102,7 +102,8 @@ def run(test: Callable[[], Awaitable[None]]) -> None:
         leftover = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
         assert leftover == [], leftover
 
-    asyncio.run(body())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(body())
 
 
 class LogWatch(logging.Handler):
@@ -162,6 +163,22 @@ def test_two_nodes_exchange_messages_both_ways() -> None:
         await b.transport.stop()
 
     run(test)
+
+
+def test_two_nodes_on_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def test() -> None:
+        a, b = Node("a"), Node("b")
+        await mesh(a, b)
+        for i in range(1000):
+            a.transport.send("b", seq(i))
+        await b.received_count(1000)
+        assert b.payloads_from("a") == [seq(i) for i in range(1000)]
+        await a.transport.stop()
+        await b.transport.stop()
+
+    run(test, loop_factory=uvloop.new_event_loop)
 
 
 def test_three_nodes_every_pair_both_ways() -> None:
