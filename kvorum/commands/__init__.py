@@ -1,0 +1,11 @@
+"""Command families. Importing this package registers every command in the table."""
+
+from kvorum.commands import (  # noqa: F401  (imported to register their commands)
+    connection,
+    hashes,
+    introspection,
+    keys,
+    server,
+    strings,
+    transactions,
+)

@@ -135,11 +135,14 @@ def command(
 
 
 def container(name: str, *, arity: int = -2, group: str, summary: str, since: str = "1.0.0",
-              flags: str = "") -> Command:
-    """Declare a container command (CLIENT, CONFIG, ...) whose subcommands follow."""
+              flags: str = "", handler: Callable | None = None) -> Command:
+    """Declare a container command (CLIENT, CONFIG, ...) whose subcommands follow.
+
+    A container with a `handler` (COMMAND) runs it when called without a subcommand.
+    """
     flag_set = frozenset(flags.split())
     cmd = Command(name=name, arity=arity, flags=flag_set, first_key=0, last_key=0, key_step=0,
-                  group=group, handler=None, summary=summary, since=since)
+                  group=group, handler=handler, summary=summary, since=since)
     assert name not in TABLE, f"{name} declared twice"
     TABLE[name] = cmd
     TABLE_BY_BYTES[name.encode()] = cmd

@@ -1,0 +1,66 @@
+"""The `kvorum` command line (also `python -m kvorum`).
+
+Settings come from defaults, then the YAML file given with --config, then the
+flags; a flag overrides the file. Every flag has a YAML key of the same name
+(the CONFIG GET/SET name), listed in `kvorum server --help`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+import yaml
+
+from kvorum import __version__
+from kvorum.server.app import run
+from kvorum.server.config import LOG_LEVELS, LOG_LEVELS_PY, POLICIES, SETTINGS, SettingError, from_mapping
+
+_SETTINGS_HELP = "\n".join(
+    f"  {name:<30} {setting.doc}" for name, setting in SETTINGS.items() if setting.field
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="kvorum")
+def main() -> None:
+    """kvorum: a strongly consistent, Redis-compatible, distributed in-memory cache.
+
+    Start a node with `kvorum server`, then use any Redis client (redis-cli -p 6379).
+    """
+
+
+@main.command(epilog="\b\nYAML keys (also CONFIG GET/SET names; memory values take 100mb, 1gb):\n" + _SETTINGS_HELP)
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="YAML file of settings (keys listed below); flags override it.")
+@click.option("--port", type=int, help="TCP port for RESP clients (0 picks a free one). [default: 6379]")
+@click.option("--bind", help="Address(es) to listen on, space separated. [default: 127.0.0.1]")
+@click.option("--requirepass", help="Password clients must send with AUTH. [default: none]")
+@click.option("--maxmemory", help="Memory limit for the data, e.g. 100mb or 1gb; 0 = none. [default: 0]")
+@click.option("--maxmemory-policy", type=click.Choice(POLICIES),
+              help="What to evict when maxmemory is reached. [default: noeviction]")
+@click.option("--protected-mode", type=click.Choice(["yes", "no"]),
+              help="Refuse non-loopback clients while no password is set. [default: yes]")
+@click.option("--log-level", "loglevel", type=click.Choice(LOG_LEVELS),
+              help="Log verbosity (YAML key: loglevel). [default: notice]")
+def server(config_file: str | None, **flags) -> None:
+    """Start a single kvorum node and serve until Ctrl-C or SIGTERM."""
+    values: dict = {}
+    if config_file:
+        with open(config_file) as f:
+            loaded = yaml.safe_load(f) or {}
+        if not isinstance(loaded, dict):
+            raise click.UsageError(f"{config_file}: expected a mapping of setting names to values")
+        values.update(loaded)
+    for field, value in flags.items():
+        if value is not None:
+            values[field.replace("_", "-")] = value
+    try:
+        settings = from_mapping(values)
+    except SettingError as exc:
+        raise click.UsageError(str(exc)) from None
+    settings.config_file = config_file or ""
+    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kvorum").setLevel(LOG_LEVELS_PY[settings.loglevel])
+    run(settings)

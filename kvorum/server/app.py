@@ -1,0 +1,105 @@
+"""The asyncio shell of a single node: listener, background cron, signals, shutdown.
+
+`run(settings)` blocks until SIGINT/SIGTERM or SHUTDOWN, then shuts down in a
+written order:
+
+1. stop accepting connections (close the listening sockets);
+2. stop the cron;
+3. close every client, letting replies already written drain;
+4. wait for the listener to close (bounded by SHUTDOWN_TIMEOUT_S);
+5. return, which stops the event loop.
+
+The cron runs `hz` times a second: one active expiry cycle (at most
+`active-expire-keys-per-cycle` keys), and once a second the client checks
+(idle timeout, output-buffer soft limit) and the ops/sec sample.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import kvorum.commands  # noqa: F401  (registers every command in the table)
+from kvorum.server.config import Settings
+from kvorum.server.connection import Client
+from kvorum.server.state import ServerState
+
+log = logging.getLogger("kvorum.server")
+
+SHUTDOWN_TIMEOUT_S = 5.0
+
+
+def _event_loop_runner():
+    """uvloop's runner when uvloop is installed, else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
+async def serve(settings: Settings, ready: asyncio.Future | None = None) -> None:
+    """Serve until a shutdown is requested; `ready` gets the ServerState once listening."""
+    loop = asyncio.get_running_loop()
+    state = ServerState(settings)
+    state.event_loop_name = type(loop).__module__.split(".")[0]
+    stop = asyncio.Event()
+    state.request_shutdown = stop.set
+    hosts = settings.bind.split() or ["127.0.0.1"]
+    listener = await loop.create_server(
+        lambda: Client(state), host=hosts, port=settings.port, reuse_address=True, backlog=511
+    )
+    state.port = listener.sockets[0].getsockname()[1]
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    cron = asyncio.create_task(_cron(state))
+    log.info("kvorum ready to accept connections on %s port %d (%s)", " ".join(hosts), state.port,
+             state.event_loop_name)
+    if ready is not None:
+        ready.set_result(state)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: %d clients", len(state.clients))
+        state.shutting_down = True
+        listener.close()
+        cron.cancel()
+        for client in list(state.clients.values()):
+            client.close_gracefully()
+        try:
+            await asyncio.wait_for(listener.wait_closed(), SHUTDOWN_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("listener did not close within %.0fs", SHUTDOWN_TIMEOUT_S)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        log.info("kvorum is now ready to exit, bye bye...")
+
+
+async def _cron(state: ServerState) -> None:
+    tick = 0
+    while True:
+        settings = state.settings
+        await asyncio.sleep(1.0 / settings.hz)
+        now_ms = int(time.time() * 1000)
+        state.db.active_expire_cycle(now_ms, settings.active_expire_keys_per_cycle)
+        tick += 1
+        if tick >= settings.hz:
+            tick = 0
+            _clients_cron(state, now_ms)
+
+
+def _clients_cron(state: ServerState, now_ms: int) -> None:
+    state.stats.sample_ops(now_ms)
+    timeout_ms = state.settings.timeout_s * 1000
+    for client in list(state.clients.values()):
+        if timeout_ms and now_ms - client.last_ms > timeout_ms and client.multi is None:
+            log.info("closing idle client id=%d addr=%s", client.id, client.addr)
+            client.kill()
+            continue
+        client.check_output_soft_limit(now_ms)
+
+
+def run(settings: Settings) -> None:
+    _event_loop_runner()(serve(settings))

@@ -1,0 +1,126 @@
+"""Command dispatch: a straight line of gates, as in Redis' processCommand.
+
+    lookup -> arity -> subcommand -> auth -> MULTI queueing -> memory limit -> call
+
+Each gate either passes or answers with Redis' exact error text; a rejected
+command inside MULTI also marks the transaction failed (EXECABORT), like
+Redis' flagTransaction. `call` runs the handler and is the write epilogue's
+single home: handlers signal modified keys through the keyspace, and every
+write counts towards `dirty`.
+
+`execute` returns the encoded reply bytes; it runs for every command, so it
+tests the common case first and allocates nothing on the way.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from kvorum.commands.table import TABLE_BY_BYTES, Command
+from kvorum.protocol.encoder import encode, error_line
+from kvorum.protocol.values import NOAUTH, OOM, QUEUED, CommandError
+
+if TYPE_CHECKING:
+    from kvorum.server.connection import Client
+
+log = logging.getLogger("kvorum.server")
+
+# Commands that run at once inside MULTI instead of being queued (Redis' list).
+MULTI_DIRECT = frozenset({"exec", "discard", "multi", "watch", "quit", "reset"})
+
+_QUEUED = encode(QUEUED, False)
+
+
+def decode_arg(arg: bytes) -> str:
+    """Client bytes as text for error messages, byte-exact on the way back out."""
+    return arg.decode("utf-8", "surrogateescape")
+
+
+def unknown_command(argv: list[bytes]) -> str:
+    args = ""
+    for arg in argv[1:]:
+        if len(args) >= 128:
+            break
+        args += "'" + decode_arg(arg)[:128 - len(args)] + "' "
+    return f"ERR unknown command '{decode_arg(argv[0])[:128]}', with args beginning with: {args}"
+
+
+def resolve(argv: list[bytes]) -> Command | str:
+    """The command argv names (a subcommand for containers), or the error text."""
+    cmd = TABLE_BY_BYTES.get(argv[0])
+    if cmd is None:
+        cmd = TABLE_BY_BYTES.get(argv[0].lower())
+        if cmd is None:
+            return unknown_command(argv)
+    argc = len(argv)
+    arity = cmd.arity
+    if argc != arity if arity > 0 else argc < -arity:
+        return f"ERR wrong number of arguments for '{cmd.name}' command"
+    if cmd.handler is None or (cmd.subcommands and argc > 1):
+        sub = cmd.subcommands.get(decode_arg(argv[1]).lower())
+        if sub is None:
+            return (f"ERR unknown subcommand '{decode_arg(argv[1])[:128]}'. "
+                    f"Try {cmd.name.upper()} HELP.")
+        arity = sub.arity
+        if argc != arity if arity > 0 else argc < -arity:
+            return f"ERR wrong number of arguments for '{cmd.name}|{sub.name}' command"
+        cmd = sub
+    return cmd
+
+
+def execute(client: Client, argv: list[bytes], now_ms: int) -> bytes:
+    """Run one request through the gates; the encoded reply."""
+    cmd = resolve(argv)
+    if cmd.__class__ is str:
+        return reject(client, cmd)
+    if not client.authenticated and "no_auth" not in cmd.flags:
+        return reject(client, NOAUTH)
+    if client.multi is not None and (cmd.name not in MULTI_DIRECT or cmd.container is not None):
+        return queue(client, cmd, argv, now_ms)
+    db = client.server.db
+    if db.maxmemory and "denyoom" in cmd.flags and not memory_ok(client, now_ms):
+        return reject(client, OOM)
+    reply = call(client, cmd, argv, now_ms)
+    if reply.__class__ is bytes:
+        return b"$%d\r\n%s\r\n" % (len(reply), reply)
+    if reply.__class__ is CommandError:
+        client.server.stats.error_replies += 1
+        return error_line(reply.message)
+    return encode(reply, client.resp3)
+
+
+def reject(client: Client, message: str) -> bytes:
+    client.server.stats.error_replies += 1
+    if client.multi is not None:
+        client.multi_failed = True
+    return error_line(message)
+
+
+def memory_ok(client: Client, now_ms: int) -> bool:
+    """Evict per the policy; False when still over maxmemory and the client may not pass."""
+    return client.server.db.free_memory_if_needed(now_ms) or client.no_evict
+
+
+def queue(client: Client, cmd: Command, argv: list[bytes], now_ms: int) -> bytes:
+    """Queue a command inside MULTI. Queueing grows memory, so it is refused over maxmemory."""
+    if client.server.db.maxmemory and not memory_ok(client, now_ms):
+        return reject(client, OOM)
+    client.multi.append((cmd, argv))
+    return _QUEUED
+
+
+def call(client: Client, cmd: Command, argv: list[bytes], now_ms: int):
+    """Run the handler: its reply value, or the CommandError it raised."""
+    ctx = client.ctx
+    ctx.now_ms = now_ms
+    try:
+        reply = cmd.handler(ctx, argv)
+    except CommandError as exc:
+        return exc
+    except Exception:
+        log.exception("command %s failed", cmd.full_name)
+        return CommandError(f"ERR internal error while running '{cmd.full_name}'")
+    if "write" in cmd.flags:
+        client.server.dirty += 1
+    return reply

@@ -1,0 +1,149 @@
+"""Server-wide state of a single node: settings, the keyspace, clients, stats, watched keys.
+
+One `ServerState` per node, shared by every connection. It holds no sockets:
+the asyncio shell (`kvorum.server.app`) owns the listener and timers, and each
+connection (`kvorum.server.connection`) registers itself here.
+
+WATCH works as Redis' touchWatchedKey: `watchers` maps a key to the clients
+watching it, and the keyspace's `on_key_modified` hook (fired after every
+change, expiry and eviction included) marks those clients dirty, so their EXEC
+answers a null array. A flush (hook called with None) dirties only the watches
+of keys that existed when WATCH ran, as Redis' touchAllWatchedKeysInDb does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Callable
+
+from kvorum.server import dispatch
+from kvorum.server.config import LOG_LEVELS_PY, Settings
+from kvorum.store import Keyspace
+
+if TYPE_CHECKING:
+    from kvorum.server.connection import Client
+
+
+class Stats:
+    """Counters shown by INFO; CONFIG RESETSTAT zeroes them."""
+
+    __slots__ = (
+        "connections_received", "commands_processed", "net_input_bytes", "net_output_bytes",
+        "rejected_connections", "error_replies", "ops_per_sec", "_ops_sample", "_ops_sample_ms",
+    )
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.connections_received = 0
+        self.commands_processed = 0
+        self.net_input_bytes = 0
+        self.net_output_bytes = 0
+        self.rejected_connections = 0
+        self.error_replies = 0
+        self.ops_per_sec = 0
+        self._ops_sample = 0
+        self._ops_sample_ms = 0
+
+    def sample_ops(self, now_ms: int) -> None:
+        """Update the instantaneous ops/sec from the commands since the last sample."""
+        if self._ops_sample_ms and now_ms > self._ops_sample_ms:
+            done = self.commands_processed - self._ops_sample
+            self.ops_per_sec = done * 1000 // (now_ms - self._ops_sample_ms)
+        self._ops_sample = self.commands_processed
+        self._ops_sample_ms = now_ms
+
+
+class ServerState:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.db = Keyspace(settings.maxmemory_bytes, settings.maxmemory_policy)
+        self.db.proto_max_bulk_len = settings.proto_max_bulk_len_bytes
+        self.db.on_key_modified = self.key_modified
+        self.started_s = time.time()
+        self.started_monotonic_s = time.monotonic()
+        self.run_id = os.urandom(20).hex()
+        self.stats = Stats()
+        # Writes since start (INFO persistence: rdb_changes_since_last_save).
+        self.dirty = 0
+        # id -> client, in connection order (CLIENT LIST).
+        self.clients: dict[int, Client] = {}
+        self.client_id_last = 0
+        # key -> clients watching it.
+        self.watchers: dict[bytes, set[Client]] = {}
+        self.event_loop_name = "asyncio"
+        self.port = settings.port
+        self.shutting_down = False
+        # Set by the asyncio shell; SHUTDOWN calls it.
+        self.request_shutdown: Callable[[], None] = lambda: None
+
+    def apply_setting(self, field: str, value) -> None:
+        """Set one validated setting (CONFIG SET) and carry it to where it takes effect."""
+        setattr(self.settings, field, value)
+        db = self.db
+        if field == "maxmemory_bytes":
+            db.maxmemory = value
+        elif field == "maxmemory_policy":
+            db.maxmemory_policy = value
+        elif field == "proto_max_bulk_len_bytes":
+            db.proto_max_bulk_len = value
+        elif field == "loglevel":
+            logging.getLogger("kvorum").setLevel(LOG_LEVELS_PY[value])
+        for client in self.clients.values():
+            client.apply_settings()
+
+    # Dispatch, for commands that run other commands (EXEC).
+    call = staticmethod(dispatch.call)
+    memory_ok = staticmethod(dispatch.memory_ok)
+
+    def next_client_id(self) -> int:
+        self.client_id_last += 1
+        return self.client_id_last
+
+    def auth_required(self) -> bool:
+        return bool(self.settings.requirepass)
+
+    # WATCH.
+
+    def watch(self, client: Client, key: bytes, now_ms: int) -> None:
+        if key in client.watched:
+            return
+        client.watched[key] = self.db.contains(key, now_ms)
+        self.watchers.setdefault(key, set()).add(client)
+
+    def unwatch_all(self, client: Client) -> None:
+        for key in client.watched:
+            clients = self.watchers.get(key)
+            if clients is not None:
+                clients.discard(client)
+                if not clients:
+                    del self.watchers[key]
+        client.watched.clear()
+        client.watch_dirty = False
+
+    def key_modified(self, key: bytes | None) -> None:
+        if not self.watchers:
+            return
+        if key is not None:
+            clients = self.watchers.get(key)
+            if clients:
+                for client in clients:
+                    client.watch_dirty = True
+            return
+        for watched_key, clients in self.watchers.items():
+            for client in clients:
+                if client.watched.get(watched_key):
+                    client.watch_dirty = True
+
+    def watched_key_expired(self, client: Client, now_ms: int) -> bool:
+        """Redis 7's isWatchedKeyExpired: a key live at WATCH time has since expired.
+
+        Looking the key up expires it, which fires the hook and dirties the watch.
+        """
+        for key, existed in client.watched.items():
+            if existed:
+                self.db.contains(key, now_ms)
+        return client.watch_dirty
