@@ -82,11 +82,9 @@ async def send(seconds: float, sizes: list[int], burst: int, loop_name: str) -> 
 
     transport = PeerTransport("sender", CLUSTER_ID, (LOOPBACK, 0), {}, on_message)
     await transport.start()
-    receiver = subprocess.Popen(
-        [sys.executable, __file__, "--role", "receive", "--sender-port", str(transport.address[1]), "--loop", loop_name],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    command = [sys.executable, __file__, "--role", "receive", "--loop", loop_name]
+    command += ["--sender-port", str(transport.address[1])]
+    receiver = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         port_line = await asyncio.wait_for(asyncio.to_thread(receiver.stdout.readline), STARTUP_TIMEOUT_S)
         transport.set_peers({"receiver": (LOOPBACK, int(port_line))})
@@ -120,9 +118,8 @@ async def send(seconds: float, sizes: list[int], burst: int, loop_name: str) -> 
             frames = stats.frames_sent - stats_before.frames_sent
             dropped = stats.messages_dropped - stats_before.messages_dropped
             rate = sent / elapsed
-            print(
-                f"{size:>9} {sent:>10} {rate:>10.0f} {rate * size / 1e6:>8.1f} {sent / max(frames, 1):>7.0f} {dropped:>7}"
-            )
+            batch = sent / max(frames, 1)
+            print(f"{size:>9} {sent:>10} {rate:>10.0f} {rate * size / 1e6:>8.1f} {batch:>7.0f} {dropped:>7}")
         transport.send("receiver", b"stop")
         await asyncio.wait_for(asyncio.to_thread(receiver.wait), STARTUP_TIMEOUT_S)
     finally:
@@ -133,7 +130,9 @@ async def send(seconds: float, sizes: list[int], burst: int, loop_name: str) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="sending time per payload size")
     parser.add_argument("--sizes", default="100,4096", help="payload sizes in bytes, comma-separated")
     parser.add_argument("--burst", type=int, default=1000, help="messages queued per loop iteration")

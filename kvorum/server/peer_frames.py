@@ -280,7 +280,12 @@ _NEXT_STATE = {
     (State.RECEIVING, FrameKind.BATCH): State.RECEIVING,
 }
 
-_FRAME_KIND = {Hello: FrameKind.HELLO, Welcome: FrameKind.WELCOME, Refuse: FrameKind.REFUSE, Batch: FrameKind.BATCH}
+_FRAME_KIND = {
+    Hello: FrameKind.HELLO,
+    Welcome: FrameKind.WELCOME,
+    Refuse: FrameKind.REFUSE,
+    Batch: FrameKind.BATCH,
+}
 
 
 def check_hello(hello: Hello, cluster_id: str, node_id: str) -> str | None:

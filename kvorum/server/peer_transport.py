@@ -67,9 +67,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import random
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -98,7 +98,7 @@ OnLinkChange = Callable[[str, bool], None]
 
 @dataclass(frozen=True, slots=True)
 class TransportLimits:
-    """Every bound of the transport, checked once when built."""
+    """Every bound of the transport, checked once when built (ValueError if inconsistent)."""
 
     # Largest frame body sent or accepted, in bytes. A peer announcing a larger
     # frame is broken: the connection is closed. Bounds one payload too.
@@ -122,17 +122,36 @@ class TransportLimits:
     stop_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
-        assert self.frame_bytes_max > BATCH_ENVELOPE_BYTES_MAX + batch_cost_bytes(0)
-        assert 0 < self.batch_bytes_max <= self.frame_bytes_max - BATCH_ENVELOPE_BYTES_MAX
-        assert self.queue_messages_max > 0 and self.queue_bytes_max > 0
-        assert self.write_buffer_bytes_high > 0
-        assert 0 < self.reconnect_delay_s_min <= self.reconnect_delay_s_max
-        assert self.connect_timeout_s > 0 and self.handshake_timeout_s > 0 and self.stop_timeout_s > 0
+        # Limits come from operators' configuration: a bad one is an operating
+        # error reported with the rule it breaks, not an assertion.
+        rules = [
+            (
+                self.frame_bytes_max > BATCH_ENVELOPE_BYTES_MAX + batch_cost_bytes(0),
+                "frame_bytes_max too small for one payload",
+            ),
+            (
+                0 < self.batch_bytes_max <= self.frame_bytes_max - BATCH_ENVELOPE_BYTES_MAX,
+                "batch_bytes_max must be positive and leave room for the batch envelope in frame_bytes_max",
+            ),
+            (self.queue_messages_max > 0 and self.queue_bytes_max > 0, "queue limits must be positive"),
+            (self.write_buffer_bytes_high > 0, "write_buffer_bytes_high must be positive"),
+            (
+                0 < self.reconnect_delay_s_min <= self.reconnect_delay_s_max,
+                "need 0 < reconnect_delay_s_min <= reconnect_delay_s_max",
+            ),
+            (
+                min(self.connect_timeout_s, self.handshake_timeout_s, self.stop_timeout_s) > 0,
+                "timeouts must be positive",
+            ),
+        ]
+        for holds, rule in rules:
+            if not holds:
+                raise ValueError(f"TransportLimits: {rule}")
 
 
 @dataclass(slots=True)
 class PeerStats:
-    """Counters for one peer; `bytes_*` count frame bytes on the wire."""
+    """Counters for one peer; `bytes_*` count payload bytes, without framing."""
 
     messages_sent: int = 0  # written to the connection (not necessarily received)
     frames_sent: int = 0  # BATCH frames, one per write: messages_sent / frames_sent is the batch size
@@ -213,12 +232,10 @@ class _OutboundProtocol(_Protocol):
     """The connection this node dialed to `link`'s peer: sends only."""
 
     def __init__(self, owner: PeerTransport, link: _Link) -> None:
-        super().__init__(
-            owner,
-            Connection(
-                Role.DIALER, owner.node_id, owner.cluster_id, link.peer_id, owner.limits.frame_bytes_max
-            ),
+        connection = Connection(
+            Role.DIALER, owner.node_id, owner.cluster_id, link.peer_id, owner.limits.frame_bytes_max
         )
+        super().__init__(owner, connection)
         self.link = link
         self.paused = False
         self.welcomed = owner.loop.create_future()
@@ -245,7 +262,9 @@ class _OutboundProtocol(_Protocol):
             else:
                 assert isinstance(event, Refuse), event
                 self.link.stats.refusals += 1
-                log.error("peer %s at %s refused this node: %s", self.link.peer_id, self.peername(), event.reason)
+                log.error(
+                    "peer %s at %s refused this node: %s", self.link.peer_id, self.peername(), event.reason
+                )
                 self._fail_handshake(ConnectionRefusedError(event.reason))
                 self.transport.close()
 
@@ -279,9 +298,10 @@ class _InboundProtocol(_Protocol):
     """A connection a peer dialed to this node: receives only."""
 
     def __init__(self, owner: PeerTransport) -> None:
-        super().__init__(
-            owner, Connection(Role.ACCEPTOR, owner.node_id, owner.cluster_id, None, owner.limits.frame_bytes_max)
+        connection = Connection(
+            Role.ACCEPTOR, owner.node_id, owner.cluster_id, None, owner.limits.frame_bytes_max
         )
+        super().__init__(owner, connection)
         self.handshake_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -330,7 +350,10 @@ class _InboundProtocol(_Protocol):
         self.handshake_timer.cancel()
         self.owner.stats.handshakes_refused += 1
         log.error(
-            "refused connection from %s claiming node %r: %s", self.peername(), event.hello.sender_id, event.reason
+            "refused connection from %s claiming node %r: %s",
+            self.peername(),
+            event.hello.sender_id,
+            event.reason,
         )
         self.transport.write(event.reply)
         self.transport.close()
@@ -350,7 +373,9 @@ class PeerTransport:
     every payload received, in arrival order per connection; it must not
     block, and an exception it raises closes the connection it came on.
     `on_link_change(peer, connected)`, if given, is called when the outgoing
-    connection to a peer is welcomed (True) and when it is lost (False). `send`, `set_peers` and `stats` are plain calls made from the
+    connection to a peer is welcomed (True) and when it is lost (False).
+
+    `send`, `set_peers` and the stats accessors are plain calls made from the
     loop's thread; `start` and `stop` are coroutines.
     """
 
@@ -404,7 +429,12 @@ class PeerTransport:
             self._start_link(link)
 
     def send(self, to: str, payload: bytes) -> None:
-        """Queue `payload` for peer `to`; it goes out on a later loop iteration."""
+        """Queue `payload` for peer `to`; it goes out on a later loop iteration.
+
+        Never blocks. A full queue drops its oldest message; a peer that is not
+        configured, or a stopping transport, drops this one (all counted). A
+        payload over `payload_bytes_max` raises `LocalProtocolError`.
+        """
         assert to != self.node_id, "a node does not send to itself"
         link = self.links.get(to)
         if link is None:
@@ -415,7 +445,9 @@ class PeerTransport:
             return
         size = len(payload)
         if size > self.payload_bytes_max:
-            raise LocalProtocolError(f"payload of {size} bytes exceeds payload_bytes_max={self.payload_bytes_max}")
+            raise LocalProtocolError(
+                f"payload of {size} bytes exceeds payload_bytes_max={self.payload_bytes_max}"
+            )
         queue = link.queue
         queue.append(payload)
         link.queue_bytes += size
@@ -505,6 +537,8 @@ class PeerTransport:
         queue = link.queue
         if protocol is None or protocol.paused or not queue or self.stopping:
             return
+        if protocol.transport.is_closing():
+            return  # connection_lost follows; the queue waits for the next connection
         budget = self.limits.batch_bytes_max
         batch: list[bytes] = []
         taken_bytes = 0
@@ -521,7 +555,7 @@ class PeerTransport:
         protocol.transport.write(frame)
         link.stats.messages_sent += len(batch)
         link.stats.frames_sent += 1
-        link.stats.bytes_sent += len(frame)
+        link.stats.bytes_sent += taken_bytes
         if queue:
             self.schedule_flush(link)
 
@@ -533,7 +567,9 @@ class PeerTransport:
         previous = self.inbound_by_sender.get(sender)
         self.inbound_by_sender[sender] = protocol
         if previous is not None:
-            log.info("peer %s connected again from %s; closing its older connection", sender, protocol.peername())
+            log.info(
+                "peer %s connected again from %s; closing its older connection", sender, protocol.peername()
+            )
             previous.close()
 
     def release_inbound(self, protocol: _InboundProtocol) -> None:
@@ -568,11 +604,18 @@ class PeerTransport:
             except (OSError, asyncio.TimeoutError) as error:
                 failures += 1
                 link.stats.connect_failures += 1
-                log.debug("dial %s at %s failed: %r", link.peer_id, link.address, error)
+                # The first failure in a row is worth an operator's attention;
+                # the retries that follow it are not.
+                level = logging.WARNING if failures == 1 else logging.DEBUG
+                log.log(level, "dial %s at %s failed: %r", link.peer_id, link.address, error)
                 await asyncio.sleep(self._backoff_delay_s(failures))
                 continue
+            if link.task is not asyncio.current_task() or self.stopping:
+                protocol.close()  # replaced or stopped while the dial completed
+                return
             failures = 0
-            link.stats.reconnects += link.stats.connects > 0
+            if link.stats.connects > 0:
+                link.stats.reconnects += 1
             link.stats.connects += 1
             link.protocol = protocol
             link.connected.set()

@@ -206,7 +206,7 @@ def test_refused_acceptor_ignores_frames_pipelined_after_the_hello() -> None:
     [
         (Role.ACCEPTOR, [Batch([b"before hello"])]),
         (Role.ACCEPTOR, [Welcome(PROTOCOL_VERSION, "n1")]),
-        (Role.ACCEPTOR, [Hello(PROTOCOL_VERSION, "c1", "n1", "n2"), Hello(PROTOCOL_VERSION, "c1", "n1", "n2")]),
+        (Role.ACCEPTOR, [Hello(PROTOCOL_VERSION, "c1", "n1", "n2")] * 2),
         (Role.DIALER, [Batch([b"wrong direction"])]),
         (Role.DIALER, [Hello(PROTOCOL_VERSION, "c1", "n2", "n1")]),
         (Role.DIALER, [Welcome(PROTOCOL_VERSION, "n2"), Welcome(PROTOCOL_VERSION, "n2")]),
@@ -217,9 +217,11 @@ def test_refused_acceptor_ignores_frames_pipelined_after_the_hello() -> None:
     ],
 )
 def test_frames_outside_the_state_table_close_the_connection(role, frames) -> None:
-    connection = Connection(role, "n2" if role is Role.ACCEPTOR else "n1", "c1", "n2" if role is Role.DIALER else None)
     if role is Role.DIALER:
+        connection = Connection(role, "n1", "c1", peer_id="n2")
         connection.start()
+    else:
+        connection = Connection(role, "n2", "c1")
     with pytest.raises(RemoteProtocolError):
         connection.receive_data(b"".join(map(encode_frame, frames)))
     assert connection.state is State.CLOSED
