@@ -55,6 +55,11 @@ HEADER = struct.Struct("<2sBII")
 HEADER_BYTES = HEADER.size
 _CHECKED = struct.Struct("<2sBI")  # the header fields the checksum covers
 
+# The reader accepts records up to this size whatever the writer's configured
+# record_bytes_max, so that lowering that limit never makes an existing log
+# unreadable (or, worse, makes its last record look like a torn tail).
+RECORD_BYTES_CEILING = 256 * 1024 * 1024
+
 assert HEADER_BYTES == 11
 assert _CHECKED.size == 7
 
@@ -104,7 +109,7 @@ class Record:
     offset: int  # where the record starts in its segment file
 
 
-def _parse_at(data: bytes, offset: int, record_bytes_max: int) -> tuple[Record, int] | str:
+def _parse_at(data: bytes, offset: int) -> tuple[Record, int] | str:
     """Parse the record at `offset`; return (record, next offset) or the reason it is bad."""
     if len(data) - offset < HEADER_BYTES:
         return "short record header"
@@ -113,8 +118,8 @@ def _parse_at(data: bytes, offset: int, record_bytes_max: int) -> tuple[Record, 
         return "bad record magic"
     if rtype not in _TYPES:
         return f"unknown record type {rtype}"
-    if HEADER_BYTES + length > record_bytes_max:
-        return f"record length {length} over record_bytes_max {record_bytes_max}"
+    if HEADER_BYTES + length > RECORD_BYTES_CEILING:
+        return f"record length {length} over {RECORD_BYTES_CEILING} bytes"
     end = offset + HEADER_BYTES + length
     if end > len(data):
         return "record runs past the end of the file"
@@ -124,11 +129,11 @@ def _parse_at(data: bytes, offset: int, record_bytes_max: int) -> tuple[Record, 
     return Record(RecordType(rtype), body, offset), end
 
 
-def _valid_record_after(data: bytes, offset: int, record_bytes_max: int) -> int | None:
+def _valid_record_after(data: bytes, offset: int) -> int | None:
     """The offset of the first valid record that starts after `offset`, if any."""
     at = data.find(MAGIC, offset + 1)
     while at != -1:
-        if not isinstance(_parse_at(data, at, record_bytes_max), str):
+        if not isinstance(_parse_at(data, at), str):
             return at
         at = data.find(MAGIC, at + 1)
     return None
@@ -141,15 +146,15 @@ class SegmentRead:
     torn_reason: str | None  # why the tail was cut, None when the file is whole
 
 
-def read_segment(path: str, data: bytes, last: bool, record_bytes_max: int) -> SegmentRead:
+def read_segment(path: str, data: bytes, last: bool) -> SegmentRead:
     records: list[Record] = []
     offset = 0
     while offset < len(data):
-        parsed = _parse_at(data, offset, record_bytes_max)
+        parsed = _parse_at(data, offset)
         if isinstance(parsed, str):
             if not last:
                 raise CorruptLogError(path, offset, f"{parsed} in a segment that is not the last")
-            later = _valid_record_after(data, offset, record_bytes_max)
+            later = _valid_record_after(data, offset)
             if later is not None:
                 raise CorruptLogError(
                     path, offset, f"{parsed}, followed by a valid record at offset {later}"

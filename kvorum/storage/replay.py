@@ -185,7 +185,7 @@ def _apply(model: LogModel[Entry], path: str, record: rec.Record, first: bool) -
     return None
 
 
-def replay(dir_path: str, record_bytes_max: int) -> Replay:
+def replay(dir_path: str) -> Replay:
     model: LogModel[Entry] = LogModel(lambda e: e.term)
     files = list_segments(dir_path)
     segments: list[SegmentFile] = []
@@ -194,7 +194,7 @@ def replay(dir_path: str, record_bytes_max: int) -> Replay:
         last = position == len(files) - 1
         with open(path, "rb") as f:
             data = f.read()
-        read = rec.read_segment(path, data, last, record_bytes_max)
+        read = rec.read_segment(path, data, last)
         if not read.records:
             # Only a crash while creating the last segment leaves it without its
             # SEGMENT record (read_segment raised for any other segment).

@@ -73,7 +73,7 @@ from kvorum.consensus.replicated_log import Entry, HardState, RestoreState, Snap
 from kvorum.storage import record as rec
 from kvorum.storage import snapshot as snap
 from kvorum.storage.record import CorruptLogError, RecordType
-from kvorum.storage.replay import LogModel, SegmentFile, replay, segment_name
+from kvorum.storage.replay import LogModel, Replay, SegmentFile, replay, segment_name
 
 FsyncFn = Callable[[int], None]
 
@@ -107,8 +107,8 @@ class StorageConfig:
     def __post_init__(self) -> None:
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {self.fsync!r}")
-        if self.record_bytes_max < 4096:
-            raise ValueError("record_bytes_max must be at least 4096")
+        if not 4096 <= self.record_bytes_max <= rec.RECORD_BYTES_CEILING:
+            raise ValueError(f"record_bytes_max must be within 4096..{rec.RECORD_BYTES_CEILING}")
         if self.segment_bytes_max < 2 * self.record_bytes_max:
             raise ValueError("segment_bytes_max must be at least twice record_bytes_max")
         if self.pending_bytes_max < self.record_bytes_max:
@@ -174,30 +174,41 @@ class Storage:
         storage = cls(dir_path, config or StorageConfig(), fsync_fn)
         os.makedirs(dir_path, exist_ok=True)
         with storage._io_lock:
-            storage._recover()
+            try:
+                storage._recover()
+            except BaseException:
+                if storage._fd >= 0:
+                    os.close(storage._fd)
+                    storage._fd = -1
+                raise
         return storage
 
     def _recover(self) -> None:
-        snap.remove_temp_files(self.dir_path)
-        found = replay(self.dir_path, self.config.record_bytes_max)
-        model = found.model
-        self._segments = found.segments
-        if found.empty_tail is not None:
-            os.unlink(found.empty_tail)
-            self._fsync_dir()
-        if self._segments and found.torn_reason is not None:
-            last = self._segments[-1].path
-            with open(last, "r+b") as f:
-                f.truncate(found.last_valid_bytes)
-                if self._durable:
-                    self._fsync_fn(f.fileno())
-
+        """Replay, check, and only then repair: a directory found corrupt is left untouched."""
+        found = replay(self.dir_path)
         snapshots = snap.list_snapshots(self.dir_path)
-        if not self._segments and snapshots:
+        if not found.segments and snapshots:
             raise CorruptLogError(self.dir_path, None, "snapshot files but no WAL segment")
         newest = snap.read_snapshot(snapshots[-1][1], self.config.snapshot_bytes_max) if snapshots else None
+        unrecorded = self._join_snapshot(found.model, newest)
+        self._restore(found.model, newest)
+        self._repair(found)
+        if unrecorded:
+            assert newest is not None
+            with self._state_lock:
+                self._emit_snapshot(newest.index, newest.term)
+            self._flush_locked(self._durable)
+        self._compact_locked()
+
+    def _join_snapshot(self, model: LogModel[Entry], newest: Snapshot | None) -> bool:
+        """Check that the newest snapshot and the replayed log join without a gap.
+
+        Returns True when the WAL does not record the snapshot yet (a crash came
+        between the snapshot file and its SNAPSHOT record); it is then applied to
+        `model` here, by the rule `_emit_snapshot` would have followed."""
         unrecorded = self._check_snapshot(model, newest)
-        if newest is not None and unrecorded:
+        if unrecorded:
+            assert newest is not None
             if model.term_at(newest.index) != newest.term and model.last_index > newest.index:
                 model.truncate(newest.index + 1)
             model.snapshot(newest.index, newest.term)
@@ -208,32 +219,43 @@ class Storage:
                 f"the log starts at {model.first_index} and the newest snapshot ends at "
                 f"{model.snapshot_index}",
             )
+        return unrecorded
+
+    def _restore(self, model: LogModel[Entry], newest: Snapshot | None) -> None:
+        """Publish what recovery found and seed the writer's model with it."""
         entries = tuple(model.items)
         for offset, entry in enumerate(entries):
             assert entry.index == model.first_index + offset
         self.restored = RestoreState(hard_state=model.hard_state, snapshot=newest, entries=entries)
+        with self._state_lock:
+            self._model.snapshot(model.snapshot_index, model.snapshot_term)
+            self._model.hard_state = model.hard_state
+            if entries:
+                self._model.extend(entries[0].index, [e.term for e in entries])
+            assert self._model.next_index == model.next_index
 
-        self._model.snapshot(model.snapshot_index, model.snapshot_term)
-        self._model.hard_state = model.hard_state
-        if entries:
-            self._model.extend(entries[0].index, [e.term for e in entries])
-        assert self._model.next_index == model.next_index
-
-        if self._segments:
-            last = self._segments[-1]
-            self._fd = os.open(last.path, os.O_WRONLY | os.O_APPEND)
+    def _repair(self, found: Replay) -> None:
+        """Cut a torn tail, drop a segment that a crash left without its header, open for append."""
+        snap.remove_temp_files(self.dir_path)
+        self._segments = found.segments
+        if found.empty_tail is not None:
+            os.unlink(found.empty_tail)
+            self._fsync_dir()
+        if not self._segments:
+            self._next_seq = found.empty_tail_seq or 0
+            self._start_first_segment()
+            return
+        last = self._segments[-1]
+        if found.torn_reason is not None:
+            with open(last.path, "r+b") as f:
+                f.truncate(found.last_valid_bytes)
+                if self._durable:
+                    self._fsync_fn(f.fileno())
+        self._fd = os.open(last.path, os.O_WRONLY | os.O_APPEND)
+        with self._state_lock:
             self._segment_bytes = os.fstat(self._fd).st_size
             self._segment_has_records = True
             self._next_seq = last.seq + 1
-        else:
-            self._next_seq = found.empty_tail_seq or 0
-            self._start_first_segment()
-        if unrecorded:
-            assert newest is not None
-            with self._state_lock:
-                self._emit_snapshot(newest.index, newest.term)
-            self._flush_locked(self._durable)
-            self._compact_locked()
 
     def _start_first_segment(self) -> None:
         """Create the first segment of an empty directory, durably."""
@@ -251,7 +273,9 @@ class Storage:
         marker = model.snapshot_index
         if newest is None:
             if marker > 0:
-                raise CorruptLogError(self.dir_path, None, f"the WAL records a snapshot at {marker} but no snapshot file exists")
+                raise CorruptLogError(
+                    self.dir_path, None, f"the WAL records a snapshot at {marker} but no snapshot file exists"
+                )
             return False
         if newest.index < marker:
             raise CorruptLogError(
@@ -335,11 +359,8 @@ class Storage:
             first = entries[0].index
             for prev, entry in zip(entries, entries[1:]):
                 assert entry.index == prev.index + 1, "entries must be contiguous"
-                assert entry.term >= prev.term, "terms never decrease along the log"
             assert first > model.snapshot_index, "cannot overwrite entries covered by a snapshot"
             assert first <= model.next_index, f"gap: appending {first} after {model.last_index}"
-            prev_term = model.term_at(first - 1)
-            assert prev_term is not None and entries[0].term >= prev_term
             if first < model.next_index:
                 self._emit(RecordType.TRUNCATE, rec.encode_truncate(first))
                 model.truncate(first)

@@ -269,3 +269,27 @@ def test_a_failed_fsync_poisons_the_storage(open_storage):
     with pytest.raises(StorageFailedError):
         storage.append(make_entries(2, 1, term=1), None)
     storage.close()
+
+
+def test_lowering_record_bytes_max_keeps_old_logs_readable(open_storage):
+    roomy = StorageConfig(record_bytes_max=64 * 1024, segment_bytes_max=1 << 20)
+    big = make_entries(1, 1, term=1, size=20_000)
+    storage = open_storage(roomy)
+    storage.append(big, None)
+    storage.close()
+    assert reload(open_storage.path, SMALL).entries == tuple(big)
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        dict(fsync="sometimes"),
+        dict(record_bytes_max=100),
+        dict(record_bytes_max=1 << 20, segment_bytes_max=1 << 20),
+        dict(record_bytes_max=1 << 20, pending_bytes_max=1 << 10),
+        dict(snapshot_count_max=0),
+    ],
+)
+def test_bad_limits_are_refused_when_the_config_is_built(limits):
+    with pytest.raises(ValueError):
+        StorageConfig(**limits)
