@@ -67,15 +67,14 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 from kvorum.consensus.replicated_log import Entry, HardState, RestoreState, Snapshot
 from kvorum.storage import record as rec
 from kvorum.storage import snapshot as snap
 from kvorum.storage.record import CorruptLogError, RecordType
+from kvorum.storage.snapshot import FsyncFn
 from kvorum.storage.replay import LogModel, Replay, SegmentFile, replay, segment_name
-
-FsyncFn = Callable[[int], None]
 
 FSYNC_MODES = ("always", "batch", "never")
 MiB = 1024 * 1024
@@ -189,7 +188,9 @@ class Storage:
         snapshots = snap.list_snapshots(self.dir_path)
         if not found.segments and snapshots:
             raise CorruptLogError(self.dir_path, None, "snapshot files but no WAL segment")
-        newest = snap.read_snapshot(snapshots[-1][1], self.config.snapshot_bytes_max) if snapshots else None
+        newest = None
+        if snapshots:
+            newest = snap.read_snapshot(snapshots[-1][1], self.config.snapshot_bytes_max)
         unrecorded = self._join_snapshot(found.model, newest)
         self._restore(found.model, newest)
         self._repair(found)
@@ -273,15 +274,12 @@ class Storage:
         marker = model.snapshot_index
         if newest is None:
             if marker > 0:
-                raise CorruptLogError(
-                    self.dir_path, None, f"the WAL records a snapshot at {marker} but no snapshot file exists"
-                )
+                reason = f"the WAL records a snapshot at {marker} but no snapshot file exists"
+                raise CorruptLogError(self.dir_path, None, reason)
             return False
         if newest.index < marker:
-            raise CorruptLogError(
-                self.dir_path, None,
-                f"the WAL records a snapshot at {marker} but the newest snapshot file is at {newest.index}",
-            )
+            reason = f"the WAL records a snapshot at {marker}, the newest file is at {newest.index}"
+            raise CorruptLogError(self.dir_path, None, reason)
         if newest.index == marker and newest.term != model.snapshot_term:
             raise CorruptLogError(
                 self.dir_path, None,
@@ -355,6 +353,9 @@ class Storage:
         self, entries: Sequence[Entry], batches: list[Sequence[Entry]], hard_state: HardState | None
     ) -> None:
         model = self._model
+        if hard_state is not None:
+            assert hard_state.term >= model.hard_state.term, "term never decreases"
+            assert hard_state.commit >= model.hard_state.commit, "commit never decreases"
         if entries:
             first = entries[0].index
             for prev, entry in zip(entries, entries[1:]):
@@ -368,8 +369,6 @@ class Storage:
                 self._emit(RecordType.ENTRIES, rec.encode_entries(batch))
                 model.extend(batch[0].index, [e.term for e in batch])
         if hard_state is not None and hard_state != model.hard_state:
-            assert hard_state.term >= model.hard_state.term, "term never decreases"
-            assert hard_state.commit >= model.hard_state.commit, "commit never decreases"
             self._emit(RecordType.HARD_STATE, rec.encode_hard_state(hard_state))
             model.hard_state = hard_state
 
@@ -377,7 +376,8 @@ class Storage:
         """Queue one record, cutting a new segment first if it would overflow this one."""
         record = rec.encode_record(rtype, body)
         assert len(record) <= self.config.record_bytes_max
-        if self._segment_has_records and self._segment_bytes + len(record) > self.config.segment_bytes_max:
+        overflow = self._segment_bytes + len(record) > self.config.segment_bytes_max
+        if overflow and self._segment_has_records:
             self._pending.append(self._new_cut())
         self._pending.append(record)
         self._pending_bytes += len(record)
@@ -390,14 +390,13 @@ class Storage:
         prev_term = model.term_at(model.last_index)
         assert prev_term is not None
         seq = self._next_seq
+        segment = rec.encode_segment(seq, model.next_index, prev_term)
+        marker = rec.encode_snapshot_marker(model.snapshot_index, model.snapshot_term)
         header = b"".join(
             (
-                rec.encode_record(RecordType.SEGMENT, rec.encode_segment(seq, model.next_index, prev_term)),
+                rec.encode_record(RecordType.SEGMENT, segment),
                 rec.encode_record(RecordType.HARD_STATE, rec.encode_hard_state(model.hard_state)),
-                rec.encode_record(
-                    RecordType.SNAPSHOT,
-                    rec.encode_snapshot_marker(model.snapshot_index, model.snapshot_term),
-                ),
+                rec.encode_record(RecordType.SNAPSHOT, marker),
             )
         )
         cut = _Cut(seq, model.next_index, header)
@@ -419,9 +418,10 @@ class Storage:
     # -------------------------------------------------------------- syncing
 
     def sync(self) -> None:
-        """Write everything appended so far and, unless fsync="never", fsync it.
+        """Write everything appended before this call and, unless fsync="never", fsync it.
 
-        Safe to call from a worker thread while another thread appends."""
+        Safe to call from a worker thread while another thread appends; what is
+        appended meanwhile is left for the next `sync`."""
         self._check_usable()
         with self._io_lock:
             self._flush_locked(self._durable)
@@ -484,7 +484,8 @@ class Storage:
 
         Used both for snapshots this node takes of its own state machine and for
         snapshots installed from a leader. Entries after the snapshot are kept
-        only if the log holds (snapshot.index, snapshot.term)."""
+        only if the log holds (snapshot.index, snapshot.term). Snapshot indexes
+        must increase from one call to the next."""
         self._check_usable()
         with self._io_lock:
             with self._state_lock:
