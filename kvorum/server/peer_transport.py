@@ -176,6 +176,19 @@ class TransportStats:
     unknown_peer_drops: int = 0  # `send` to a node that is not a configured peer
 
 
+def backoff_delay_s(failures: int, limits: TransportLimits, rng: random.Random) -> float:
+    """Delay before the next dial after `failures` failed ones in a row, seconds.
+
+    `reconnect_delay_s_min * 2**failures`, capped at `reconnect_delay_s_max`,
+    then drawn uniformly from its upper half: the jitter keeps nodes that lost
+    a peer at the same moment from dialing it in lock step, and the lower
+    bound keeps the back-off exponential.
+    """
+    assert failures >= 0
+    delay_s = min(limits.reconnect_delay_s_max, limits.reconnect_delay_s_min * 2 ** min(failures, 32))
+    return rng.uniform(delay_s / 2, delay_s)
+
+
 class _Link:
     """Everything about sending to one peer: queue, connection, dial task, stats."""
 
@@ -608,7 +621,7 @@ class PeerTransport:
                 # the retries that follow it are not.
                 level = logging.WARNING if failures == 1 else logging.DEBUG
                 log.log(level, "dial %s at %s failed: %r", link.peer_id, link.address, error)
-                await asyncio.sleep(self._backoff_delay_s(failures))
+                await asyncio.sleep(backoff_delay_s(failures, self.limits, self.rng))
                 continue
             if link.task is not asyncio.current_task() or self.stopping:
                 protocol.close()  # replaced or stopped while the dial completed
@@ -628,7 +641,7 @@ class PeerTransport:
             finally:
                 protocol.close()
             log.info("connection to peer %s at %s lost", link.peer_id, link.address)
-            await asyncio.sleep(self._backoff_delay_s(0))
+            await asyncio.sleep(backoff_delay_s(0, self.limits, self.rng))
 
     async def _dial(self, link: _Link) -> _OutboundProtocol:
         """One connection to `link`'s peer, welcomed; raises OSError or TimeoutError."""
@@ -643,9 +656,3 @@ class PeerTransport:
             transport.abort()
             raise
         return protocol
-
-    def _backoff_delay_s(self, failures: int) -> float:
-        """Exponential in `failures`, capped, with jitter over the upper half."""
-        limits = self.limits
-        delay_s = min(limits.reconnect_delay_s_max, limits.reconnect_delay_s_min * 2 ** min(failures, 32))
-        return self.rng.uniform(delay_s / 2, delay_s)

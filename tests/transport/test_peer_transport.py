@@ -16,14 +16,17 @@ import pytest
 
 from kvorum.server.peer_frames import (
     PROTOCOL_VERSION,
+    Batch,
+    Connection,
     FrameDecoder,
     Hello,
     LocalProtocolError,
     Refuse,
+    Role,
     encode_frame,
     payload_bytes_max,
 )
-from kvorum.server.peer_transport import PeerTransport, TransportLimits
+from kvorum.server.peer_transport import PeerTransport, TransportLimits, backoff_delay_s
 
 WAIT_S = 5.0
 LOOPBACK = ("127.0.0.1", 0)
@@ -504,3 +507,91 @@ def test_stop_before_start_is_harmless() -> None:
         assert node.transport.stats.unknown_peer_drops == 1
 
     run(test)
+
+
+def test_a_peer_that_stops_reading_pauses_flushing_then_the_queue_drops_the_oldest() -> None:
+    """Back-pressure end to end: TCP window, write buffer high-water mark, bounded queue."""
+
+    async def test() -> None:
+        welcomed, resume, drained = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        received: list[int] = []
+        last_sent = -1
+
+        async def stalled_peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connection = Connection(Role.ACCEPTOR, "b", "c1")
+            (accepted,) = connection.receive_data(await reader.read(4096))
+            writer.write(accepted.reply)
+            welcomed.set()
+            await resume.wait()  # meanwhile nothing is read: the TCP window closes
+            while not drained.is_set():
+                for event in connection.receive_data(await reader.read(65536)):
+                    assert isinstance(event, Batch)
+                    received.extend(int.from_bytes(payload[:8], "big") for payload in event.payloads)
+                if received and received[-1] == last_sent:
+                    drained.set()
+            writer.close()
+
+        server = await asyncio.start_server(stalled_peer, "127.0.0.1", 0)
+        limits = dataclasses.replace(
+            LIMITS, write_buffer_bytes_high=64 * 1024, batch_bytes_max=64 * 1024, queue_messages_max=1000
+        )
+        a = Node("a", limits=limits)
+        await a.transport.start()
+        a.transport.set_peers({"b": server.sockets[0].getsockname()[:2]})
+        await asyncio.wait_for(welcomed.wait(), WAIT_S)
+        await asyncio.wait_for(a.transport.wait_connected("b"), WAIT_S)
+        # A burst per loop iteration that one flush can carry (50 KiB of the
+        # 64 KiB batch), until the kernel buffers and the write buffer are
+        # full, flushing pauses, and the queue overflows.
+        for _ in range(10_000):
+            for _ in range(50):
+                last_sent += 1
+                a.transport.send("b", seq(last_sent, 1024))
+            await asyncio.sleep(0)
+            if a.transport.peer_stats("b").messages_dropped:
+                break
+        stats = a.transport.peer_stats("b")
+        assert stats.messages_dropped > 0
+        assert a.transport.links["b"].protocol.paused
+        assert stats.queue_messages == 1000
+        assert stats.messages_sent + stats.messages_dropped + stats.queue_messages == last_sent + 1
+
+        resume.set()
+        await asyncio.wait_for(drained.wait(), WAIT_S)
+        stats = a.transport.peer_stats("b")
+        assert received == sorted(set(received))  # in order, no duplicates
+        assert len(received) == stats.messages_sent == last_sent + 1 - stats.messages_dropped
+        assert received[-1000:] == list(range(last_sent - 999, last_sent + 1))  # the newest all arrived
+        await a.transport.stop()
+        server.close()
+        await server.wait_closed()
+
+    run(test)
+
+
+def test_backoff_doubles_from_the_minimum_up_to_the_cap_with_jitter() -> None:
+    limits = dataclasses.replace(LIMITS, reconnect_delay_s_min=0.1, reconnect_delay_s_max=1.0)
+    rng = random.Random(3)
+    for failures, full_s in [(0, 0.1), (1, 0.2), (2, 0.4), (3, 0.8), (4, 1.0), (60, 1.0)]:
+        delays = [backoff_delay_s(failures, limits, rng) for _ in range(200)]
+        assert all(full_s / 2 <= delay <= full_s for delay in delays)
+        assert max(delays) - min(delays) > full_s / 4  # jittered, not constant
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(frame_bytes_max=10),
+        dict(batch_bytes_max=0),
+        dict(frame_bytes_max=4096, batch_bytes_max=4096),
+        dict(queue_messages_max=0),
+        dict(queue_bytes_max=-1),
+        dict(write_buffer_bytes_high=0),
+        dict(reconnect_delay_s_min=0),
+        dict(reconnect_delay_s_min=3.0, reconnect_delay_s_max=2.0),
+        dict(handshake_timeout_s=0),
+    ],
+)
+def test_inconsistent_limits_are_rejected(overrides) -> None:
+    with pytest.raises(ValueError, match="TransportLimits"):
+        TransportLimits(**overrides)
