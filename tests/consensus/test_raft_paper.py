@@ -1,0 +1,241 @@
+"""Named scenarios from the Raft paper (Ongaro & Ousterhout, USENIX ATC 2014) and
+Ongaro's thesis, driven through a tiny in-memory router."""
+
+from __future__ import annotations
+
+import pytest
+from raft_router import Router
+
+from kvorum.consensus.raft import AppendEntries, AppendResponse
+from kvorum.consensus.replicated_log import (
+    Entry,
+    EntryKind,
+    HardState,
+    Membership,
+    ProposalDropped,
+    RestoreState,
+    Role,
+)
+
+
+def log_of(terms: list[int]) -> tuple[Entry, ...]:
+    return tuple(Entry(t, i + 1, EntryKind.NORMAL, f"{i + 1}@{t}".encode()) for i, t in enumerate(terms))
+
+
+def elect(r: Router, nid: str) -> None:
+    r.nodes[nid].campaign()
+    r.pump()
+    assert r.leaders() == [nid]
+
+
+def test_election_at_startup_by_timeout() -> None:
+    """§5.2: with randomized timeouts, ticking alone elects exactly one leader."""
+    r = Router(["1", "2", "3"])
+    for _ in range(40):
+        r.tick_all()
+        if r.leaders():
+            break
+    assert len(r.leaders()) == 1
+    leader = r.leaders()[0]
+    for nid, node in r.nodes.items():
+        st = node.status()
+        assert st.leader == leader and st.term == r.nodes[leader].status().term
+    # The new leader's NOOP is committed everywhere (§8).
+    assert all(r.nodes[n].status().commit == 1 for n in r.nodes)
+
+
+def test_election_safety_split_vote_retries() -> None:
+    """§5.2: two simultaneous candidates may split the vote; a later term elects one."""
+    r = Router(["1", "2", "3", "4"], pre_vote=False, check_quorum=False)
+    r.nodes["1"].campaign()
+    r.nodes["2"].campaign()
+    r.pump()
+    for _ in range(60):
+        if r.leaders():
+            break
+        r.tick_all()
+    leaders = r.leaders()
+    assert len(leaders) == 1
+    assert r.nodes[leaders[0]].status().term >= 1
+
+
+def test_write_committed_by_majority() -> None:
+    """§5.3: an entry is committed once the leader has replicated it on a majority."""
+    r = Router(["1", "2", "3"])
+    elect(r, "1")
+    r.crash("3")
+    index, term = r.nodes["1"].propose(b"x")
+    r.pump()
+    assert r.nodes["1"].status().commit == index
+    assert [e.data for e in r.applied["2"] if e.kind is EntryKind.NORMAL] == [b"x"]
+    # Without a majority the entry is stored but never committed.
+    r.crash("2")
+    index2, _ = r.nodes["1"].propose(b"y")
+    r.pump()
+    assert r.nodes["1"].status().commit == index
+    assert r.nodes["1"].status().last_index == index2
+
+
+def test_behind_follower_never_elected() -> None:
+    """§5.4.1: a voter denies its vote to a candidate whose log is less up-to-date,
+    so after the leader dies, a follower that missed committed entries never wins."""
+    ids = ["1", "2", "3", "4", "5"]
+    r = Router(ids)
+    elect(r, "1")
+    r.isolate("5")
+    for k in range(5):
+        r.nodes["1"].propose(f"v{k}".encode())
+    r.pump()
+    committed = r.nodes["1"].status().commit
+    assert committed == 6
+    r.crash("1")
+    r.heal()
+    # 5 keeps trying; every attempt fails.
+    for _ in range(3):
+        r.nodes["5"].campaign()
+        r.pump()
+        assert r.nodes["5"].status().role is not Role.LEADER
+    for _ in range(80):
+        r.tick_all()
+        if r.leaders():
+            break
+    (leader,) = r.leaders()
+    assert leader != "5"
+    # Leader completeness (§5.4): the new leader holds every committed entry.
+    assert r.terms_at(leader)[:committed] == r.terms_at("2")[:committed]
+    assert r.nodes[leader].status().last_index >= committed
+
+
+def test_follower_catches_up_through_consistency_check() -> None:
+    """§5.3: AppendEntries carries (prevLogIndex, prevLogTerm); a follower that missed
+    entries rejects until the leader finds the point where their logs agree."""
+    r = Router(["1", "2", "3"], max_entries_per_msg=2)
+    elect(r, "1")
+    r.isolate("3")
+    for k in range(7):
+        r.nodes["1"].propose(f"v{k}".encode())
+    r.pump()
+    assert r.nodes["3"].status().last_index == 1
+    r.heal()
+    rejects: list[AppendResponse] = []
+    r.tick_all(2)
+    r.pump(drop=lambda m: bool(isinstance(m, AppendResponse) and m.reject and rejects.append(m)))
+    r.tick_all(3)
+    assert r.terms_at("3") == r.terms_at("1")
+    assert r.nodes["3"].status().commit == r.nodes["1"].status().commit == 8
+
+
+def test_figure7_leader_repairs_every_follower_log() -> None:
+    """Paper Figure 7: the term-8 leader's log and followers (a)-(f), which miss
+    entries, hold extra uncommitted entries, or both. Replication makes every
+    log identical to the leader's, truncating conflicting suffixes (§5.3)."""
+    leader_terms = [1, 1, 1, 4, 4, 5, 5, 6, 6, 6]
+    followers = {
+        "a": [1, 1, 1, 4, 4, 5, 5, 6, 6],
+        "b": [1, 1, 1, 4],
+        "c": [1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 6],
+        "d": [1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 7, 7],
+        "e": [1, 1, 1, 4, 4, 4, 4],
+        "f": [1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3],
+    }
+    ids = ["L", *followers]
+    r = Router([], pre_vote=False, check_quorum=False)
+    r.membership = Membership(frozenset(ids))
+    r.add("L", RestoreState(HardState(7, None, 3), None, log_of(leader_terms)))
+    for nid, terms in followers.items():
+        r.add(nid, RestoreState(HardState(7, None, 3), None, log_of(terms)))
+    # L wins term 8 with the votes of a, b, e, f (c and d hold newer logs).
+    r.nodes["L"].campaign()
+    r.pump()
+    assert r.leaders() == ["L"]
+    assert r.nodes["L"].status().term == 8
+    expected = leader_terms + [8]
+    for nid in followers:
+        assert r.terms_at(nid) == expected, nid
+        assert r.nodes[nid].status().commit == len(expected)
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_figure8_old_term_entry_not_committed_by_counting(bug: bool) -> None:
+    """Paper Figure 8 / §5.4.2: a leader must not commit an entry from an earlier
+    term just because a majority stores it. S1 (term 4) copies its term-2 entry to
+    S2, making a majority; S3, holding a term-3 entry at that index, can still be
+    elected and overwrite it. With the "commit-old-term" bug, S1 commits it and
+    the committed entry is then lost."""
+    bugs = frozenset({"commit-old-term"}) if bug else frozenset()
+    r = Router([], pre_vote=False, check_quorum=False, max_entries_per_msg=1, bugs=bugs)
+    r.membership = Membership(frozenset({"1", "2", "3"}))
+    r.add("1", RestoreState(HardState(3, None, 1), None, log_of([1, 2])))
+    r.add("2", RestoreState(HardState(3, None, 1), None, log_of([1])))
+    r.add("3", RestoreState(HardState(3, None, 1), None, log_of([1, 3])))
+    r.cut |= {("1", "3"), ("3", "1")}
+    r.nodes["1"].campaign()
+    # S2 first rejects S1's probe, then takes the term-2 entry alone (one entry
+    # per message); everything after it, S1's own NOOP included, is lost.
+    r.pump(drop=lambda m: isinstance(m, AppendEntries) and m.index >= 2 and len(r.terms_at("2")) >= 2)
+    s1 = r.nodes["1"].status()
+    assert s1.role is Role.LEADER and s1.term == 4
+    assert r.terms_at("2") == [1, 2]
+    assert s1.commit == (2 if bug else 1)
+    # S1 crashes before its NOOP spreads. S3 loses term 4 (S2 voted for S1 in
+    # it) and wins term 5 with S2's vote: its last term 3 beats S2's last term 2.
+    r.crash("1")
+    r.heal()
+    r.nodes["3"].campaign()
+    r.pump()
+    r.nodes["3"].campaign()
+    r.pump()
+    assert r.leaders() == ["3"] and r.nodes["3"].status().term == 5
+    assert r.terms_at("2")[:2] == [1, 3]
+    if bug:
+        # The entry S1 reported committed at index 2 (term 2) is gone.
+        assert r.disks["1"].hard_state.commit == 2 and r.terms_at("1")[1] == 2
+    else:
+        assert r.disks["1"].hard_state.commit == 1
+
+
+def test_joint_consensus_replaces_all_voters_including_leader() -> None:
+    """§6 / thesis 4.3: C_old,new then C_new; the leader, not in C_new, manages the
+    change and steps down once C_new is committed (thesis 4.2.2)."""
+    r = Router(["1", "2", "3"])
+    elect(r, "1")
+    for nid in ["4", "5", "6"]:
+        r.add(nid)
+    r.nodes["1"].change_membership(Membership(frozenset({"4", "5", "6"})))
+    st = r.nodes["1"].status()
+    # The new membership is in force as soon as it is appended.
+    assert st.membership.joint and st.membership.voters_outgoing == frozenset({"1", "2", "3"})
+    r.pump()
+    for _ in range(40):
+        if r.leaders():
+            break
+        r.tick_all()
+    (leader,) = r.leaders()
+    assert leader in {"4", "5", "6"}
+    final = r.nodes[leader].status().membership
+    assert final == Membership(frozenset({"4", "5", "6"}))
+    assert r.nodes["1"].status().role is not Role.LEADER
+    index, _ = r.nodes[leader].propose(b"after")
+    r.pump()
+    assert r.nodes[leader].status().commit >= index
+
+
+def test_joint_config_needs_both_majorities() -> None:
+    """§6: during C_old,new, commitment needs separate majorities of both configs."""
+    r = Router(["1", "2", "3"])
+    elect(r, "1")
+    for nid in ["4", "5", "6"]:
+        r.add(nid)
+    for nid in ["4", "5", "6"]:
+        r.crash(nid)
+    index, _ = r.nodes["1"].change_membership(Membership(frozenset({"1", "4", "5", "6"})))
+    r.pump()
+    assert r.nodes["1"].status().commit < index  # old majority alone is not enough
+    with pytest.raises(ProposalDropped):
+        r.nodes["1"].change_membership(Membership(frozenset({"1", "2"})))
+    for nid in ["4", "5"]:
+        r.restart(nid)
+    r.tick_all(3)
+    st = r.nodes["1"].status()
+    assert st.commit >= index + 1
+    assert st.membership == Membership(frozenset({"1", "4", "5", "6"}))
