@@ -10,10 +10,12 @@ connection that peer dialed. Framing and the handshake live in the sans-I/O
 
 Sending. `send(to, payload)` never blocks and never awaits: it appends the
 payload to the peer's queue and, once per event-loop iteration, a flush
-callback moves everything queued for that peer (up to `batch_bytes_max`) into
-one BATCH frame and one `transport.write`. A consensus driver that emits a
-hundred messages in one step therefore costs one frame and one system call per
-peer. A flush that leaves messages behind schedules the next one.
+callback moves everything queued for that peer into BATCH frames (each of up
+to `batch_bytes_max` payload bytes) joined into one `transport.write`. A
+consensus driver that emits a hundred messages in one step therefore costs
+one frame and one system call per peer. One flush writes at most about
+`write_buffer_bytes_high` bytes; one that leaves messages behind schedules
+the next.
 
 Connecting. A link task per peer dials at `start()` (and at `set_peers()`
 for a new peer), sends HELLO and waits for WELCOME before it moves a single
@@ -103,14 +105,15 @@ class TransportLimits:
     # Largest frame body sent or accepted, in bytes. A peer announcing a larger
     # frame is broken: the connection is closed. Bounds one payload too.
     frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT
-    # Payload bytes one flush puts in one BATCH frame. Larger batches amortise
-    # more; smaller ones bound the work of one loop iteration.
+    # Payload bytes in one BATCH frame. Larger frames amortise more; smaller
+    # ones let the receiver deliver sooner.
     batch_bytes_max: int = 1024 * 1024
     # Per-peer send queue, in messages and in payload bytes; beyond either the
     # oldest message is dropped.
     queue_messages_max: int = 100_000
     queue_bytes_max: int = 64 * 1024 * 1024
-    # asyncio write buffer per connection above which flushing pauses, bytes.
+    # asyncio write buffer per connection above which flushing pauses, bytes;
+    # also the most one flush writes, which bounds the work of one iteration.
     write_buffer_bytes_high: int = 4 * 1024 * 1024
     # Reconnect back-off: first delay and cap, seconds.
     reconnect_delay_s_min: float = 0.05
@@ -196,6 +199,9 @@ class _Link:
         self.peer_id = peer_id
         self.address = address
         self.queue: collections.deque[bytes] = collections.deque()
+        # Invariant: queue_bytes == sum(map(len, queue)). Summing is O(n), so
+        # the asserts in `_take_batch` check what it implies: never negative,
+        # zero when the queue is empty.
         self.queue_bytes = 0
         self.stats = PeerStats()
         self.protocol: _OutboundProtocol | None = None  # set while welcomed
@@ -544,7 +550,12 @@ class PeerTransport:
             self.loop.call_soon(self._flush, link)
 
     def _flush(self, link: _Link) -> None:
-        """Write up to `batch_bytes_max` of `link`'s queue as one frame, one write."""
+        """Write `link`'s queue as BATCH frames of up to `batch_bytes_max`, in one write.
+
+        One write carries at most about `write_buffer_bytes_high` bytes: more
+        would only sit in asyncio's buffer past the point where it pauses us.
+        What is left goes out on the next loop iteration.
+        """
         link.flush_scheduled = False
         protocol = link.protocol
         queue = link.queue
@@ -552,25 +563,37 @@ class PeerTransport:
             return
         if protocol.transport.is_closing():
             return  # connection_lost follows; the queue waits for the next connection
-        budget = self.limits.batch_bytes_max
+        frames: list[bytes] = []
+        write_bytes = 0
+        while queue and write_bytes < self.limits.write_buffer_bytes_high:
+            batch, batch_bytes = self._take_batch(link)
+            frame = protocol.connection.encode_batch(batch)
+            frames.append(frame)
+            write_bytes += len(frame)
+            link.stats.messages_sent += len(batch)
+            link.stats.bytes_sent += batch_bytes
+        link.stats.frames_sent += len(frames)
+        protocol.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        if queue:
+            self.schedule_flush(link)
+
+    def _take_batch(self, link: _Link) -> tuple[list[bytes], int]:
+        """Pop the oldest payloads that fit one BATCH frame; also their byte total."""
+        queue = link.queue
+        budget_bytes = self.limits.batch_bytes_max
         batch: list[bytes] = []
         taken_bytes = 0
         while queue:
-            cost = batch_cost_bytes(len(queue[0]))
-            if cost > budget and batch:
+            cost_bytes = batch_cost_bytes(len(queue[0]))
+            if cost_bytes > budget_bytes and batch:
                 break
             payload = queue.popleft()
             batch.append(payload)
             taken_bytes += len(payload)
-            budget -= cost
+            budget_bytes -= cost_bytes
         link.queue_bytes -= taken_bytes
-        frame = protocol.connection.encode_batch(batch)
-        protocol.transport.write(frame)
-        link.stats.messages_sent += len(batch)
-        link.stats.frames_sent += 1
-        link.stats.bytes_sent += taken_bytes
-        if queue:
-            self.schedule_flush(link)
+        assert link.queue_bytes >= 0 and (queue or link.queue_bytes == 0)
+        return batch, taken_bytes
 
     def link_changed(self, link: _Link, connected: bool) -> None:
         if self.on_link_change is not None:

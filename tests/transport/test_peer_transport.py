@@ -541,8 +541,8 @@ def test_a_peer_that_stops_reading_pauses_flushing_then_the_queue_drops_the_olde
         await asyncio.wait_for(welcomed.wait(), WAIT_S)
         await asyncio.wait_for(a.transport.wait_connected("b"), WAIT_S)
         # A burst per loop iteration that one flush can carry (50 KiB of the
-        # 64 KiB batch), until the kernel buffers and the write buffer are
-        # full, flushing pauses, and the queue overflows.
+        # 64 KiB a flush writes here), until the kernel buffers and the write
+        # buffer are full, flushing pauses, and the queue overflows.
         for _ in range(10_000):
             for _ in range(50):
                 last_sent += 1
