@@ -83,7 +83,7 @@ class Command:
         return range(self.first_key, last + 1, self.key_step)
 
 
-# name (lower-case str) -> Command; also keyed by bytes for the hot path.
+# name (lower-case str) -> Command; also keyed by bytes, lower and upper case, for the hot path.
 TABLE: dict[str, Command] = {}
 TABLE_BY_BYTES: dict[bytes, Command] = {}
 
@@ -125,6 +125,7 @@ def command(
             assert cmd.name not in TABLE, f"{name} declared twice"
             TABLE[cmd.name] = cmd
             TABLE_BY_BYTES[cmd.name.encode()] = cmd
+            TABLE_BY_BYTES[cmd.name.upper().encode()] = cmd
         else:
             parent = TABLE[container]
             assert cmd.name not in parent.subcommands, f"{container}|{name} declared twice"
@@ -146,6 +147,7 @@ def container(name: str, *, arity: int = -2, group: str, summary: str, since: st
     assert name not in TABLE, f"{name} declared twice"
     TABLE[name] = cmd
     TABLE_BY_BYTES[name.encode()] = cmd
+    TABLE_BY_BYTES[name.upper().encode()] = cmd
     return cmd
 
 

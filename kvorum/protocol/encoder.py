@@ -2,7 +2,7 @@
 
 `encode(value, resp3)` is on the hot path of every command, so the common
 shapes (bytes, None, int, the OK/PONG/QUEUED constants) are tested first with
-`type(x) is T` and encoded with one %-format; everything else goes through
+`type(x) is T` or identity and encoded with one %-format; everything else goes through
 `_encode_into`, which appends the parts of nested values to one list that is
 joined once.
 """
@@ -33,8 +33,6 @@ NULL_RESP3 = b"_\r\n"
 # Integer replies up to this bound are pre-encoded; counters and lengths are mostly small.
 SMALL_INT_MAX = 1024
 _SMALL_INTS = [b":%d\r\n" % i for i in range(SMALL_INT_MAX + 1)]
-
-_CONSTANTS = {OK: OK_REPLY, PONG: PONG_REPLY, QUEUED: QUEUED_REPLY}
 
 
 def format_double(value: float) -> str:
@@ -67,10 +65,12 @@ def encode(value, resp3: bool) -> bytes:
         if 0 <= value <= SMALL_INT_MAX:
             return _SMALL_INTS[value]
         return b":%d\r\n" % value
-    if t is SimpleString:
-        constant = _CONSTANTS.get(value)
-        if constant is not None:
-            return constant
+    if value is OK:
+        return OK_REPLY
+    if value is QUEUED:
+        return QUEUED_REPLY
+    if value is PONG:
+        return PONG_REPLY
     parts: list[bytes] = []
     _encode_into(parts, value, resp3)
     return b"".join(parts)

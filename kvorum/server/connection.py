@@ -97,6 +97,7 @@ class Client(asyncio.Protocol):
             query_buffer_max_bytes=server.settings.client_query_buffer_limit_bytes,
             authenticated=self.authenticated,
         )
+        self.db = server.db
         self.ctx = CommandContext(server.db, 0, self, server)
         # MULTI: queued (command, argv) pairs, or None outside a transaction.
         self.multi: list | None = None

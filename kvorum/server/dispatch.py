@@ -18,8 +18,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from kvorum.commands.table import TABLE_BY_BYTES, Command
-from kvorum.protocol.encoder import encode, error_line
-from kvorum.protocol.values import NOAUTH, OOM, QUEUED, CommandError
+from kvorum.protocol.encoder import OK_REPLY, encode, error_line
+from kvorum.protocol.values import NOAUTH, OK, OOM, QUEUED, CommandError
 
 if TYPE_CHECKING:
     from kvorum.server.connection import Client
@@ -71,22 +71,34 @@ def resolve(argv: list[bytes]) -> Command | str:
 
 def execute(client: Client, argv: list[bytes], now_ms: int) -> bytes:
     """Run one request through the gates; the encoded reply."""
-    cmd = resolve(argv)
-    if cmd.__class__ is str:
-        return reject(client, cmd)
+    cmd = TABLE_BY_BYTES.get(argv[0])
+    argc = len(argv)
+    if (cmd is None or cmd.subcommands or cmd.handler is None
+            or (argc != cmd.arity if cmd.arity > 0 else argc < -cmd.arity)):
+        cmd = resolve(argv)
+        if cmd.__class__ is str:
+            return reject(client, cmd)
     if not client.authenticated and "no_auth" not in cmd.flags:
         return reject(client, NOAUTH)
     if client.multi is not None and (cmd.name not in MULTI_DIRECT or cmd.container is not None):
         return queue(client, cmd, argv, now_ms)
-    db = client.server.db
-    if db.maxmemory and "denyoom" in cmd.flags and not memory_ok(client, now_ms):
+    if client.db.maxmemory and "denyoom" in cmd.flags and not memory_ok(client, now_ms):
         return reject(client, OOM)
-    reply = call(client, cmd, argv, now_ms)
+    ctx = client.ctx
+    ctx.now_ms = now_ms
+    try:
+        reply = cmd.handler(ctx, argv)
+    except CommandError as exc:
+        client.server.stats.error_replies += 1
+        return error_line(exc.message)
+    except Exception:
+        return error_line(internal_error(cmd).message)
+    if "write" in cmd.flags:
+        client.server.dirty += 1
     if reply.__class__ is bytes:
         return b"$%d\r\n%s\r\n" % (len(reply), reply)
-    if reply.__class__ is CommandError:
-        client.server.stats.error_replies += 1
-        return error_line(reply.message)
+    if reply is OK:
+        return OK_REPLY
     return encode(reply, client.resp3)
 
 
@@ -99,19 +111,19 @@ def reject(client: Client, message: str) -> bytes:
 
 def memory_ok(client: Client, now_ms: int) -> bool:
     """Evict per the policy; False when still over maxmemory and the client may not pass."""
-    return client.server.db.free_memory_if_needed(now_ms) or client.no_evict
+    return client.db.free_memory_if_needed(now_ms) or client.no_evict
 
 
 def queue(client: Client, cmd: Command, argv: list[bytes], now_ms: int) -> bytes:
     """Queue a command inside MULTI. Queueing grows memory, so it is refused over maxmemory."""
-    if client.server.db.maxmemory and not memory_ok(client, now_ms):
+    if client.db.maxmemory and not memory_ok(client, now_ms):
         return reject(client, OOM)
     client.multi.append((cmd, argv))
     return _QUEUED
 
 
 def call(client: Client, cmd: Command, argv: list[bytes], now_ms: int):
-    """Run the handler: its reply value, or the CommandError it raised."""
+    """Run the handler (for EXEC): its reply value, or the CommandError it raised."""
     ctx = client.ctx
     ctx.now_ms = now_ms
     try:
@@ -119,8 +131,13 @@ def call(client: Client, cmd: Command, argv: list[bytes], now_ms: int):
     except CommandError as exc:
         return exc
     except Exception:
-        log.exception("command %s failed", cmd.full_name)
-        return CommandError(f"ERR internal error while running '{cmd.full_name}'")
+        return internal_error(cmd)
     if "write" in cmd.flags:
         client.server.dirty += 1
     return reply
+
+
+def internal_error(cmd: Command) -> CommandError:
+    """A handler bug: logged with its traceback, answered as an error, the node keeps serving."""
+    log.exception("command %s failed", cmd.full_name)
+    return CommandError(f"ERR internal error while running '{cmd.full_name}'")
