@@ -268,11 +268,12 @@ class State(enum.Enum):
     CLOSED = "closed"  # refused or broken; nothing more is read or sent
 
 
-# Everything that moves a connection between states is in this table:
+# Which frame may arrive in which state, and the state it leads to:
 # (state, kind of the frame received) -> next state. A received frame whose
-# pair is missing is a protocol error. An acceptor that refuses a HELLO goes
-# to CLOSED instead of RECEIVING; that is the only decision made outside the
-# table, in `check_hello`.
+# pair is missing is a protocol error. Two checks of a frame's contents can
+# close the connection instead of following the table: `check_hello` (a
+# refused HELLO leads to CLOSED, not RECEIVING) and `_check_welcome` (the
+# WELCOME must come from the node dialed, in this protocol version).
 _NEXT_STATE = {
     (State.AWAIT_HELLO, FrameKind.HELLO): State.RECEIVING,
     (State.AWAIT_WELCOME, FrameKind.WELCOME): State.SENDING,
@@ -376,16 +377,14 @@ class Connection:
                 self.state = State.CLOSED
                 raise RemoteProtocolError(f"{type(frame).__name__} frame not allowed in state {state.value}")
             if isinstance(frame, Hello):
-                events.append(self._answer_hello(frame))
-            elif isinstance(frame, Welcome) and frame.version != PROTOCOL_VERSION:
-                self.state = State.CLOSED
-                raise RemoteProtocolError(f"WELCOME of protocol version {frame.version}")
-            elif isinstance(frame, Welcome) and frame.node_id != self.peer_id:
-                self.state = State.CLOSED
-                raise RemoteProtocolError(f"WELCOME from {frame.node_id!r}, dialed {self.peer_id!r}")
+                event = self._answer_hello(frame)
+                self.state = next_state if isinstance(event, HelloAccepted) else State.CLOSED
             else:
+                if isinstance(frame, Welcome):
+                    self._check_welcome(frame)
+                event = frame
                 self.state = next_state
-                events.append(frame)
+            events.append(event)
             assert self.role is Role.ACCEPTOR or self.state is not State.RECEIVING
             assert self.role is Role.DIALER or self.state is not State.SENDING
             if self.state is State.CLOSED:
@@ -396,10 +395,16 @@ class Connection:
         self.peer_id = hello.sender_id
         reason = check_hello(hello, self.cluster_id, self.node_id)
         if reason is not None:
-            self.state = State.CLOSED
             return HelloRefused(hello, reason, encode_frame(Refuse(reason[:REFUSE_REASON_BYTES_MAX])))
-        self.state = State.RECEIVING
         return HelloAccepted(hello, encode_frame(Welcome(PROTOCOL_VERSION, self.node_id)))
+
+    def _check_welcome(self, welcome: Welcome) -> None:
+        if welcome.version != PROTOCOL_VERSION or welcome.node_id != self.peer_id:
+            self.state = State.CLOSED
+            raise RemoteProtocolError(
+                f"WELCOME from {welcome.node_id!r} with protocol version {welcome.version};"
+                f" dialed {self.peer_id!r} with {PROTOCOL_VERSION}"
+            )
 
     def encode_batch(self, payloads: list[bytes]) -> bytes:
         """One BATCH frame.
