@@ -37,7 +37,13 @@ Loss and order. Consensus tolerates loss, duplication and reordering between
 connections; the transport guarantees only order within one connection and
 that nothing from another cluster is delivered. Messages are lost when a
 queue overflows, when a connection drops with bytes still in its write buffer
-or in flight, and when a peer is removed or the transport stopped.
+or in flight, and when a peer is removed or the transport stopped. The
+transport itself never duplicates a message.
+
+A peer that vanishes without closing its connections (power loss, a cut
+cable) is noticed only when TCP gives up on the unacknowledged data; until
+then its queue fills and drops, which consensus sees as a partition. A peer
+that restarts resets the old connection at once, and the link redials.
 
 Back-pressure
 -------------
