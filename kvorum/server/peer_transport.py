@@ -445,7 +445,7 @@ class PeerTransport:
         return host, port
 
     async def start(self) -> None:
-        assert not self.started, "a transport starts once"
+        assert not self.started and not self.stopping, "a transport starts once, before stop()"
         self.loop = asyncio.get_running_loop()
         host, port = self.bind_addr
         self.server = await self.loop.create_server(lambda: _InboundProtocol(self), host, port)
