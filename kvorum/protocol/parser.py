@@ -24,11 +24,17 @@ Two parsers share the work:
   (Redis lets them send only 10 arguments of 16 KiB).
 
 A request boundary is known for certain at the start of the stream and whenever
-the exact path has consumed its buffer. With hiredis, a chunk that arrives while
-hiredis holds no unconsumed bytes and starts with neither `*` nor `$` is taken as
-the start of an inline request (a `$` there can only be the next argument of a
-request split exactly between two arguments). Only a client that breaks the
-protocol at exactly such a split could tell the difference.
+the exact path has consumed its buffer. With hiredis, a chunk that arrives after
+a chunk that ended a line, while hiredis holds no unconsumed bytes, is taken to
+start a request: if it starts with neither `*` nor `$` it goes to the exact path
+as an inline request (a `$` there can only be the next argument of a request
+split exactly between two arguments), and if hiredis rejects it, the exact path
+parses the whole chunk again, so that negative counts, inline requests after
+multibulk ones and Redis' own error words come out as Redis has them. Two cases
+are answered differently from Redis, both only for a client that mixes request
+forms or breaks the protocol: an inline request that follows multibulk ones in a
+chunk that did not start a request is a protocol error, and a protocol error in
+a chunk that starts exactly between two arguments is read as inline.
 
 After a protocol error the parser stops (`error` is set); the connection answers
 the requests parsed before it, then the error, and closes, like Redis.
@@ -150,7 +156,7 @@ class RequestParser:
     __slots__ = (
         "inline_max_bytes", "bulk_max_bytes", "multibulk_max_count", "query_buffer_max_bytes",
         "authenticated", "error", "_reader", "_fast", "_at_boundary", "_buf",
-        "_pending_count", "_pending_bulk", "_pending_args",
+        "_pending_count", "_pending_bulk", "_pending_args", "_line_ended",
     )
 
     def __init__(
@@ -172,6 +178,9 @@ class RequestParser:
         self.error: str | None = None
         self._reader = hiredis.Reader(protocolError=_HiredisProtocolError, replyError=_HiredisReplyError)
         self._fast = False
+        # Whether the last chunk given to hiredis ended a line (hiredis consumes a type
+        # byte on its own, so "no unconsumed bytes" alone does not mean a boundary).
+        self._line_ended = True
         # Whether the exact path's buffer starts at a request's first byte.
         self._at_boundary = True
         # Exact path state: unconsumed bytes, and the multibulk request in progress.
@@ -189,46 +198,68 @@ class RequestParser:
             return []
         if self._fast:
             reader = self._reader
-            if data[0] != 42 and data[0] != 36 and not reader.has_data():
-                self._fast = False
-                self._reader = hiredis.Reader(protocolError=_HiredisProtocolError,
-                                              replyError=_HiredisReplyError)
-            else:
-                return self._feed_fast(reader, data)
+            at_boundary = self._line_ended and not reader.has_data()
+            if not at_boundary or data[0] == 42 or data[0] == 36:
+                return self._feed_fast(reader, data, at_boundary)
+            self._leave_fast()
         elif self._at_boundary and not self._buf and self.authenticated and _fast_start(data):
             self._fast = True
-            return self._feed_fast(self._reader, data)
+            return self._feed_fast(self._reader, data, True)
         self._buf += data
+        return self._parse_exact_then_fast()
+
+    def _leave_fast(self) -> None:
+        self._fast = False
+        self._reader = hiredis.Reader(protocolError=_HiredisProtocolError, replyError=_HiredisReplyError)
+        self._line_ended = True
+
+    def _parse_exact_then_fast(self) -> list[list[bytes]]:
         requests = self._parse_exact()
         if self.error is None and self.authenticated and self._at_boundary and _fast_start(self._buf):
             rest = bytes(self._buf)
             self._buf.clear()
             self._fast = True
-            requests.extend(self._feed_fast(self._reader, rest))
+            requests.extend(self._feed_fast(self._reader, rest, True))
         return requests
 
     # The fast path.
 
-    def _feed_fast(self, reader, data: bytes) -> list[list[bytes]]:
+    def _feed_fast(self, reader, data: bytes, at_boundary: bool) -> list[list[bytes]]:
+        """hiredis parses `data`; a chunk it rejects is parsed again exactly if it began a request."""
         reader.feed(data)
+        self._line_ended = data[-1] == 10
         requests = []
+        error = None
         try:
             request = reader.gets()
             while request is not False:
                 if request.__class__ is list:
                     for arg in request:
                         if arg.__class__ is not bytes:
-                            self.error = _bad_argument(arg)
-                            return requests
-                    if request:
-                        requests.append(request)
-                elif request is not None:
-                    self.error = "Protocol error: invalid multibulk length"
-                    return requests
+                            error = _bad_argument(arg)
+                            break
+                    else:
+                        if request:
+                            requests.append(request)
+                        request = reader.gets()
+                        continue
+                    break
+                if request is not None:
+                    error = "Protocol error: invalid multibulk length"
+                    break
                 request = reader.gets()
         except _HiredisProtocolError as exc:
-            self.error = _hiredis_error(str(exc))
-            return requests
+            error = _hiredis_error(str(exc))
+        if error is not None:
+            if not at_boundary:
+                self.error = error
+                return requests
+            # Inline requests, negative counts and Redis' exact error words: the exact
+            # path parses the whole chunk again, the requests hiredis found included.
+            self._leave_fast()
+            self._buf = bytearray(data)
+            self._at_boundary = True
+            return self._parse_exact_then_fast()
         self._check_tail_header(reader, data)
         if self.error is None and reader.len() > self.query_buffer_max_bytes:
             self.error = QUERY_BUFFER_EXCEEDED

@@ -1,0 +1,48 @@
+"""Fixtures for the black-box server tests: redis-py clients (RESP3 and RESP2) and raw sockets."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+
+@pytest.fixture(params=[3, 2], ids=["resp3", "resp2"])
+def r(request, kvorum_node):
+    """A redis-py client of the shared node, in each protocol, on an empty keyspace."""
+    client = kvorum_node.client(protocol=request.param)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def raw(kvorum_node):
+    """A raw socket to the shared node."""
+    sock = kvorum_node.connect()
+    yield sock
+    sock.close()
+
+
+def read_reply(sock: socket.socket, size: int = 65536) -> bytes:
+    """Bytes until at least one full line arrives (or the peer closes)."""
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = sock.recv(size)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
