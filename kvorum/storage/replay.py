@@ -72,7 +72,7 @@ class LogModel(Generic[T]):
             return self._term_of(self.items[index - self.first_index])
         return None
 
-    def start_segment(self, next_index: int, prev_term: int) -> None:
+    def start_segment(self, next_index: int, prev_term: int | None) -> None:
         """Replay begins at the oldest surviving segment: everything before is unknown."""
         assert next_index >= 1
         self.items = []
@@ -93,6 +93,13 @@ class LogModel(Generic[T]):
         assert first_index == self.next_index, (first_index, self.next_index)
         assert items
         self.items.extend(items)
+
+    def conflicts_with_snapshot(self, index: int, term: int) -> bool:
+        """Must entries after `index` go when a snapshot at (index, term) is installed?
+
+        The rule of the Raft paper, section 7: the log keeps the entries after
+        the snapshot only if it holds the snapshot's last entry with the same term."""
+        return self.term_at(index) != term and self.last_index > index
 
     def snapshot(self, index: int, term: int) -> None:
         assert index >= self.snapshot_index, (index, self.snapshot_index)

@@ -191,28 +191,42 @@ class Storage:
         newest = None
         if snapshots:
             newest = snap.read_snapshot(snapshots[-1][1], self.config.snapshot_bytes_max)
-        unrecorded = self._join_snapshot(found.model, newest)
-        self._restore(found.model, newest)
+        unrecorded = self._check_snapshot(found.model, newest)
+        # The writer's model starts from the log as the WAL has it; an unrecorded
+        # snapshot is installed into it further down, emitting the records it lacks.
+        self._seed(found.model)
+        if unrecorded:
+            assert newest is not None
+            if found.model.conflicts_with_snapshot(newest.index, newest.term):
+                found.model.truncate(newest.index + 1)
+            found.model.snapshot(newest.index, newest.term)
+        self._check_joined(found.model)
+        entries = tuple(found.model.items)
+        self.restored = RestoreState(hard_state=found.model.hard_state, snapshot=newest, entries=entries)
         self._repair(found)
         if unrecorded:
             assert newest is not None
             with self._state_lock:
                 self._emit_snapshot(newest.index, newest.term)
             self._flush_locked(self._durable)
+        with self._state_lock:
+            assert self._model.next_index == found.model.next_index
+            assert self._model.first_index == found.model.first_index
         self._compact_locked()
 
-    def _join_snapshot(self, model: LogModel[Entry], newest: Snapshot | None) -> bool:
-        """Check that the newest snapshot and the replayed log join without a gap.
+    def _seed(self, model: LogModel[Entry]) -> None:
+        """Start the writer's model from the replayed one (terms only)."""
+        with self._state_lock:
+            live = self._model
+            live.snapshot_index = model.snapshot_index
+            live.snapshot_term = model.snapshot_term
+            live.start_segment(model.first_index, model.prev_term)
+            live.hard_state = model.hard_state
+            if model.items:
+                live.extend(model.first_index, [e.term for e in model.items])
 
-        Returns True when the WAL does not record the snapshot yet (a crash came
-        between the snapshot file and its SNAPSHOT record); it is then applied to
-        `model` here, by the rule `_emit_snapshot` would have followed."""
-        unrecorded = self._check_snapshot(model, newest)
-        if unrecorded:
-            assert newest is not None
-            if model.term_at(newest.index) != newest.term and model.last_index > newest.index:
-                model.truncate(newest.index + 1)
-            model.snapshot(newest.index, newest.term)
+    def _check_joined(self, model: LogModel[Entry]) -> None:
+        """The newest snapshot and the log must join without a gap; entries must be contiguous."""
         if model.first_index != model.snapshot_index + 1:
             raise CorruptLogError(
                 self.dir_path, None,
@@ -220,20 +234,8 @@ class Storage:
                 f"the log starts at {model.first_index} and the newest snapshot ends at "
                 f"{model.snapshot_index}",
             )
-        return unrecorded
-
-    def _restore(self, model: LogModel[Entry], newest: Snapshot | None) -> None:
-        """Publish what recovery found and seed the writer's model with it."""
-        entries = tuple(model.items)
-        for offset, entry in enumerate(entries):
+        for offset, entry in enumerate(model.items):
             assert entry.index == model.first_index + offset
-        self.restored = RestoreState(hard_state=model.hard_state, snapshot=newest, entries=entries)
-        with self._state_lock:
-            self._model.snapshot(model.snapshot_index, model.snapshot_term)
-            self._model.hard_state = model.hard_state
-            if entries:
-                self._model.extend(entries[0].index, [e.term for e in entries])
-            assert self._model.next_index == model.next_index
 
     def _repair(self, found: Replay) -> None:
         """Cut a torn tail, drop a segment that a crash left without its header, open for append."""
@@ -408,7 +410,7 @@ class Storage:
     def _emit_snapshot(self, index: int, term: int) -> None:
         """Queue the records that install a snapshot at (index, term) into the log."""
         model = self._model
-        if model.term_at(index) != term and model.last_index > index:
+        if model.conflicts_with_snapshot(index, term):
             self._emit(RecordType.TRUNCATE, rec.encode_truncate(index + 1))
             model.truncate(index + 1)
         self._emit(RecordType.SNAPSHOT, rec.encode_snapshot_marker(index, term))

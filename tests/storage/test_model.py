@@ -22,6 +22,8 @@ from wal_helpers import crash, make_entries, make_snapshot, no_fsync
 
 from kvorum.consensus.replicated_log import Entry, HardState, RestoreState, Snapshot
 from kvorum.storage import Storage, StorageConfig
+from kvorum.storage import record as rec
+from kvorum.storage.snapshot import write_snapshot
 
 # Small segments so that a run rotates and compacts many times; a pending buffer
 # large enough that nothing is written before `sync`, so a crash loses exactly
@@ -129,9 +131,35 @@ class StorageMachine(RuleBasedStateMachine):
     @rule()
     def crash_and_recover(self):
         crash(self.storage)
+        self.recover()
+
+    def recover(self):
         self.storage = Storage.open(self.path, CONFIG, no_fsync)
         self.model = copy.deepcopy(self.durable)
         assert self.storage.restored == self.model.restore_state()
+
+    @rule(kept=st.integers(0, 60))
+    def crash_during_a_write(self, kept):
+        """The crash tore the next record: only its first `kept` bytes reached the file."""
+        segment = self.storage.segment_paths()[-1]
+        crash(self.storage)
+        torn = make_entries(self.durable.last_index + 1, 1, self.term, 30)
+        with open(segment, "ab") as f:
+            record = rec.encode_record(rec.RecordType.ENTRIES, rec.encode_entries(torn))
+            f.write(record[: min(kept, len(record) - 1)])
+        self.recover()
+
+    @rule(offset=st.integers(0, 40))
+    def crash_between_snapshot_file_and_record(self, offset):
+        """The snapshot file was renamed into place, then the node died before logging it."""
+        self.storage.sync()
+        self.durable = copy.deepcopy(self.model)
+        self.term += 1
+        snapshot = make_snapshot(self.model.first_index + offset, self.term, data=b"unlogged")
+        write_snapshot(self.path, snapshot, no_fsync)
+        self.durable.install(snapshot)
+        crash(self.storage)
+        self.recover()
 
     @invariant()
     def positions_agree(self):

@@ -160,6 +160,17 @@ def test_snapshot_file_without_its_wal_record_is_applied(open_storage):
     assert reload(open_storage.path).entries == tuple(make_entries(7, 4, term=1))
 
 
+def test_unrecorded_snapshot_conflicting_with_the_log_stays_applied(open_storage):
+    """Recovery must write TRUNCATE as well as SNAPSHOT, or the next replay revives entry 2."""
+    storage = open_storage()
+    storage.append(make_entries(1, 2, term=1), None)
+    storage.close()
+    write_snapshot(open_storage.path, make_snapshot(1, 2), no_fsync)
+    for _ in range(2):
+        restored = reload(open_storage.path)
+        assert (restored.snapshot, restored.entries) == (make_snapshot(1, 2), ())
+
+
 def test_leftover_temp_snapshot_is_removed(open_storage):
     open_storage().close()
     temp = os.path.join(open_storage.path, "snap-00000000000000000009.snap.tmp")
