@@ -246,9 +246,10 @@ def parse_scan_options(argv: list[bytes], start: int, for_hash: bool):
                     "calls for the cursor to return back to 0. N is the number of elements inside "
                     "the collection.")
 def scan(ctx: CommandContext, argv: list[bytes]):
-    # The cursor is the creation sequence number of the last key returned
-    # (see kvorum.store.keyspace): every key that exists for the whole
-    # iteration is returned exactly once.
+    # The cursor is the creation sequence number of the last key examined and
+    # keys are visited newest first (see kvorum.store.keyspace): every key that
+    # exists for the whole iteration is returned exactly once, and keys created
+    # meanwhile cannot keep the iteration from ending.
     cursor = parse_cursor(argv[1])
     count, match, type_filter, _ = parse_scan_options(argv, 2, for_hash=False)
     db = ctx.db

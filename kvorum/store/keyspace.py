@@ -26,10 +26,14 @@ Scan order: every key created gets a sequence number from a counter and a slot
 at the end of `_order_keys` (parallel to the strictly increasing
 `_order_seqs`). Deleting a key leaves a hole (None) in its slot; holes are
 squeezed out when they are the majority, which moves slots but never changes
-sequence numbers. A SCAN cursor is the sequence number of the last key returned,
-so an iteration visits keys in creation order and returns every key that exists
-for the whole iteration exactly once, whatever is added or deleted meanwhile
-(overwriting a key keeps its sequence number). The same array gives RANDOMKEY
+sequence numbers. An iteration visits keys from the newest to the oldest, and a
+SCAN cursor is the sequence number of the last slot examined. So every key that
+exists for the whole iteration is returned exactly once, whatever is added or
+deleted meanwhile (overwriting a key keeps its sequence number), and since keys
+created during the iteration land behind the cursor, an iteration ends after
+examining at most the keys that existed when it began, however fast keys are
+created (Redis guarantees that only while the keyspace stays bounded). The
+same array gives RANDOMKEY
 and eviction sampling in O(1): holes are at most half the slots, so a random
 slot hits a key with probability at least one half.
 
@@ -43,7 +47,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from bisect import bisect_right
+from bisect import bisect_left
 from typing import Callable, Iterable
 
 # Approximate bytes a key costs beyond its key and value bytes (entry object,
@@ -241,7 +245,7 @@ class Keyspace:
         return None
 
     def scan(self, cursor: int, count: int, now_ms: int) -> tuple[int, list[bytes]]:
-        """Up to `count` live keys created after the one `cursor` names.
+        """Up to `count` live keys older than the one `cursor` names, newest first.
 
         Returns (next cursor, keys); the next cursor is 0 when the iteration is
         complete. See the module docstring for the guarantee.
@@ -249,13 +253,14 @@ class Keyspace:
         assert count > 0
         seqs = self._order_seqs
         keys = self._order_keys
-        i = bisect_right(seqs, cursor)
-        end = len(keys)  # removing keys leaves holes, never shortens the list
+        # Removing keys (expiry below) leaves holes, never moves these lists'
+        # items; a compaction replaces the lists but keeps sequence numbers.
+        i = len(keys) - 1 if cursor == 0 else bisect_left(seqs, cursor) - 1
         out = []
         examined = 0
-        while i < end and examined < count:
+        while i >= 0 and examined < count:
             key = keys[i]
-            i += 1
+            i -= 1
             if key is None:
                 continue
             examined += 1
@@ -264,9 +269,9 @@ class Keyspace:
                 self._expire(key, e)
                 continue
             out.append(key)
-        if i >= end:
+        if i < 0:
             return 0, out
-        return seqs[i - 1], out
+        return seqs[i + 1], out
 
     # ------------------------------------------------------------------ writes
 

@@ -1,0 +1,333 @@
+"""The keyspace alone: versions, TTL, memory accounting, eviction, scan order."""
+
+import random
+
+import pytest
+
+from kvorum.store import Keyspace
+from kvorum.store.keyspace import ENTRY_OVERHEAD_BYTES, FIELD_OVERHEAD_BYTES, value_size
+
+
+def check_invariants(ks: Keyspace) -> None:
+    """Accounting matches a recomputation from scratch."""
+    data = ks._data
+    assert ks.used_memory() == sum(len(k) + value_size(e.value) + ENTRY_OVERHEAD_BYTES for k, e in data.items())
+    assert ks.used_memory() == sum(e.size for e in data.values())
+    assert ks.expires_count() == sum(1 for e in data.values() if e.expire_at_ms)
+    live_slots = [k for k in ks._order_keys if k is not None]
+    assert sorted(live_slots) == sorted(data)
+    assert all(ks._order_keys[e.slot] == k for k, e in data.items())
+    assert ks._order_seqs == sorted(ks._order_seqs)
+    assert all(e.version <= ks._version_last for e in data.values())
+
+
+class Recorder:
+    def __init__(self, ks: Keyspace):
+        self.keys: list = []
+        ks.on_key_modified = self.keys.append
+
+
+def test_set_get_delete():
+    ks = Keyspace()
+    assert ks.get(b"k", 0) is None
+    ks.set(b"k", b"v", 0)
+    assert ks.get(b"k", 0) == b"v"
+    assert len(ks) == 1
+    assert ks.keyspace_hits == 1 and ks.keyspace_misses == 1
+    assert ks.delete(b"k", 0)
+    assert not ks.delete(b"k", 0)
+    assert len(ks) == 0 and ks.used_memory() == 0
+
+
+def test_versions_monotonic_and_never_repeat():
+    ks = Keyspace()
+    ks.set(b"a", b"1", 0)
+    v1 = ks.version_of(b"a", 0)
+    ks.set(b"a", b"2", 0)
+    v2 = ks.version_of(b"a", 0)
+    assert v2 > v1
+    ks.delete(b"a", 0)
+    assert ks.version_of(b"a", 0) == 0
+    ks.set(b"b", b"x", 0)
+    ks.set(b"a", b"3", 0)
+    assert ks.version_of(b"a", 0) > v2
+    ks.hash_set(b"h", [(b"f", b"v")], 0)
+    vh = ks.version_of(b"h", 0)
+    ks.hash_set(b"h", [(b"g", b"v")], 0)
+    assert ks.version_of(b"h", 0) > vh
+    vh = ks.version_of(b"h", 0)
+    ks.set_expire(b"h", 100, 0)
+    assert ks.version_of(b"h", 0) > vh
+    vh = ks.version_of(b"h", 0)
+    ks.persist(b"h", 0)
+    assert ks.version_of(b"h", 0) > vh
+
+
+def test_versions_deterministic_for_same_writes():
+    def run() -> list[int]:
+        ks = Keyspace()
+        rng = random.Random(3)
+        for i in range(500):
+            key = b"k%d" % rng.randrange(20)
+            op = rng.randrange(4)
+            if op == 0:
+                ks.set(key, b"v", i)
+            elif op == 1:
+                ks.delete(key, i)
+            elif op == 2:
+                ks.set_expire(key, i + rng.randrange(1, 50), i)
+            else:
+                ks.hash_delete(key, [b"f"], i) if isinstance(ks.peek(key, i), dict) else ks.hash_set(
+                    key, [(b"f", b"v")], i) if ks.peek(key, i) is None else None
+        return [ks.version_of(b"k%d" % j, 500) for j in range(20)]
+
+    assert run() == run()
+
+
+def test_lazy_expiry_fires_callback_and_counts():
+    ks = Keyspace()
+    rec = Recorder(ks)
+    ks.set(b"k", b"v", 0, expire_at_ms=100)
+    assert ks.expires_count() == 1
+    assert ks.get(b"k", 99) == b"v"
+    assert ks.get(b"k", 100) is None
+    assert ks.expired_keys == 1
+    assert rec.keys == [b"k", b"k"]
+    assert ks.expires_count() == 0
+    check_invariants(ks)
+
+
+def test_active_expire_cycle_is_bounded():
+    ks = Keyspace()
+    rec = Recorder(ks)
+    for i in range(100):
+        ks.set(b"k%d" % i, b"v", 0, expire_at_ms=10 + i)
+    ks.set(b"forever", b"v", 0)
+    rec.keys.clear()
+    assert ks.active_expire_cycle(5, 1000) == 0
+    assert ks.active_expire_cycle(1000, 30) == 30
+    assert len(ks) == 71
+    assert ks.active_expire_cycle(1000, 1000) == 70
+    assert len(ks) == 1 and ks.expired_keys == 100
+    assert len(rec.keys) == 100
+    check_invariants(ks)
+
+
+def test_active_expire_skips_stale_heap_items():
+    ks = Keyspace()
+    ks.set(b"k", b"v", 0, expire_at_ms=10)
+    ks.set_expire(b"k", 20, 0)
+    ks.persist(b"k", 0)
+    ks.set_expire(b"k", 30, 0)
+    assert ks.active_expire_cycle(25, 100) == 0
+    assert ks.get(b"k", 25) == b"v"
+    assert ks.active_expire_cycle(30, 100) == 1
+
+
+def test_expire_heap_stays_bounded():
+    ks = Keyspace()
+    ks.set(b"k", b"v", 0)
+    for i in range(10_000):
+        ks.set_expire(b"k", 1_000_000 + i, 0)
+    assert len(ks._expire_heap) <= 2 * ks.expires_count() + 1024 + 1
+
+
+def test_set_with_past_deadline_deletes():
+    ks = Keyspace()
+    ks.set(b"k", b"v", 0)
+    ks.set(b"k", b"w", 50, expire_at_ms=10)
+    assert ks.peek(b"k", 50) is None and len(ks) == 0
+
+
+def test_keep_ttl():
+    ks = Keyspace()
+    ks.set(b"k", b"v", 0, expire_at_ms=100)
+    ks.set(b"k", b"w", 0, keep_ttl=True)
+    assert ks.expire_at_of(b"k", 0) == 100
+    ks.set(b"k", b"x", 0)
+    assert ks.expire_at_of(b"k", 0) == -1
+    assert ks.expire_at_of(b"nokey", 0) == -2
+
+
+def test_memory_accounting_through_hash_changes():
+    ks = Keyspace()
+    ks.hash_set(b"h", [(b"a", b"1"), (b"b", b"22")], 0)
+    assert ks.used_memory() == len(b"h") + ENTRY_OVERHEAD_BYTES + 2 * FIELD_OVERHEAD_BYTES + 1 + 1 + 1 + 2
+    ks.hash_set(b"h", [(b"a", b"1111"), (b"c", b"3")], 0)
+    check_invariants(ks)
+    ks.hash_delete(b"h", [b"a", b"zz"], 0)
+    check_invariants(ks)
+    ks.set(b"s", b"x" * 1000, 0)
+    ks.set(b"s", b"x" * 10, 0)
+    check_invariants(ks)
+    ks.rename(b"s", b"t", 0)
+    ks.copy(b"h", b"h2", 0, replace=False)
+    check_invariants(ks)
+    ks.hash_delete(b"h", [b"b", b"c"], 0)
+    assert ks.peek(b"h", 0) is None
+    check_invariants(ks)
+    ks.flush()
+    assert ks.used_memory() == 0 and len(ks) == 0
+
+
+def test_callback_for_every_change():
+    ks = Keyspace()
+    rec = Recorder(ks)
+    ks.set(b"a", b"1", 0)
+    ks.hash_set(b"h", [(b"f", b"v")], 0)
+    ks.hash_delete(b"h", [b"f"], 0)
+    ks.set_expire(b"a", 100, 0)
+    ks.persist(b"a", 0)
+    ks.rename(b"a", b"b", 0)
+    ks.delete(b"b", 0)
+    ks.flush()
+    assert rec.keys == [b"a", b"h", b"h", b"a", b"a", b"a", b"b", b"b", None]
+    rec.keys.clear()
+    ks.get(b"x", 0)
+    ks.delete(b"x", 0)
+    ks.hash_delete(b"x", [b"f"], 0)
+    assert rec.keys == []
+
+
+def test_noeviction_reports_over_limit():
+    ks = Keyspace(maxmemory=1000)
+    for i in range(20):
+        ks.set(b"k%d" % i, b"x" * 100, 0)
+    assert not ks.free_memory_if_needed(0)
+    assert len(ks) == 20 and ks.evicted_keys == 0
+    ks.maxmemory = 0
+    assert ks.free_memory_if_needed(0)
+
+
+def test_unknown_policy_refused():
+    ks = Keyspace()
+    with pytest.raises(ValueError):
+        ks.maxmemory_policy = "allkeys-lfu-ish"
+    with pytest.raises(ValueError):
+        Keyspace(maxmemory_policy="bogus")
+    assert ks.maxmemory_policy == "noeviction"
+
+
+def test_allkeys_lru_evicts_cold_keys():
+    ks = Keyspace(maxmemory_policy="allkeys-lru")
+    rec = Recorder(ks)
+    for i in range(200):
+        ks.set(b"k%d" % i, b"x" * 100, i)
+    hot = [b"k%d" % i for i in range(0, 200, 4)]
+    for key in hot:
+        ks.get(key, 1000)
+    rec.keys.clear()
+    ks.maxmemory = ks.used_memory() // 2
+    assert ks.free_memory_if_needed(1000)
+    assert ks.used_memory() <= ks.maxmemory
+    assert ks.evicted_keys == len(rec.keys) > 0
+    assert sum(1 for key in hot if ks.peek(key, 1000) is not None) >= len(hot) * 0.9
+    check_invariants(ks)
+
+
+def test_volatile_ttl_evicts_nearest_deadline_first():
+    ks = Keyspace(maxmemory_policy="volatile-ttl")
+    ks.set(b"keep", b"x" * 100, 0)
+    for i in range(10):
+        ks.set(b"v%d" % i, b"x" * 100, 0, expire_at_ms=1000 + i)
+    ks.maxmemory = ks.used_memory() - 1
+    assert ks.free_memory_if_needed(0)
+    assert ks.peek(b"v0", 0) is None and ks.peek(b"v1", 0) is not None
+    ks.maxmemory = 1
+    assert not ks.free_memory_if_needed(0)  # only keys without TTL remain
+    assert len(ks) == 1 and ks.peek(b"keep", 0) is not None
+    check_invariants(ks)
+
+
+@pytest.mark.parametrize("policy", ["allkeys-random", "volatile-random", "volatile-lru"])
+def test_other_policies_evict_until_under_limit(policy):
+    ks = Keyspace(maxmemory_policy=policy)
+    for i in range(100):
+        ks.set(b"k%d" % i, b"x" * 100, 0, expire_at_ms=10_000)
+    ks.maxmemory = ks.used_memory() // 3
+    assert ks.free_memory_if_needed(0)
+    assert ks.used_memory() <= ks.maxmemory
+    check_invariants(ks)
+
+
+def test_scan_returns_every_stable_key_once():
+    ks = Keyspace()
+    rng = random.Random(11)
+    for i in range(3000):
+        ks.set(b"stable%d" % i, b"v", 0)
+    seen: list[bytes] = []
+    cursor = 0
+    churn = 0
+    while True:
+        cursor, keys = ks.scan(cursor, 25, 0)
+        seen.extend(keys)
+        for _ in range(40):
+            ks.set(b"churn%d" % churn, b"v", 0)
+            ks.delete(b"churn%d" % rng.randrange(churn + 1), 0)
+            churn += 1
+        if cursor == 0:
+            break
+        check_invariants(ks)
+    stable = [k for k in seen if k.startswith(b"stable")]
+    assert len(stable) == 3000 and len(set(stable)) == 3000
+
+
+def test_scan_order_compaction_keeps_cursors_valid():
+    ks = Keyspace()
+    for i in range(5000):
+        ks.set(b"k%d" % i, b"v", 0)
+    cursor, first = ks.scan(0, 100, 0)
+    for i in range(100, 4900):
+        ks.delete(b"k%d" % i, 0)
+    assert ks._order_holes < 2000  # compaction ran
+    rest = []
+    while cursor:
+        cursor, keys = ks.scan(cursor, 100, 0)
+        rest.extend(keys)
+    assert set(first).isdisjoint(rest)
+    assert set(first) | set(rest) == set(ks.keys(0))
+    check_invariants(ks)
+
+
+def test_scan_and_keys_and_random_skip_expired():
+    ks = Keyspace()
+    ks.set(b"dead", b"v", 0, expire_at_ms=5)
+    ks.set(b"live", b"v", 0)
+    assert ks.scan(0, 10, 5) == (0, [b"live"])
+    ks.set(b"dead", b"v", 0, expire_at_ms=5)
+    assert ks.keys(5) == [b"live"]
+    ks.set(b"dead", b"v", 0, expire_at_ms=5)
+    assert {ks.random_key(5) for _ in range(20)} == {b"live"}
+    assert ks.expired_keys == 3
+
+
+def test_random_key_is_seeded():
+    def picks(seed: int) -> list:
+        ks = Keyspace(seed=seed)
+        for i in range(50):
+            ks.set(b"k%d" % i, b"v", 0)
+        return [ks.random_key(0) for _ in range(10)]
+
+    assert picks(1) == picks(1)
+    assert Keyspace().random_key(0) is None
+
+
+def test_rename_and_copy_keep_ttl():
+    ks = Keyspace()
+    ks.set(b"a", b"1", 0, expire_at_ms=100)
+    assert ks.rename(b"a", b"b", 0)
+    assert ks.expire_at_of(b"b", 0) == 100
+    assert ks.copy(b"b", b"c", 0, replace=False)
+    assert ks.expire_at_of(b"c", 0) == 100
+    assert not ks.copy(b"b", b"c", 0, replace=False)
+    assert not ks.rename(b"nokey", b"x", 0)
+
+
+def test_touch_and_idle():
+    ks = Keyspace()
+    ks.set(b"k", b"v", 0)
+    assert ks.idle_ms(b"k", 5000) == 5000
+    assert ks.touch(b"k", 5000)
+    assert ks.idle_ms(b"k", 6000) == 1000
+    assert not ks.touch(b"x", 0)
+    assert ks.idle_ms(b"x", 0) is None
