@@ -136,13 +136,13 @@ def read_snapshot(path: str, snapshot_bytes_max: int) -> Snapshot:
     return snapshot
 
 
-def remove_temp_files(dir_path: str) -> int:
-    """Delete `.tmp` files left by a crash during `write_snapshot`; return how many."""
-    removed = 0
-    for name in os.listdir(dir_path):
+def remove_temp_files(dir_path: str) -> list[str]:
+    """Delete `.tmp` files left by a crash during `write_snapshot`; return their paths."""
+    removed = []
+    for name in sorted(os.listdir(dir_path)):
         if name.startswith(_PREFIX) and name.endswith(_SUFFIX + _TEMP_SUFFIX):
             os.unlink(os.path.join(dir_path, name))
-            removed += 1
+            removed.append(os.path.join(dir_path, name))
     return removed
 
 

@@ -145,6 +145,8 @@ class Storage:
         self._state_lock = threading.Lock()
         self._failed: BaseException | None = None
         self.restored = RestoreState()
+        # What recovery changed on disk, one sentence each, for the server to log.
+        self.repairs: list[str] = []
         # What the log looks like once every pending record is written; guarded by _state_lock.
         self._model: LogModel[int] = LogModel(lambda term: term)
         self._pending: list[bytes | _Cut] = []
@@ -209,6 +211,7 @@ class Storage:
             with self._state_lock:
                 self._emit_snapshot(newest.index, newest.term)
             self._flush_locked(self._durable)
+            self.repairs.append(f"logged snapshot {newest.index}, whose record a crash had prevented")
         with self._state_lock:
             assert self._model.next_index == found.model.next_index
             assert self._model.first_index == found.model.first_index
@@ -239,11 +242,13 @@ class Storage:
 
     def _repair(self, found: Replay) -> None:
         """Cut a torn tail, drop a segment that a crash left without its header, open for append."""
-        snap.remove_temp_files(self.dir_path)
+        for path in snap.remove_temp_files(self.dir_path):
+            self.repairs.append(f"removed {path}, left by a crash while writing a snapshot")
         self._segments = found.segments
         if found.empty_tail is not None:
             os.unlink(found.empty_tail)
             self._fsync_dir()
+            self.repairs.append(f"removed {found.empty_tail}, a segment a crash left without its header")
         if not self._segments:
             self._next_seq = found.empty_tail_seq or 0
             self._start_first_segment()
@@ -254,6 +259,10 @@ class Storage:
                 f.truncate(found.last_valid_bytes)
                 if self._durable:
                     self._fsync_fn(f.fileno())
+            self.repairs.append(
+                f"cut a torn tail of {found.torn_bytes} bytes from {last.path} at offset "
+                f"{found.last_valid_bytes} ({found.torn_reason})"
+            )
         self._fd = os.open(last.path, os.O_WRONLY | os.O_APPEND)
         with self._state_lock:
             self._segment_bytes = os.fstat(self._fd).st_size

@@ -50,6 +50,7 @@ def test_torn_last_record_at_every_offset_recovers_the_prefix(tmp_path, kept_byt
     with Storage.open(path, SMALL, no_fsync) as storage:
         assert [e.index for e in storage.restored.entries] == [1, 2, 3]
         assert os.path.getsize(segment) == starts[-1]
+        assert len(storage.repairs) == (0 if kept_bytes == 0 else 1)
         storage.append(make_entries(4, 1, term=2), None)
     assert indexes(path) == [1, 2, 3, 4]
 
