@@ -71,8 +71,11 @@ class Router:
         if rd.snapshot is not None:
             d.snapshot, d.entries = rd.snapshot, []
         if rd.entries:
+            # Overwrite the stored suffix from the first new index on.
             first = rd.entries[0].index
-            d.entries = [e for e in d.entries if e.index < first] + list(rd.entries)
+            base = d.entries[0].index if d.entries else first
+            del d.entries[max(0, first - base) :]
+            d.entries.extend(rd.entries)
         if rd.hard_state is not None:
             d.hard_state = rd.hard_state
         self.applied[nid].extend(rd.committed_entries)

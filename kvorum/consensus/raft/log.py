@@ -135,7 +135,7 @@ class RaftLog:
 
     def compact(self, snapshot: Snapshot) -> None:
         """Drop the entries covered by `snapshot` (taken from our own applied state)."""
-        assert self.snap_index < snapshot.index <= self.stable
+        assert self.snap_index < snapshot.index <= min(self.stable, self.committed)
         assert self.term(snapshot.index) == snapshot.term
         del self.entries[: snapshot.index + 1 - self.offset]
         self.snap_index = snapshot.index

@@ -249,7 +249,9 @@ class RaftNode:
         if snapshot.index <= log.snap_index:
             return
         assert snapshot.index <= self._applied, "only applied state can be snapshotted"
-        assert snapshot.index <= log.stable, "only persisted entries can be compacted"
+        # Committed entries may be applied before they are persisted; the caller's
+        # durable snapshot now covers any of those, so they count as stable.
+        log.stable = max(log.stable, snapshot.index)
         membership, _ = self._membership_at(snapshot.index)
         # The engine knows the membership at the index better than the caller does.
         snap = Snapshot(snapshot.index, snapshot.term, membership, snapshot.data)
@@ -455,6 +457,14 @@ class RaftNode:
         # Any membership entry in the log may be uncommitted: allow no new change
         # until our own entries commit (they commit everything before them).
         self._pending_conf_index = self._log.last_index()
+        if self._bug_commit_old_term:
+            # BUG commit-old-term, second half: without the NOOP the new leader
+            # replicates earlier terms' entries alone, exactly as in Figure 8, so
+            # the missing term check in _maybe_commit becomes observable (the
+            # NOOP would ride along in the same append and mask it). Probe every
+            # follower at once, as the NOOP's append would have.
+            self._bcast_commit = True
+            return
         # Paper §5.4.2 / §8: a leader commits earlier terms' entries only
         # indirectly, by committing one of its own; the NOOP is that entry.
         self._append_own(EntryKind.NOOP, b"")
@@ -831,8 +841,8 @@ class RaftNode:
         if self._bcast_entries or self._bcast_commit:
             send_if_empty = self._bcast_commit
             self._bcast_entries = self._bcast_commit = False
-            if self._self_pr is not None or self._tracker.membership.voters:
-                self._maybe_commit()
+            # A one-voter group commits on its own append, with no answer to wait for.
+            self._maybe_commit()
             send_if_empty = send_if_empty or self._bcast_commit
             self._bcast_commit = False
             last = self._log.last_index()
