@@ -46,3 +46,18 @@ def read_until_closed(sock: socket.socket) -> bytes:
             break
         data += chunk
     return data
+
+
+def call(client, *args):
+    """Send a command and return the raw reply, without redis-py's reply callbacks."""
+    conn = client.connection_pool.get_connection()
+    try:
+        conn.send_command(*args)
+        return conn.read_response()
+    finally:
+        client.connection_pool.release(conn)
+
+
+def text(value) -> str:
+    """A reply as str, whichever way redis-py decoded it."""
+    return value.decode() if isinstance(value, bytes) else value
