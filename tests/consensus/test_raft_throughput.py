@@ -17,12 +17,13 @@ def run_once() -> float:
     r.pump()
     leader = r.nodes["1"]
     payload = b"x" * 32
-    start = time.perf_counter()
+    # CPU time of this process: other work on a shared machine does not count.
+    start = time.process_time()
     for _ in range(BATCHES):
         for _ in range(BATCH):
             leader.propose(payload)
         r.pump()
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert all(len(r.applied[n]) == BATCH * BATCHES + 1 for n in r.nodes)
     return BATCH * BATCHES / elapsed
 

@@ -36,9 +36,18 @@ bytes and back.
 fills in the snapshot's membership itself. `Ready.snapshot` (a follower that
 was sent one) must be persisted and installed before `Ready.entries`.
 
-Deliberate bugs (`RaftConfig.bugs`, for checking the simulator):
-"commit-old-term", "forget-vote", "stale-lease" (needs `lease_reads=True`; it
-also lifts the check_quorum requirement), "no-truncate".
+Deliberate bugs (`RaftConfig.bugs`, each one marked branch, for proving that
+the simulator catches them):
+
+- "commit-old-term": the leader commits an entry of an earlier term as soon as
+  a majority stores it (paper §5.4.2, Figure 8), and appends no NOOP when
+  elected (the NOOP would travel with the old entries and hide the bug).
+- "forget-vote": `Ready.hard_state.vote` is always None, so a restarted node
+  forgets its vote and may vote twice in one term.
+- "stale-lease": with `lease_reads=True` the leader's lease never expires (and
+  check_quorum is no longer required), so a deposed leader serves stale reads.
+- "no-truncate": a follower keeps its conflicting entries and appends only
+  what lies beyond its last index, yet acknowledges the whole append.
 """
 
 from kvorum.consensus.raft.config import KNOWN_BUGS, RaftConfig

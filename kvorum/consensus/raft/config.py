@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     import random
 
 # Deliberately broken variants, for proving that the simulator catches them.
-BUG_COMMIT_OLD_TERM = "commit-old-term"  # leader counts replicas of earlier-term entries
+BUG_COMMIT_OLD_TERM = "commit-old-term"  # leader counts replicas of earlier-term entries, no NOOP
 BUG_FORGET_VOTE = "forget-vote"  # the vote is left out of the persisted hard state
 BUG_STALE_LEASE = "stale-lease"  # lease reads served without an active quorum
 BUG_NO_TRUNCATE = "no-truncate"  # follower keeps conflicting entries

@@ -14,7 +14,29 @@ operation proportional to the log length and runs once per snapshot.
 
 from __future__ import annotations
 
-from kvorum.consensus.replicated_log import Entry, Snapshot
+from kvorum.consensus.replicated_log import Entry, EntryKind, Snapshot
+
+# `Entry` is a frozen dataclass, whose __init__ assigns each field through
+# object.__setattr__; a leader creates one per proposal, so it fills the slots
+# through their descriptors instead, which is about twice as fast.
+_entry_alloc = object.__new__
+_set_term = Entry.term.__set__  # type: ignore[attr-defined]
+_set_index = Entry.index.__set__  # type: ignore[attr-defined]
+_set_kind = Entry.kind.__set__  # type: ignore[attr-defined]
+_set_data = Entry.data.__set__  # type: ignore[attr-defined]
+
+
+def new_entry(term: int, index: int, kind: EntryKind, data: bytes) -> Entry:
+    """Exactly `Entry(term, index, kind, data)`, faster."""
+    e = _entry_alloc(Entry)
+    _set_term(e, term)
+    _set_index(e, index)
+    _set_kind(e, kind)
+    _set_data(e, data)
+    return e
+
+
+assert new_entry(2, 3, EntryKind.NOOP, b"x") == Entry(2, 3, EntryKind.NOOP, b"x")
 
 
 class RaftLog:
@@ -82,6 +104,8 @@ class RaftLog:
         start = lo - self.offset
         assert 0 <= start < len(self.entries)
         chunk = self.entries[start : start + count_max]
+        if sum([len(e.data) for e in chunk]) <= bytes_max:
+            return tuple(chunk)
         total = 0
         for n, e in enumerate(chunk):
             total += len(e.data)

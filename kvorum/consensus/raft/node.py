@@ -49,7 +49,7 @@ from kvorum.consensus.raft.config import (
     BUG_STALE_LEASE,
     RaftConfig,
 )
-from kvorum.consensus.raft.log import RaftLog
+from kvorum.consensus.raft.log import RaftLog, new_entry
 from kvorum.consensus.raft.membership import (
     decode_membership,
     encode_membership,
@@ -750,7 +750,7 @@ class RaftNode:
     def _append_own(self, kind: EntryKind, data: bytes) -> tuple[int, int]:
         log = self._log
         index = log.offset + len(log.entries)
-        log.entries.append(Entry(self.term, index, kind, data))
+        log.entries.append(new_entry(self.term, index, kind, data))
         pr = self._self_pr
         if pr is not None:
             pr.match = index
