@@ -326,12 +326,17 @@ class Storage:
         """Append `entries` (overwriting any stored suffix from the first one's index) and
         record `hard_state` (None: unchanged).
 
-        Durable on return only in "always" mode; otherwise after the next `sync`.
-        Raises ValueError, changing nothing, when an entry cannot fit in one record."""
+        Entries that the latest snapshot already covers are skipped: they are
+        committed, so the snapshot holds them (the driver may apply committed
+        entries, and snapshot them, before it persists them). Durable on return
+        only in "always" mode; otherwise after the next `sync`. Raises
+        ValueError, changing nothing, when an entry cannot fit in one record."""
         self._check_usable()
-        batches = self._batch(entries)
         with self._state_lock:
-            self._append_locked(entries, batches, hard_state)
+            covered = self._model.snapshot_index - entries[0].index + 1 if entries else 0
+            if covered > 0:
+                entries = entries[covered:]
+            self._append_locked(entries, self._batch(entries), hard_state)
             overflow = self._pending_bytes > self.config.pending_bytes_max
         if self.config.fsync == "always":
             self.sync()
@@ -495,12 +500,13 @@ class Storage:
 
         Used both for snapshots this node takes of its own state machine and for
         snapshots installed from a leader. Entries after the snapshot are kept
-        only if the log holds (snapshot.index, snapshot.term). Snapshot indexes
-        must increase from one call to the next."""
+        only if the log holds (snapshot.index, snapshot.term). A snapshot no
+        newer than the latest one is ignored, as the engines ignore it."""
         self._check_usable()
         with self._io_lock:
             with self._state_lock:
-                assert snapshot.index > self._model.snapshot_index, "snapshots only move forward"
+                if snapshot.index <= self._model.snapshot_index:
+                    return
             try:
                 snap.write_snapshot(self.dir_path, snapshot, self._fsync_fn)
             except BaseException as exc:

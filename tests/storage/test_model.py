@@ -56,13 +56,19 @@ class Model:
         return None
 
     def append(self, entries: list[Entry]) -> None:
-        del self.entries[entries[0].index - self.first_index :]
-        self.entries.extend(entries)
+        entries = [e for e in entries if e.index >= self.first_index]
+        if entries:
+            del self.entries[entries[0].index - self.first_index :]
+            self.entries.extend(entries)
 
-    def install(self, snapshot: Snapshot) -> None:
+    def install(self, snapshot: Snapshot) -> bool:
+        """Apply `snapshot`; False when it is stale and ignored."""
+        if self.snapshot and snapshot.index <= self.snapshot.index:
+            return False
         keep = self.term_at(snapshot.index) == snapshot.term
         self.entries = [e for e in self.entries if e.index > snapshot.index] if keep else []
         self.snapshot = snapshot
+        return True
 
     def restore_state(self) -> RestoreState:
         return RestoreState(hard_state=self.hard_state, snapshot=self.snapshot, entries=tuple(self.entries))
@@ -91,7 +97,8 @@ class StorageMachine(RuleBasedStateMachine):
         with_hard_state=st.booleans(),
     )
     def append(self, back, count, size, new_term, vote, commit_step, with_hard_state):
-        first = max(self.model.first_index, self.model.last_index + 1 - back)
+        # Reaching back past the snapshot is allowed: the storage skips covered entries.
+        first = max(1, self.model.last_index + 1 - back)
         self.term += new_term
         entries = make_entries(first, count, self.term, size)
         hard_state = None
@@ -106,10 +113,14 @@ class StorageMachine(RuleBasedStateMachine):
         self.storage.sync()
         self.durable = copy.deepcopy(self.model)
 
-    @rule(offset=st.integers(0, 40), matching=st.booleans())
+    @rule(offset=st.integers(-3, 40), matching=st.booleans())
     def snapshot(self, offset, matching):
+        """A negative offset gives a stale snapshot, which the storage ignores."""
         model = self.model
-        if matching and model.entries:
+        if offset < 0:
+            index = max(1, model.first_index - 1 + offset)
+            term = self.term
+        elif matching and model.entries:
             index = model.first_index + offset % len(model.entries)
             term = model.term_at(index)
         else:
@@ -118,8 +129,9 @@ class StorageMachine(RuleBasedStateMachine):
             term = self.term
         snapshot = make_snapshot(index, term, data=b"state at %d" % index)
         self.storage.save_snapshot(snapshot)
-        model.install(snapshot)
-        self.durable = copy.deepcopy(model)
+        if model.install(snapshot):
+            # Saving a snapshot syncs everything appended before it.
+            self.durable = copy.deepcopy(model)
 
     @rule()
     def reopen(self):

@@ -233,14 +233,36 @@ def test_many_entries_are_split_across_records(open_storage):
     assert reload(open_storage.path).entries == tuple(batch)
 
 
-def test_gaps_and_compacted_overwrites_are_programmer_errors(open_storage):
+def test_a_gap_is_a_programmer_error(open_storage):
     storage = open_storage()
     storage.append(make_entries(1, 5, term=1), None)
     with pytest.raises(AssertionError, match="gap"):
         storage.append(make_entries(7, 1, term=1), None)
-    storage.save_snapshot(make_snapshot(3, 1))
-    with pytest.raises(AssertionError, match="snapshot"):
-        storage.append(make_entries(3, 1, term=1), None)
+
+
+def test_entries_the_snapshot_covers_are_skipped(open_storage):
+    """The driver applied and snapshotted entries 1..6 before persisting 4..8."""
+    storage = open_storage()
+    storage.append(make_entries(1, 3, term=1), None)
+    storage.save_snapshot(make_snapshot(6, 1))
+    storage.append(make_entries(4, 5, term=1), None)
+    storage.append(make_entries(2, 3, term=1), None)
+    assert (storage.first_index, storage.last_index) == (7, 8)
+    storage.close()
+    assert reload(open_storage.path).entries == tuple(make_entries(7, 2, term=1))
+
+
+def test_a_snapshot_no_newer_than_the_latest_is_ignored(open_storage):
+    storage = open_storage()
+    storage.append(make_entries(1, 10, term=1), None)
+    storage.save_snapshot(make_snapshot(6, 1, data=b"six"))
+    storage.save_snapshot(make_snapshot(6, 2, data=b"six again"))
+    storage.save_snapshot(make_snapshot(4, 1, data=b"four"))
+    assert (storage.first_index, storage.last_index) == (7, 10)
+    storage.close()
+    restored = reload(open_storage.path)
+    assert restored.snapshot == make_snapshot(6, 1, data=b"six")
+    assert [e.index for e in restored.entries] == [7, 8, 9, 10]
 
 
 def test_sync_in_a_worker_thread_while_appending(open_storage):
