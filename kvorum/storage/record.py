@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import Sequence
@@ -54,6 +55,7 @@ MAGIC = b"kv"
 HEADER = struct.Struct("<2sBII")
 HEADER_BYTES = HEADER.size
 _CHECKED = struct.Struct("<2sBI")  # the header fields the checksum covers
+_CRC = struct.Struct("<I")
 
 # The reader accepts records up to this size whatever the writer's configured
 # record_bytes_max, so that lowering that limit never makes an existing log
@@ -61,7 +63,7 @@ _CHECKED = struct.Struct("<2sBI")  # the header fields the checksum covers
 RECORD_BYTES_CEILING = 256 * 1024 * 1024
 
 assert HEADER_BYTES == 11
-assert _CHECKED.size == 7
+assert _CHECKED.size + _CRC.size == HEADER_BYTES
 
 
 class CorruptLogError(Exception):
@@ -96,10 +98,7 @@ FORMAT_VERSION = 1
 
 def encode_record(rtype: RecordType, body: bytes) -> bytes:
     head = _CHECKED.pack(MAGIC, rtype, len(body))
-    crc = zlib.crc32(body, zlib.crc32(head))
-    record = head + struct.pack("<I", crc) + body
-    assert len(record) == HEADER_BYTES + len(body)
-    return record
+    return head + _CRC.pack(zlib.crc32(body, zlib.crc32(head))) + body
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,8 +170,17 @@ def read_segment(path: str, data: bytes, last: bool) -> SegmentRead:
 # turns into CorruptLogError with the record's file and offset.
 
 
+# msgpack.packb builds a Packer per call, which costs more than packing a
+# small record; a Packer is not safe to share between threads, so each thread
+# that writes (several storages may run in several threads) keeps its own.
+_packers = threading.local()
+
+
 def _pack(obj: object) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(obj)
 
 
 def _unpack(body: bytes) -> list:

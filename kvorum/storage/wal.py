@@ -391,13 +391,13 @@ class Storage:
     def _emit(self, rtype: RecordType, body: bytes) -> None:
         """Queue one record, cutting a new segment first if it would overflow this one."""
         record = rec.encode_record(rtype, body)
-        assert len(record) <= self.config.record_bytes_max
-        overflow = self._segment_bytes + len(record) > self.config.segment_bytes_max
-        if overflow and self._segment_has_records:
+        size = len(record)
+        assert size <= self.config.record_bytes_max
+        if self._segment_bytes + size > self.config.segment_bytes_max and self._segment_has_records:
             self._pending.append(self._new_cut())
         self._pending.append(record)
-        self._pending_bytes += len(record)
-        self._segment_bytes += len(record)
+        self._pending_bytes += size
+        self._segment_bytes += size
         self._segment_has_records = True
 
     def _new_cut(self) -> _Cut:
