@@ -239,3 +239,49 @@ def test_joint_config_needs_both_majorities() -> None:
     st = r.nodes["1"].status()
     assert st.commit >= index + 1
     assert st.membership == Membership(frozenset({"1", "4", "5", "6"}))
+
+
+def test_lease_read_survives_follower_restart() -> None:
+    """Thesis 6.4.1: a lease holds only while the followers that confirmed it refuse
+    to vote for an election timeout. A follower that restarts has forgotten hearing
+    from the leader, so it keeps that promise blindly for its first election timeout."""
+    r = Router(["1", "2", "3"], lease_reads=True)
+    elect(r, "1")
+    r.tick_all(2)
+    assert r.nodes["1"].status().lease_valid
+    r.isolate("1")
+    r.crash("2")
+    r.restart("2")
+    r.nodes["3"].campaign()
+    r.pump()
+    assert r.leaders() == ["1"] and r.nodes["1"].status().lease_valid
+    for _ in range(10):  # one election timeout on everyone's clock
+        for nid in ("1", "2"):
+            r.nodes[nid].tick()
+        r.pump()
+    # Only now, with 1's lease over, may the others elect a leader of a new term.
+    assert not r.nodes["1"].status().lease_valid
+    r.nodes["3"].campaign()
+    r.pump()
+    assert set(r.leaders()) - {"1"}
+
+
+def test_transfer_forfeits_the_lease() -> None:
+    """Thesis 3.10 and 6.4.1: voters join an election started by TimeoutNow even
+    while they believe in a live leader, so once a leader has sent TimeoutNow (which
+    may arrive late, after the transfer was abandoned) it serves no lease reads in
+    that term; reads fall back to ReadIndex rounds."""
+    r = Router(["1", "2", "3"], lease_reads=True)
+    elect(r, "1")
+    r.tick_all(2)
+    r.isolate("2")
+    r.nodes["1"].transfer_leadership("2")
+    r.pump()
+    assert not r.nodes["1"].status().lease_valid
+    r.heal()
+    r.tick_all(12)  # the transfer is abandoned after an election timeout
+    st = r.nodes["1"].status()
+    assert st.role is Role.LEADER and not st.lease_valid
+    r.nodes["1"].read_barrier(b"r")
+    r.pump()
+    assert r.nodes["1"].status().role is Role.LEADER

@@ -144,6 +144,11 @@ class RaftNode:
         self._bcast_commit = False
         self._heartbeat_owed = False
         self._step_down_owed = False
+        self._restart_guard = False
+        # Set once this leadership sent TimeoutNow: a delayed one may still start
+        # an election that voters join despite their lease, so no lease is
+        # trusted again in this term.
+        self._lease_forfeited = False
         self._round = 0  # heartbeat rounds sent this leadership
         self._round_ticks: dict[int, int] = {}  # round -> tick it was sent (recent only)
         # Read barriers waiting for a NOOP of this term to commit, then for a round.
@@ -154,6 +159,11 @@ class RaftNode:
             self._restore(restore)
         self._tracker.set_membership(self._membership_now(), self._log.last_index() + 1)
         self._become_follower(self.term, None)
+        # A restarted node may have acknowledged a leader's heartbeat just before
+        # it crashed, and that leader may be counting on it for its lease: so it
+        # keeps the promise a live follower keeps, and for its first election
+        # timeout ignores candidates as if it had heard from a leader.
+        self._restart_guard = restore is not None and restore.hard_state.term > 0
         self._check()
 
     # ------------------------------------------------------------------ restore
@@ -240,7 +250,7 @@ class RaftNode:
         self._election_elapsed = 0
         pr = self._tracker.progress[to]
         if pr.match == self._log.last_index():
-            self._send(TimeoutNow(to, self.id, self.term))
+            self._send_timeout_now(to)
         else:
             self._send_append(to, pr, True)
 
@@ -411,6 +421,8 @@ class RaftNode:
         self._uncommitted_bytes = 0
         self._bcast_entries = self._bcast_commit = self._heartbeat_owed = False
         self._step_down_owed = False
+        self._restart_guard = False
+        self._lease_forfeited = False
         self._round_ticks = {}
         # Unconfirmed read barriers die with the leadership that accepted them.
         self._dropped.extend(self._reads_unready)
@@ -546,7 +558,7 @@ class RaftNode:
             if kind is RequestVote:
                 in_lease = (
                     self._cfg.check_quorum
-                    and self.lead is not None
+                    and (self.lead is not None or self._restart_guard)
                     and self._election_elapsed < self._election_tick
                 )
                 # Thesis 4.2.3: while we hear from a live leader, a candidate is
@@ -727,7 +739,7 @@ class RaftNode:
         self._bcast_entries = True
         if m.frm == self._lead_transferee and pr.match == log.last_index():
             # Thesis 3.10: the target is caught up; let it start an election now.
-            self._send(TimeoutNow(m.frm, self.id, self.term))
+            self._send_timeout_now(m.frm)
 
     def _handle_heartbeat_response(self, m: HeartbeatResponse) -> None:
         pr = self._tracker.progress.get(m.frm)
@@ -864,7 +876,7 @@ class RaftNode:
         for pid in sorted(self._tracker.membership.voters):
             pr = self._tracker.progress.get(pid)
             if pr is not None and pr.match == last:
-                self._send(TimeoutNow(pid, self.id, self.term))
+                self._send_timeout_now(pid)
                 break
         self._become_follower(self.term, None)
 
@@ -911,7 +923,7 @@ class RaftNode:
             # BUG stale-lease: the lease never expires, so a leader cut off from
             # the group keeps serving reads after a new leader took writes.
             return True
-        if not self._cfg.check_quorum or self._lead_transferee is not None:
+        if not self._cfg.check_quorum or self._lead_transferee is not None or self._lease_forfeited:
             return False
         if self._tracker.voter_ids() == {self.id}:
             return True
@@ -919,6 +931,10 @@ class RaftNode:
         if sent is None:
             return False
         return self._now - sent < self._election_tick - self._cfg.lease_drift_ticks
+
+    def _send_timeout_now(self, to: NodeId) -> None:
+        self._lease_forfeited = True
+        self._msgs.append(TimeoutNow(to, self.id, self.term))
 
     def _send(self, m: Any) -> None:
         self._msgs.append(m)
