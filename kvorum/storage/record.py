@@ -20,14 +20,17 @@ bad record is the torn end of the file or damage in the middle of it.
 
 Why CRC-32 and not CRC-32C: `zlib.crc32` ships with Python and runs in C at
 gigabytes per second; CRC-32C would need a third-party extension. Both detect
-every burst error of up to 32 bits and every odd number of flipped bits, and
-miss random damage with probability 2**-32, which is what a checksum against
-torn writes and bit rot has to do. The checksum is not a defence against an
-adversary, so the better polynomial would buy little here.
+every burst of up to 32 bits (a torn or zeroed stretch shorter than that, a
+flipped byte) and any single or double bit flip, and miss random damage with
+probability 2**-32. CRC-32C is the stronger code for long records (it also
+catches every 3-bit error at any size we write, where CRC-32 guarantees that
+only up to about 11 KB), but torn writes and bit rot are what this checksum
+guards against, and it is not a defence against an adversary.
 
 Reading a segment (`read_segment`): records are parsed one after another. The
-first record that fails (short header, wrong magic or type, length over the
-limit or past the end of the file, checksum mismatch) ends the good prefix.
+first record that fails (short header, wrong magic or type, length over
+RECORD_BYTES_CEILING or past the end of the file, checksum mismatch) ends the
+good prefix.
 What happens next depends on where it is:
 
 - in any segment but the last, it is corruption: segments are fsynced before
