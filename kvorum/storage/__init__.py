@@ -8,11 +8,19 @@ format and the fsync modes for operators.
 """
 
 from kvorum.storage.record import CorruptLogError
-from kvorum.storage.wal import FSYNC_MODES, Storage, StorageConfig, StorageFailedError, load
+from kvorum.storage.wal import (
+    FSYNC_MODES,
+    DirectoryLockedError,
+    Storage,
+    StorageConfig,
+    StorageFailedError,
+    load,
+)
 
 __all__ = [
     "FSYNC_MODES",
     "CorruptLogError",
+    "DirectoryLockedError",
     "Storage",
     "StorageConfig",
     "StorageFailedError",

@@ -64,6 +64,7 @@ recovers from what is really on disk.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ from kvorum.storage.snapshot import FsyncFn
 from kvorum.storage.replay import LogModel, Replay, SegmentFile, replay, segment_name
 
 FSYNC_MODES = ("always", "batch", "never")
+LOCK_FILE = "LOCK"
 MiB = 1024 * 1024
 
 # A row of an ENTRIES record costs at most this much besides the entry's data:
@@ -122,6 +124,10 @@ class StorageFailedError(Exception):
     """Operating error: an earlier write or fsync failed; reopen the storage to recover."""
 
 
+class DirectoryLockedError(Exception):
+    """Operating error: another Storage (in this or another process) has the directory open."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Cut:
     """Pending marker: close the current segment and start `seq` with `header`."""
@@ -158,6 +164,7 @@ class Storage:
         # On-disk state; guarded by _io_lock.
         self._segments: list[SegmentFile] = []
         self._fd = -1  # the last segment, open for appending
+        self._lock_fd = -1  # holds an exclusive flock on LOCK_FILE while open
 
     # ------------------------------------------------------------------ open
 
@@ -176,13 +183,27 @@ class Storage:
         os.makedirs(dir_path, exist_ok=True)
         with storage._io_lock:
             try:
+                storage._lock_directory()
                 storage._recover()
             except BaseException:
-                if storage._fd >= 0:
-                    os.close(storage._fd)
-                    storage._fd = -1
+                storage._release()
                 raise
         return storage
+
+    def _lock_directory(self) -> None:
+        """Two writers interleaving records would destroy the log; the second one is refused."""
+        self._lock_fd = os.open(os.path.join(self.dir_path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DirectoryLockedError(f"{self.dir_path} is already open in another Storage") from None
+
+    def _release(self) -> None:
+        """Close the segment and give up the directory lock (closing the file drops the flock)."""
+        for fd in (self._fd, self._lock_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._lock_fd = -1
 
     def _recover(self) -> None:
         """Replay, check, and only then repair: a directory found corrupt is left untouched."""
@@ -446,6 +467,7 @@ class Storage:
         assert self._io_lock.locked()
         with self._state_lock:
             batch, self._pending = self._pending, []
+            assert self._pending_bytes == sum(len(item) for item in batch if isinstance(item, bytes))
             self._pending_bytes = 0
         if not batch:
             return
@@ -554,8 +576,7 @@ class Storage:
                 if self._failed is None:
                     self._flush_locked(self._durable)
             finally:
-                os.close(self._fd)
-                self._fd = -1
+                self._release()
 
     def __enter__(self) -> Storage:
         return self

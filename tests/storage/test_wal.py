@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from kvorum.consensus.replicated_log import Entry, EntryKind, HardState, RestoreState
-from kvorum.storage import CorruptLogError, Storage, StorageConfig, StorageFailedError, load
+from kvorum.storage import CorruptLogError, DirectoryLockedError, Storage, StorageConfig, StorageFailedError, load
 from kvorum.storage.snapshot import list_snapshots, write_snapshot
 
 from wal_helpers import SMALL, make_entries, make_snapshot, no_fsync
@@ -326,3 +326,11 @@ def test_lowering_record_bytes_max_keeps_old_logs_readable(open_storage):
 def test_bad_limits_are_refused_when_the_config_is_built(limits):
     with pytest.raises(ValueError):
         StorageConfig(**limits)
+
+
+def test_a_directory_has_one_writer_at_a_time(open_storage):
+    storage = open_storage()
+    with pytest.raises(DirectoryLockedError):
+        Storage.open(open_storage.path, SMALL, no_fsync)
+    storage.close()
+    open_storage().close()

@@ -38,9 +38,8 @@ def no_fsync(fd: int) -> None:
 
 
 def crash(storage) -> None:
-    """Simulate a process crash: drop the pending buffer and the file handle without writing.
+    """Simulate a process crash: drop the pending buffer and the open files without writing.
 
     Reaches into the storage on purpose: a real crash gives no chance to run
     `close`, and what was already written stays in the operating system."""
-    os.close(storage._fd)
-    storage._fd = -1
+    storage._release()
