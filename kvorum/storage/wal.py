@@ -56,6 +56,11 @@ and the log join without a gap. A crash between writing a snapshot file and
 its SNAPSHOT record leaves a snapshot newer than the log says; recovery
 applies it by the same rule and writes the missing records.
 
+One writer. `open` takes an exclusive flock on the directory's LOCK file and
+holds it until `close`, so a second Storage on the same directory (another
+process started with the same --data-dir) fails with DirectoryLockedError
+instead of interleaving records with the first.
+
 Failures. A failed write or fsync leaves the file in an unknown state (after a
 failed fsync, Linux may already have dropped the dirty pages), so the storage
 refuses every later call with `StorageFailedError`; restarting the node
