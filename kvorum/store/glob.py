@@ -59,8 +59,17 @@ def _class(pattern: bytes, i: int) -> tuple[bytes, int]:
 
 
 def translate(pattern: bytes) -> bytes:
-    """The regular expression (for fullmatch, DOTALL) that matches what `pattern` matches."""
-    out = []
+    """The regular expression (for fullmatch, DOTALL) that matches what `pattern` matches.
+
+    Every token but '*' matches exactly one byte, so the pattern is a run of
+    fixed-width segments separated by stars. Placing each middle segment at its
+    leftmost possible position is never worse than any other placement, so each
+    is matched lazily inside an atomic group: the regex never backtracks into an
+    earlier segment and runs in O(len(string) * len(pattern)), where a plain
+    translation would take exponential time on patterns like "a*a*a*a*b"
+    (Redis' stringmatchlen cuts the same search short with skipLongerMatches).
+    """
+    segments: list[list[bytes]] = [[]]
     i = 0
     n = len(pattern)
     while i < n:
@@ -69,18 +78,22 @@ def translate(pattern: bytes) -> bytes:
         if c == ord("*"):
             while i < n and pattern[i] == ord("*"):
                 i += 1
-            out.append(b".*")
+            segments.append([])
         elif c == ord("?"):
-            out.append(b".")
+            segments[-1].append(b".")
         elif c == ord("["):
             regex, i = _class(pattern, i)
-            out.append(regex)
+            segments[-1].append(regex)
         elif c == ord("\\") and i < n:
-            out.append(_byte(pattern[i]))
+            segments[-1].append(_byte(pattern[i]))
             i += 1
         else:
-            out.append(_byte(c))
-    return b"".join(out)
+            segments[-1].append(_byte(c))
+    parts = [b"".join(segment) for segment in segments]
+    if len(parts) == 1:
+        return parts[0]
+    middle = b"".join(b"(?>.*?" + part + b")" for part in parts[1:-1] if part)
+    return parts[0] + middle + b".*" + parts[-1]
 
 
 def matcher(pattern: bytes) -> Callable[[bytes], bool]:
