@@ -290,18 +290,24 @@ def test_sync_in_a_worker_thread_while_appending(open_storage):
 
 
 def test_a_failed_fsync_poisons_the_storage(open_storage):
-    def failing(fd: int) -> None:
-        raise OSError(5, "Input/output error")
+    disk_ok = True
 
-    open_storage().close()
-    storage = Storage.open(open_storage.path, SMALL, no_fsync)
-    storage._fsync_fn = failing  # the disk starts failing after a clean open
+    def fsync(fd: int) -> None:
+        if not disk_ok:
+            raise OSError(5, "Input/output error")
+
+    storage = open_storage(fsync_fn=fsync)
     storage.append(make_entries(1, 1, term=1), None)
+    disk_ok = False
     with pytest.raises(OSError):
         storage.sync()
     with pytest.raises(StorageFailedError):
         storage.append(make_entries(2, 1, term=1), None)
+    with pytest.raises(StorageFailedError):
+        storage.sync()
     storage.close()
+    # Nothing was acknowledged after the failure; a reopen recovers what the disk has.
+    assert [e.index for e in reload(open_storage.path).entries] == [1]
 
 
 def test_lowering_record_bytes_max_keeps_old_logs_readable(open_storage):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from kvorum.consensus.replicated_log import Entry, Membership, Snapshot
 from kvorum.storage import StorageConfig
 
