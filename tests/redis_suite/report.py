@@ -200,7 +200,7 @@ def read_expected(path: str):
 
 def cmd_summary(args) -> int:
     results = [parse_log(u, os.path.join(args.log_dir, u.replace("/", "_") + ".log")) for u in args.units]
-    expected = read_expected(args.expected)
+    expected = None if args.no_expected else read_expected(args.expected)
     tags, entries, _ = parse_skiplist(args.skiplist)
 
     total_ok = total_fail = total_skip = 0
@@ -258,11 +258,16 @@ def cmd_summary(args) -> int:
         print(f"\n-- not run, counted as failed ({len(not_run_all)}):")
         for unit, name, where in not_run_all:
             print(f"   {name}  [{where}]")
-    if events:
+    ev_file = os.path.join(args.log_dir, "events")
+    server_events = open(ev_file, encoding="utf-8").read().split("\n") if os.path.exists(ev_file) else []
+    if events or any(x.strip() for x in server_events):
         print("\n-- harness events:")
         for unit, e in events:
             print(f"   {unit}: {e}")
-    if expected is None and not args.write_expected:
+        for e in server_events:
+            if e.strip():
+                print(f"   {e.strip()}")
+    if expected is None and not args.write_expected and not args.no_expected:
         print(f"\n!! {args.expected} missing: tests lost to an aborted block are not counted."
               " Create it with: tests/redis_suite/run --against-redis --write-expected")
     elif unexpected_all and not args.write_expected:
@@ -374,6 +379,7 @@ def main() -> int:
     s.add_argument("--min-pct", type=float, default=95.0)
     s.add_argument("--write-expected", action="store_true")
     s.add_argument("--check-unused-skips", action="store_true")
+    s.add_argument("--no-expected", action="store_true")
     s.add_argument("--units", nargs="+", required=True)
     s = sub.add_parser("failures")
     s.add_argument("--src", required=True)
