@@ -237,3 +237,23 @@ def test_consensus_package_is_sans_io() -> None:
                         in_type_checking = True
             if not in_type_checking:
                 assert not FORBIDDEN & set(names), f"{path}: imports {names}"
+
+
+def test_append_round_trip_property() -> None:
+    """encode/decode are inverses for arbitrary ids, terms, payloads and batches."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    ids = st.text(min_size=1, max_size=8)
+    ints = st.integers(min_value=0, max_value=(1 << 63) - 1)
+    entries = st.lists(
+        st.builds(Entry, ints, ints, st.sampled_from(list(EntryKind)), st.binary(max_size=64)),
+        max_size=8,
+    ).map(tuple)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.builds(AppendEntries, ids, ids, ints, ints, ints, entries, ints))
+    def check(msg: AppendEntries) -> None:
+        assert decode_message(encode_message(msg)) == msg
+
+    check()

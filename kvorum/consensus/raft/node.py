@@ -125,6 +125,8 @@ class RaftNode:
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = 0
+        # True from a restart until the first role change (see the end of __init__).
+        self._restart_guard = False
         self._tracker = ProgressTracker(config.membership, config.max_inflight_msgs)
 
         # --- outputs waiting for the next Ready ---
@@ -144,7 +146,6 @@ class RaftNode:
         self._bcast_commit = False
         self._heartbeat_owed = False
         self._step_down_owed = False
-        self._restart_guard = False
         # Set once this leadership sent TimeoutNow: a delayed one may still start
         # an election that voters join despite their lease, so no lease is
         # trusted again in this term.
