@@ -25,6 +25,14 @@ is owed (`_bcast_entries`, `_bcast_commit`, `_heartbeat_owed`) and sends it
 when the caller next asks for a `Ready` (`_flush`), so a burst of proposals
 travels in one append per follower, bounded by the batch limits.
 
+Ready ordering. `Ready.entries` and `Ready.hard_state` must be durable before
+`Ready.messages` are sent: a vote response or an append acknowledgement
+promises that the vote or the entries survive a crash (paper Figure 2,
+"persistent state ... updated on stable storage before responding"). The
+engine builds every message on that assumption and never waits for it.
+`advance` then marks the entries stable (unless a conflicting append has
+replaced them meanwhile) and the committed entries applied.
+
 Reads (thesis 6.4). A leader serves a read barrier only after it has
 committed an entry of its own term (its NOOP), because only then is its
 commit index at least every earlier leader's. It then tags the barrier with
