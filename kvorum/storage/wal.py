@@ -170,6 +170,11 @@ class Storage:
         self._segments: list[SegmentFile] = []
         self._fd = -1  # the last segment, open for appending
         self._lock_fd = -1  # holds an exclusive flock on LOCK_FILE while open
+        self._dir_dirty = False  # a segment was created since the directory was last fsynced
+        # Bytes were written to the last segment without fsync (pending buffer
+        # full, or fsync="never"); the next durable sync must fsync even if
+        # nothing is pending.
+        self._unsynced = False
 
     # ------------------------------------------------------------------ open
 
@@ -474,7 +479,7 @@ class Storage:
             batch, self._pending = self._pending, []
             assert self._pending_bytes == sum(len(item) for item in batch if isinstance(item, bytes))
             self._pending_bytes = 0
-        if not batch:
+        if not batch and not (fsync and self._unsynced):
             return
         try:
             self._write_batch(batch, fsync)
@@ -484,7 +489,6 @@ class Storage:
 
     def _write_batch(self, batch: list[bytes | _Cut], fsync: bool) -> None:
         chunk: list[bytes] = []
-        created = False
         for item in batch:
             if isinstance(item, bytes):
                 chunk.append(item)
@@ -497,17 +501,21 @@ class Storage:
                 self._fsync_fn(self._fd)
             os.close(self._fd)
             self._fd = self._create_segment(item)
-            created = True
         self._write_all(self._fd, b"".join(chunk))
+        self._unsynced = True
         if fsync:
             self._fsync_fn(self._fd)
-            if created:
+            self._unsynced = False
+            # A segment created by an earlier write without fsync (pending buffer
+            # full) still needs its directory entry made durable.
+            if self._dir_dirty:
                 self._fsync_dir()
 
     def _create_segment(self, cut: _Cut) -> int:
         path = os.path.join(self.dir_path, segment_name(cut.seq))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         self._segments.append(SegmentFile(cut.seq, path, cut.next_index))
+        self._dir_dirty = True
         return fd
 
     @staticmethod
@@ -519,6 +527,7 @@ class Storage:
     def _fsync_dir(self) -> None:
         if self._durable:
             snap.fsync_dir(self.dir_path, self._fsync_fn)
+            self._dir_dirty = False
 
     # ------------------------------------------------------------ snapshots
 

@@ -109,7 +109,23 @@ def test_pending_buffer_is_written_when_it_reaches_its_limit(tmp_path):
     [segment] = storage.segment_paths()
     size = os.path.getsize(segment)
     counter.calls = 0
-    storage.append(make_entries(1, 30, term=1, size=200), None)
+    storage.append(make_entries(1, 40, term=1, size=120), None)
     assert os.path.getsize(segment) > size, "over pending_bytes_max: written"
     assert counter.calls == 0, "but not fsynced until sync"
+    storage.sync()
+    assert counter.calls == 1, "sync fsyncs what was written early, even with nothing pending"
+    storage.sync()
+    assert counter.calls == 1
+    storage.close()
+
+
+def test_a_segment_cut_by_a_full_buffer_gets_its_directory_fsync_at_the_next_sync(tmp_path):
+    storage, counter = open_counted(str(tmp_path), "batch")
+    counter.calls = 0
+    storage.append(make_entries(1, 80, term=1, size=100), None)  # over pending_bytes_max: written
+    cuts = len(storage.segment_paths()) - 1
+    assert cuts >= 1
+    assert counter.calls == cuts, "only the completed segments, on the write without fsync"
+    storage.sync()
+    assert counter.calls == cuts + 2  # the last segment and the directory
     storage.close()
