@@ -120,6 +120,10 @@ class RaftNode:
         # Membership history: the one in force at the snapshot (or at start),
         # then one (index, membership, learners_next) per MEMBERSHIP entry held.
         self._conf_base = config.membership
+        # The learners_next of a joint base membership. A snapshot cannot carry
+        # it, so a node that restores a joint snapshot leaves the joint phase
+        # without them (they end up removed instead of learners).
+        self._conf_base_next: frozenset[NodeId] = frozenset()
         self._confs: list[tuple[int, Membership, frozenset[NodeId]]] = []
 
         # --- volatile state, all roles ---
@@ -271,11 +275,12 @@ class RaftNode:
         # Committed entries may be applied before they are persisted; the caller's
         # durable snapshot now covers any of those, so they count as stable.
         log.stable = max(log.stable, snapshot.index)
-        membership, _ = self._membership_at(snapshot.index)
+        membership, learners_next = self._membership_at(snapshot.index)
         # The engine knows the membership at the index better than the caller does.
         snap = Snapshot(snapshot.index, snapshot.term, membership, snapshot.data)
         log.compact(snap)
         self._conf_base = membership
+        self._conf_base_next = learners_next
         self._confs = [c for c in self._confs if c[0] > snapshot.index]
 
     def has_ready(self) -> bool:
@@ -378,7 +383,7 @@ class RaftNode:
         return self._confs[-1][1] if self._confs else self._conf_base
 
     def _membership_at(self, index: int) -> tuple[Membership, frozenset[NodeId]]:
-        found: tuple[Membership, frozenset[NodeId]] = (self._conf_base, frozenset())
+        found: tuple[Membership, frozenset[NodeId]] = (self._conf_base, self._conf_base_next)
         for conf_index, membership, learners_next in self._confs:
             if conf_index > index:
                 break
@@ -712,6 +717,7 @@ class RaftNode:
         log.restore(snap)
         self._pending_snapshot = snap
         self._conf_base = snap.membership
+        self._conf_base_next = frozenset()
         self._confs = []
         self._apply_membership()
         self._send(AppendResponse(m.frm, self.id, self.term, log.last_index()))
@@ -815,7 +821,7 @@ class RaftNode:
         membership = self._tracker.membership
         if membership.joint:
             # Paper §6: once C_old,new is committed the leader moves on to C_new.
-            learners_next = self._confs[-1][2] if self._confs else frozenset()
+            learners_next = self._confs[-1][2] if self._confs else self._conf_base_next
             self._append_own(
                 _MEMBERSHIP, encode_membership(leave_joint(membership, learners_next), frozenset())
             )
