@@ -140,7 +140,7 @@ _TEST_DEF_RE = re.compile(r"""^\s*test\s+(\{[^}]*\}|"[^"]*"|\S+)""")
 
 
 def test_locations(src: str, unit: str):
-    """[(compiled regex of the test name template, 'tests/unit/x.tcl:LINE')]."""
+    """[(regex of the test name, 'tests/unit/x.tcl:LINE', whether the name has variables)]."""
     rel = f"tests/{unit}.tcl"
     out = []
     try:
@@ -156,16 +156,18 @@ def test_locations(src: str, unit: str):
                     tmpl = tmpl[1:-1] if tmpl[0] == '"' else tmpl
                     parts = re.split(r"(\$\{?\w+\}?|\[[^\]]*\])", tmpl)
                 rx = "".join(".*" if p.startswith(("$", "[")) else re.escape(p) for p in parts)
-                out.append((re.compile("^" + rx + "$"), f"{rel}:{n}"))
+                out.append((re.compile("^" + rx + "$"), f"{rel}:{n}", len(parts) > 1))
     except FileNotFoundError:
         pass
     return out
 
 
 def locate(locs, name: str) -> str:
-    for rx, where in locs:
-        if rx.match(name):
-            return where
+    """Where the test is defined: a literal name first, then a name built from variables."""
+    for templated in (False, True):
+        for rx, where, is_template in locs:
+            if is_template == templated and rx.match(name):
+                return where
     return "?"
 
 
@@ -246,14 +248,14 @@ def cmd_summary(args) -> int:
         for unit, name, where, detail in failures:
             print(f"   {name}  [{where}]")
             for d in [d for d in detail if d.strip()][:3]:
-                print(f"      {d.strip()[:300]}")
+                print(f"      {d.strip()[:200]}")
     if block_errs:
         print(f"\n-- blocks aborted outside a test ({len(block_errs)}); the rest of the block did not run:")
         for unit, blk in block_errs:
             # runtest drops the first 10 characters of the error message here
             print(f"   {unit}: ...{blk[0].strip()[:300]}")
             for d in [x for x in blk[1:] if x.strip()][:6]:
-                print(f"      {d.strip()[:300]}")
+                print(f"      {d.strip()[:200]}")
     if not_run_all:
         print(f"\n-- not run, counted as failed ({len(not_run_all)}):")
         for unit, name, where in not_run_all:
