@@ -42,6 +42,8 @@ the requests parsed before it, then the error, and closes, like Redis.
 
 from __future__ import annotations
 
+import re
+
 import hiredis
 
 # Redis' PROTO_INLINE_MAX_SIZE also bounds the header lines of multibulk requests.
@@ -54,6 +56,12 @@ UNAUTHENTICATED_MULTIBULK_MAX_COUNT = 10
 UNAUTHENTICATED_BULK_MAX_BYTES = 16384
 
 QUERY_BUFFER_EXCEEDED = "query buffer limit exceeded"
+
+# Aggregate headers (array, map, set, push, attribute) with a count of 7+ digits.
+_BIG_AGGREGATE = re.compile(rb"[*%~>|]\d{7}")
+# What an unfinished aggregate header line can look like; longer is never a valid count.
+_AGGREGATE_HEAD = re.compile(rb"[*%~>|]-?\d{0,20}")
+HELD_BYTES_MAX = 22
 
 
 class _HiredisProtocolError(Exception):
@@ -156,7 +164,7 @@ class RequestParser:
     __slots__ = (
         "inline_max_bytes", "bulk_max_bytes", "multibulk_max_count", "query_buffer_max_bytes",
         "authenticated", "error", "_reader", "_fast", "_at_boundary", "_buf",
-        "_pending_count", "_pending_bulk", "_pending_args", "_line_ended",
+        "_pending_count", "_pending_bulk", "_pending_args", "_line_ended", "_held",
     )
 
     def __init__(
@@ -181,6 +189,8 @@ class RequestParser:
         # Whether the last chunk given to hiredis ended a line (hiredis consumes a type
         # byte on its own, so "no unconsumed bytes" alone does not mean a boundary).
         self._line_ended = True
+        # The end of a chunk that may be an unfinished aggregate header, kept from hiredis.
+        self._held = b""
         # Whether the exact path's buffer starts at a request's first byte.
         self._at_boundary = True
         # Exact path state: unconsumed bytes, and the multibulk request in progress.
@@ -190,39 +200,97 @@ class RequestParser:
         self._pending_args: list[bytes] = []
 
     def buffered_bytes(self) -> int:
-        return len(self._buf) if not self._fast else self._reader.len()
+        return len(self._buf) if not self._fast else self._reader.len() + len(self._held)
 
     def feed(self, data: bytes) -> list[list[bytes]]:
         """Parse `data`; return the requests it completes (empty requests are dropped)."""
         if not data or self.error is not None:
             return []
         if self._fast:
-            reader = self._reader
-            at_boundary = self._line_ended and not reader.has_data()
+            if self._held:
+                data = self._held + data
+                self._held = b""
+            at_boundary = self._line_ended and not self._reader.has_data()
             if not at_boundary or data[0] == 42 or data[0] == 36:
-                return self._feed_fast(reader, data, at_boundary)
-            self._leave_fast()
-        elif self._at_boundary and not self._buf and self.authenticated and _fast_start(data):
+                return self._fast_entry(data, at_boundary)
+            return self._switch_to_exact(data)
+        if self._at_boundary and not self._buf and self.authenticated and _fast_start(data):
             self._fast = True
-            return self._feed_fast(self._reader, data, True)
+            return self._fast_entry(data, True)
         self._buf += data
         return self._parse_exact_then_fast()
 
-    def _leave_fast(self) -> None:
+    def _switch_to_exact(self, data: bytes) -> list[list[bytes]]:
+        """Continue with the exact path from `data`, which starts a request."""
         self._fast = False
         self._reader = hiredis.Reader(protocolError=_HiredisProtocolError, replyError=_HiredisReplyError)
         self._line_ended = True
+        self._buf = bytearray(data)
+        self._buf += self._held
+        self._held = b""
+        self._at_boundary = True
+        return self._parse_exact_then_fast()
 
     def _parse_exact_then_fast(self) -> list[list[bytes]]:
         requests = self._parse_exact()
-        if self.error is None and self.authenticated and self._at_boundary and _fast_start(self._buf):
+        if (self.error is None and self.authenticated and self._at_boundary and _fast_start(self._buf)
+                and _BIG_AGGREGATE.search(self._buf) is None):
             rest = bytes(self._buf)
             self._buf.clear()
             self._fast = True
-            requests.extend(self._feed_fast(self._reader, rest, True))
+            requests.extend(self._fast_entry(rest, True))
         return requests
 
     # The fast path.
+
+    def _fast_entry(self, data: bytes, at_boundary: bool) -> list[list[bytes]]:
+        """Keep hiredis away from aggregate headers with huge counts, then let it parse.
+
+        hiredis allocates an aggregate's list as soon as it reads the header, and
+        freeing a list of billions of empty slots takes seconds, so a header whose
+        count has 7 or more digits never reaches it: the exact path takes over at
+        that header (when it starts a request; inside a bulk payload the bytes are
+        harmless). A chunk that ends inside what may be such a header line is held
+        back until the line is complete.
+        """
+        if data[-1] != 10:
+            cut = data.rfind(b"\n") + 1
+            if len(data) - cut <= HELD_BYTES_MAX and _AGGREGATE_HEAD.fullmatch(data, cut):
+                self._held = data[cut:]
+                data = data[:cut]
+                if not data:
+                    return []
+        if _BIG_AGGREGATE.search(data) is None:
+            return self._feed_fast(self._reader, data, at_boundary)
+        return self._feed_guarded(data, at_boundary)
+
+    def _feed_guarded(self, data: bytes, at_boundary: bool) -> list[list[bytes]]:
+        requests: list[list[bytes]] = []
+        reader = self._reader
+        # Held bytes come after all of `data`; keep them out of any switch made on the way.
+        held, self._held = self._held, b""
+        pos = 0
+        for match in _BIG_AGGREGATE.finditer(data):
+            start = match.start()
+            if start < pos:
+                continue
+            if start > pos:
+                requests += self._feed_fast(reader, data[pos:start], at_boundary)
+                if self.error is not None:
+                    return requests
+                if not self._fast:
+                    self._buf += data[start:]
+                    self._buf += held
+                    requests += self._parse_exact_then_fast()
+                    return requests
+                at_boundary = self._line_ended and not reader.has_data()
+            pos = start
+            if at_boundary:
+                requests += self._switch_to_exact(data[pos:] + held)
+                return requests
+        self._held = held
+        requests += self._feed_fast(reader, data[pos:], at_boundary)
+        return requests
 
     def _feed_fast(self, reader, data: bytes, at_boundary: bool) -> list[list[bytes]]:
         """hiredis parses `data`; a chunk it rejects is parsed again exactly if it began a request."""
@@ -256,10 +324,7 @@ class RequestParser:
                 return requests
             # Inline requests, negative counts and Redis' exact error words: the exact
             # path parses the whole chunk again, the requests hiredis found included.
-            self._leave_fast()
-            self._buf = bytearray(data)
-            self._at_boundary = True
-            return self._parse_exact_then_fast()
+            return self._switch_to_exact(data)
         self._check_tail_header(reader, data)
         if self.error is None and reader.len() > self.query_buffer_max_bytes:
             self.error = QUERY_BUFFER_EXCEEDED

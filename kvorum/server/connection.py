@@ -5,9 +5,11 @@ Theory of operation
 `data_received` is the whole hot path: feed the bytes to the parser, take the
 clock once for the batch, run every complete request in order through
 `dispatch.execute` (pipelining), and write all replies of the batch with one
-`transport.write`. A request that closes the connection (QUIT, CLIENT KILL of
-itself) stops the batch; a protocol error is answered after the requests
-before it, and then the connection closes, as in Redis.
+`transport.write`. A batch stops once its replies pass the pause mark; the rest
+of it waits in `backlog`, with reading paused, and runs when the transport has
+room again. A request that closes the connection (QUIT, CLIENT KILL of itself)
+stops the batch; a protocol error is answered after the requests before it, and
+then the connection closes, as in Redis.
 
 Back-pressure: the transport calls `pause_writing` when its buffer passes the
 high-water mark (`client-output-pause-bytes`, or the output-buffer hard limit
@@ -15,7 +17,8 @@ when that is lower); reading pauses until `resume_writing`, so a client that
 does not read its replies cannot make the node buffer more than one batch past
 the mark. Over the hard limit of `client-output-buffer-limit`, or over the soft
 limit for longer than its seconds (checked by the server cron), the client is
-dropped like Redis drops it, without a reply.
+dropped like Redis drops it, without a reply. Output is thereby bounded by the
+mark plus one reply, and parsed input by one read.
 
 State is grouped by lifetime: shared server state, then the connection's own.
 """
@@ -110,6 +113,9 @@ class Client(asyncio.Protocol):
         self.closed = False
         self.output_soft_since_ms = 0
         self.registered = False
+        # Parsed requests not run yet because their client is not reading its replies.
+        self.backlog: list[list[bytes]] = []
+        self.writing_paused = False
 
     # asyncio.Protocol
 
@@ -164,41 +170,69 @@ class Client(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        server = self.server
-        stats = server.stats
-        stats.net_input_bytes += len(data)
-        parser = self.parser
-        requests = parser.feed(data)
+        self.server.stats.net_input_bytes += len(data)
+        requests = self.parser.feed(data)
+        if self.backlog:
+            self.backlog.extend(requests)
+            return
+        if len(requests) == 1 and self.parser.error is None:
+            argv = requests[0]
+            now_ms = int(time.time() * 1000)
+            self.last_ms = now_ms
+            out = execute(self, argv, now_ms)
+            self.server.stats.commands_processed += 1
+            self.last_command = argv[0]
+            self._write(out)
+            return
+        self._run(requests)
+
+    def _run(self, requests: list[list[bytes]]) -> None:
+        """Run a batch, stopping once its replies pass the pause mark (the rest waits in backlog)."""
+        stats = self.server.stats
         now_ms = int(time.time() * 1000)
         self.last_ms = now_ms
-        if len(requests) == 1:
-            argv = requests[0]
-            out = execute(self, argv, now_ms)
-            stats.commands_processed += 1
-            self.last_command = argv[0]
-        elif requests:
-            parts = []
-            for argv in requests:
-                parts.append(execute(self, argv, now_ms))
-                if self.close_after_reply:
-                    break
-            stats.commands_processed += len(parts)
-            self.last_command = argv[0]
-            out = b"".join(parts)
-        else:
-            out = b""
-        if parser.error is not None and not self.close_after_reply:
-            if parser.error == QUERY_BUFFER_EXCEEDED:
+        batch_bytes_max = self.server.settings.client_output_pause_bytes
+        parts = []
+        out_bytes = 0
+        done = 0
+        for argv in requests:
+            reply = execute(self, argv, now_ms)
+            parts.append(reply)
+            out_bytes += len(reply)
+            done += 1
+            if self.close_after_reply:
+                break
+            if out_bytes > batch_bytes_max and done < len(requests):
+                self.backlog = requests[done:]
+                self.transport.pause_reading()
+                break
+        if done:
+            stats.commands_processed += done
+            self.last_command = requests[done - 1][0]
+        out = b"".join(parts)
+        error = self.parser.error
+        if error is not None and not self.backlog and not self.close_after_reply:
+            if error == QUERY_BUFFER_EXCEEDED:
                 log.warning("closing client id=%d addr=%s that reached max query buffer length",
                             self.id, self.addr)
                 self.kill()
                 return
-            log.info("protocol error from client id=%d addr=%s: %s", self.id, self.addr, parser.error)
-            out += error_line("ERR " + parser.error)
+            log.info("protocol error from client id=%d addr=%s: %s", self.id, self.addr, error)
+            out += error_line("ERR " + error)
             self.close_after_reply = True
+        self._write(out)
+        if self.backlog and not self.closed and not self.writing_paused:
+            # The transport took everything: go on after other connections had their turn.
+            asyncio.get_running_loop().call_soon(self._drain_backlog)
+
+    def _write(self, out: bytes) -> None:
         if out:
-            stats.net_output_bytes += len(out)
+            self.server.stats.net_output_bytes += len(out)
             self.transport.write(out)
+            hard = self.server.settings.client_output_buffer_limit.hard_bytes
+            if hard and self.transport.get_write_buffer_size() > hard:
+                self.drop_for_output_limit()
+                return
         if self.close_after_reply and not self.closed:
             self.closed = True
             self.transport.close()
@@ -207,14 +241,20 @@ class Client(asyncio.Protocol):
         return False
 
     def pause_writing(self) -> None:
-        hard = self.server.settings.client_output_buffer_limit.hard_bytes
-        if hard and self.transport.get_write_buffer_size() > hard:
-            self.drop_for_output_limit()
-            return
+        self.writing_paused = True
         self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if not self.closed:
+        self.writing_paused = False
+        self._drain_backlog()
+
+    def _drain_backlog(self) -> None:
+        if self.closed or self.writing_paused:
+            return
+        if self.backlog:
+            requests, self.backlog = self.backlog, []
+            self._run(requests)
+        if not self.backlog and not self.closed and not self.writing_paused:
             self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
