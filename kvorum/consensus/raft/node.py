@@ -752,6 +752,7 @@ class RaftNode:
         if m.index > log.committed:
             self._maybe_commit()
         self._bcast_entries = True
+        pr.check()
         if m.frm == self._lead_transferee and pr.match == log.last_index():
             # Thesis 3.10: the target is caught up; let it start an election now.
             self._send_timeout_now(m.frm)
