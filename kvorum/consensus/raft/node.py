@@ -175,8 +175,11 @@ class RaftNode:
         # A restarted node may have acknowledged a leader's heartbeat just before
         # it crashed, and that leader may be counting on it for its lease: so it
         # keeps the promise a live follower keeps, and for its first election
-        # timeout ignores candidates as if it had heard from a leader.
-        self._restart_guard = restore is not None and restore.hard_state.term > 0
+        # timeout ignores candidates as if it had heard from a leader. Without
+        # leases nothing depends on that promise, and votes are not delayed.
+        self._restart_guard = (
+            config.lease_reads and restore is not None and restore.hard_state.term > 0
+        )
         self._check()
 
     # ------------------------------------------------------------------ restore
