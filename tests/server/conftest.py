@@ -1,10 +1,38 @@
-"""Fixtures for the black-box server tests: redis-py clients (RESP3 and RESP2) and raw sockets."""
+"""Fixtures for the black-box server tests: real nodes, redis-py clients (RESP3 and RESP2), raw sockets.
+
+`kvorum_node` is one node for the whole session (default settings); tests that
+need their own settings start nodes with `node_factory(*flags)`, which stops
+them at the end of the test.
+"""
 
 from __future__ import annotations
 
 import socket
 
 import pytest
+
+from node_process import Node
+
+
+@pytest.fixture(scope="session")
+def kvorum_node():
+    node = Node()
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+def node_factory():
+    nodes: list[Node] = []
+
+    def start(*flags: str, **kwargs) -> Node:
+        node = Node(*flags, **kwargs)
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        node.stop()
 
 
 @pytest.fixture(params=[3, 2], ids=["resp3", "resp2"])

@@ -1,9 +1,4 @@
-"""Shared fixtures: a real kvorum node in a subprocess.
-
-`kvorum_node` is one node for the whole session (default settings); tests that
-need their own settings call `start_node(*flags)` and stop it themselves (the
-`node_factory` fixture stops them all at the end).
-"""
+"""A real kvorum node in a subprocess: `python -m kvorum server --port <free port>`."""
 
 from __future__ import annotations
 
@@ -14,10 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import redis
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 START_TIMEOUT_S = 15.0
 
 
@@ -74,24 +68,3 @@ class Node:
                 self.process.wait()
         self.process.stdout.close()
         return self.process.returncode
-
-
-@pytest.fixture(scope="session")
-def kvorum_node():
-    node = Node()
-    yield node
-    node.stop()
-
-
-@pytest.fixture
-def node_factory():
-    nodes: list[Node] = []
-
-    def start(*flags: str, **kwargs) -> Node:
-        node = Node(*flags, **kwargs)
-        nodes.append(node)
-        return node
-
-    yield start
-    for node in nodes:
-        node.stop()
