@@ -2,8 +2,10 @@
 
 Every process is started in its own session, so a Ctrl-C typed at the terminal
 reaches only the benchmark, which then stops the clusters in order; and with
-PR_SET_PDEATHSIG, so the kernel sends it SIGTERM if the benchmark dies without
-cleaning up (kill -9 included).
+PR_SET_PDEATHSIG, so the kernel sends it SIGKILL if the benchmark dies without
+cleaning up (kill -9 included). SIGKILL rather than SIGTERM because an etcd
+member whose peers are gone does not exit on SIGTERM for a long time, and the
+data is thrown away anyway (the temporary directory is what is left behind then).
 """
 
 from __future__ import annotations
@@ -67,10 +69,10 @@ class PortPicker:
 
 
 def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when the benchmark dies (Linux)."""
+    """Runs in the child before exec: SIGKILL it when the benchmark dies (Linux)."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
         pass
 
