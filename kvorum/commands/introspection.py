@@ -8,8 +8,9 @@ with its arity, flags, legacy key range, ACL categories and key specs.
 from __future__ import annotations
 
 from kvorum.commands.table import TABLE, Command, CommandContext, command, container
-from kvorum.protocol.values import CommandError, SimpleString
+from kvorum.protocol.values import NOT_INTEGER, SYNTAX, CommandError, SimpleString
 from kvorum.store.glob import stringmatch
+from kvorum.store.keyspace import ENTRY_OVERHEAD_BYTES, value_size
 
 # ACL category of each command group, as Redis assigns them.
 GROUP_CATEGORIES = {
@@ -187,4 +188,34 @@ def command_help(ctx: CommandContext, argv: list[bytes]):
         SimpleString("(no subcommand), COUNT, INFO [<command-name> ...], DOCS [<command-name> ...],"),
         SimpleString("GETKEYS <full-command>, LIST [FILTERBY (MODULE <module-name>|ACLCAT <category>|"
                      "PATTERN <pattern>)], HELP"),
+    ]
+
+
+container("memory", group="server", summary="A container for memory diagnostics commands.", since="4.0.0")
+
+
+# MEMORY USAGE key [SAMPLES count]
+@command("usage", container="memory", arity=-3, flags="readonly", keys=(2, 2, 1), group="server",
+         summary="Estimates the memory usage of a key.", since="4.0.0", complexity="O(N)")
+def memory_usage(ctx: CommandContext, argv: list[bytes]):
+    if len(argv) not in (3, 5):
+        raise CommandError(SYNTAX)
+    if len(argv) == 5:
+        if argv[3].lower() != b"samples":
+            raise CommandError(SYNTAX)
+        if not argv[4].lstrip(b"-").isdigit():
+            raise CommandError(NOT_INTEGER)
+    value = ctx.db.peek(argv[2], ctx.now_ms)
+    if value is None:
+        return None
+    return len(argv[2]) + ENTRY_OVERHEAD_BYTES + value_size(value)
+
+
+# MEMORY HELP
+@command("help", container="memory", arity=2, flags="loading stale", group="server",
+         summary="Returns helpful text about the different subcommands.", since="4.0.0")
+def memory_help(ctx: CommandContext, argv: list[bytes]):
+    return [
+        SimpleString("MEMORY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:"),
+        SimpleString("USAGE <key> [SAMPLES <count>], HELP"),
     ]

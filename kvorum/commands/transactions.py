@@ -46,7 +46,7 @@ def exec_(ctx: CommandContext, argv: list[bytes]):
     server.unwatch_all(client)
     if (server.db.maxmemory and any("denyoom" in cmd.flags for cmd, _ in queued)
             and not server.memory_ok(client, ctx.now_ms)):
-        raise CommandError(OOM)
+        raise CommandError("EXECABORT Transaction discarded because of: " + OOM)
     return [server.call(client, cmd, args, ctx.now_ms) for cmd, args in queued]
 
 

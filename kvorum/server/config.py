@@ -154,6 +154,9 @@ class Settings:
     client_output_buffer_limit: OutputBufferLimit = dataclasses.field(default_factory=OutputBufferLimit)
     # Reading from a client pauses while this much output waits for it (back-pressure).
     client_output_pause_bytes: int = 1024 * 1024
+    # Read by OBJECT ENCODING: hashes up to these sizes report "listpack" as in Redis.
+    hash_max_listpack_entries: int = 128
+    hash_max_listpack_value_bytes: int = 64
     save: str = ""
     appendonly: bool = False
     config_file: str = ""
@@ -201,6 +204,14 @@ SETTINGS: dict[str, Setting] = {
                 _show_output_limits, doc="'normal <hard> <soft> <soft-seconds>'; clients over it are closed"),
         Setting("client-output-pause-bytes", "client_output_pause_bytes", _memory_in(1024, LONG_MAX),
                 doc="pending output at which reading from the client pauses"),
+        Setting("hash-max-listpack-entries", "hash_max_listpack_entries", _int_in(0, LONG_MAX),
+                doc="hashes with at most this many fields report the listpack encoding"),
+        Setting("hash-max-listpack-value", "hash_max_listpack_value_bytes", _memory_in(0, LONG_MAX),
+                doc="... and with fields and values at most this long"),
+        Setting("hash-max-ziplist-entries", "hash_max_listpack_entries", _int_in(0, LONG_MAX),
+                doc="alias of hash-max-listpack-entries"),
+        Setting("hash-max-ziplist-value", "hash_max_listpack_value_bytes", _memory_in(0, LONG_MAX),
+                doc="alias of hash-max-listpack-value"),
         Setting("save", "save", _text, doc="accepted for tools that read it; kvorum writes no RDB file"),
         Setting("appendonly", "appendonly", _appendonly, _show_bool, doc="always 'no'"),
         Setting("databases", "", _text, lambda _: "1", mutable=False, doc="always 1 (SELECT 0 only)"),

@@ -116,6 +116,8 @@ def memory_ok(client: Client, now_ms: int) -> bool:
 
 def queue(client: Client, cmd: Command, argv: list[bytes], now_ms: int) -> bytes:
     """Queue a command inside MULTI. Queueing grows memory, so it is refused over maxmemory."""
+    if "no_multi" in cmd.flags:
+        return reject(client, "ERR Command not allowed inside a transaction")
     if client.db.maxmemory and not memory_ok(client, now_ms):
         return reject(client, OOM)
     client.multi.append((cmd, argv))

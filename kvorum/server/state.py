@@ -62,6 +62,8 @@ class ServerState:
         self.settings = settings
         self.db = Keyspace(settings.maxmemory_bytes, settings.maxmemory_policy)
         self.db.proto_max_bulk_len = settings.proto_max_bulk_len_bytes
+        self.db.hash_max_listpack_entries = settings.hash_max_listpack_entries
+        self.db.hash_max_listpack_value_bytes = settings.hash_max_listpack_value_bytes
         self.db.on_key_modified = self.key_modified
         self.started_s = time.time()
         self.started_monotonic_s = time.monotonic()
@@ -90,6 +92,8 @@ class ServerState:
             db.maxmemory_policy = value
         elif field == "proto_max_bulk_len_bytes":
             db.proto_max_bulk_len = value
+        elif field in ("hash_max_listpack_entries", "hash_max_listpack_value_bytes"):
+            setattr(db, field, value)
         elif field == "loglevel":
             logging.getLogger("kvorum").setLevel(LOG_LEVELS_PY[value])
         for client in self.clients.values():

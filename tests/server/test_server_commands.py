@@ -159,3 +159,65 @@ def test_every_command_has_a_complete_entry(r):
         assert len(entry) == 10
         name, arity = text(entry[0]), entry[1]
         assert re.fullmatch(r"[a-z-]+", name) and arity != 0
+
+
+def test_memory_usage(r):
+    r.set("k", "v" * 100)
+    assert r.memory_usage("k") > 100
+    assert r.memory_usage("missing") is None
+
+
+def test_listpack_settings_round_trip(r):
+    old = r.config_get("hash-max-ziplist-value")["hash-max-ziplist-value"]
+    try:
+        assert r.config_set("hash-max-ziplist-value", "10") is True
+        assert r.config_get("hash-max-listpack-value") == {"hash-max-listpack-value": "10"}
+    finally:
+        r.config_set("hash-max-ziplist-value", old)
+
+
+def test_oom_when_over_maxmemory(kvorum_node):
+    with kvorum_node.client() as r:
+        r.flushall()
+        r.set("seed", "x" * 1000)
+        try:
+            r.config_set("maxmemory", "1")
+            with pytest.raises(redis.ResponseError, match=re.escape("command not allowed when used memory > 'maxmemory'.")):
+                r.set("more", "y")
+            assert r.get("seed") == b"x" * 1000
+            assert r.delete("seed") == 1
+            r.execute_command("CLIENT", "NO-EVICT", "on")
+            r.set("seed", "x" * 1000)
+            assert r.set("anyway", "z") is True
+        finally:
+            r.execute_command("CLIENT", "NO-EVICT", "off")
+            r.config_set("maxmemory", "0")
+
+
+def test_eviction_under_allkeys_lru(node_factory):
+    node = node_factory("--maxmemory", "200kb", "--maxmemory-policy", "allkeys-lru")
+    with node.client() as r:
+        for i in range(1000):
+            r.set(f"key:{i}", "v" * 1000)
+        info = r.info()
+        assert info["evicted_keys"] > 0
+        assert info["used_memory"] <= 200 * 1024 + 2000
+        assert r.dbsize() < 1000
+
+
+def test_active_expiry_and_idle_timeout(node_factory):
+    node = node_factory()
+    with node.client() as r:
+        for i in range(50):
+            r.set(f"ttl:{i}", "v", px=50)
+        time.sleep(0.6)
+        assert r.info("stats")["expired_keys"] == 50
+        assert r.dbsize() == 0
+        r.config_set("timeout", "1")
+        idle = node.connect()
+        idle.sendall(b"PING\r\n")
+        assert idle.recv(100) == b"+PONG\r\n"
+        idle.settimeout(5)
+        assert idle.recv(100) == b""
+        idle.close()
+        r.config_set("timeout", "0")

@@ -145,3 +145,37 @@ def test_watch_already_expired_key_does_not_abort(r):
         pipe.multi()
         pipe.ping()
         assert pipe.execute() == [True]
+
+
+def test_no_multi_commands_are_refused_and_abort(raw):
+    raw.sendall(b"MULTI\r\nSHUTDOWN\r\nEXEC\r\nPING\r\n")
+    data = b""
+    while data.count(b"\r\n") < 4:
+        data += read_reply(raw)
+    assert data.split(b"\r\n")[:4] == [
+        b"+OK",
+        b"-ERR Command not allowed inside a transaction",
+        b"-EXECABORT Transaction discarded because of previous errors.",
+        b"+PONG",
+    ]
+
+
+def test_exec_over_maxmemory_is_aborted(kvorum_node, r):
+    r.set("k", "somevalue")
+    conn = r.connection_pool.get_connection()
+    try:
+        conn.send_command("MULTI")
+        conn.read_response()
+        conn.send_command("SET", "x", "1")
+        conn.read_response()
+        with kvorum_node.client() as admin:
+            admin.config_set("maxmemory", "1")
+            try:
+                conn.send_command("EXEC")
+                with pytest.raises(redis.ResponseError, match="Transaction discarded because of: OOM command not allowed"):
+                    conn.read_response()
+            finally:
+                admin.config_set("maxmemory", "0")
+    finally:
+        r.connection_pool.release(conn)
+    assert r.get("x") is None
