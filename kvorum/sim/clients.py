@@ -40,12 +40,18 @@ class ClientKnobs:
     think_ms_max: float = 10.0
     retry_ms_min: float = 2.0
     retry_ms_max: float = 15.0
+    # Chance that a new op goes to a random node instead of the last one that
+    # answered: clients spread over stale and new leaders, as real ones do.
+    wander_rate: float = 0.25
     # Relative weights of op kinds.
     weight_get: int = 40
     weight_put: int = 25
     weight_cas: int = 10
     weight_incr: int = 15
     weight_delete: int = 10
+    # The first `read_mostly` clients only read (a cache's typical reader);
+    # they stay on a deposed leader for as long as it answers them.
+    read_mostly: int = 1
 
     def __post_init__(self) -> None:
         assert self.count >= 1 and self.keys >= 1
@@ -73,6 +79,8 @@ class Client:
         self.values_written = 0
         self._kinds = ["get", "put", "cas", "incr", "delete"]
         self._weights = [knobs.weight_get, knobs.weight_put, knobs.weight_cas, knobs.weight_incr, knobs.weight_delete]
+        if int(client_id[1:]) <= knobs.read_mostly:
+            self._weights = [1, 0, 0, 0, 0]
 
     # --- starting an op --------------------------------------------------------
 
@@ -90,6 +98,9 @@ class Client:
             args = (rng.randint(1, 3),)
         else:
             args = ()
+        if rng.random() < self.knobs.wander_rate:
+            node = world.pick_node(rng)
+            self.target = node.id if node else None
         now = world.now
         op_id = world.recorder.invoke(self.id, kind, key, args, now)
         self.op = PendingOp(op_id, kind, key, args, now + self.knobs.op_timeout_ms)

@@ -24,6 +24,9 @@ class NodeSettings:
     election_tick: int
     heartbeat_tick: int
     lease_reads: bool
+    check_quorum: bool
+    pre_vote: bool
+    max_entries_per_msg: int
     bugs: frozenset[str]
 
 
@@ -63,9 +66,10 @@ def _make_raft(settings: NodeSettings) -> ReplicatedLog:
         rng=settings.rng,
         election_tick=settings.election_tick,
         heartbeat_tick=settings.heartbeat_tick,
-        pre_vote=True,
-        check_quorum=True,
+        pre_vote=settings.pre_vote,
+        check_quorum=settings.check_quorum,
         lease_reads=settings.lease_reads,
+        max_entries_per_msg=settings.max_entries_per_msg,
         bugs=settings.bugs,
     )
     return RaftNode(config, settings.restore)

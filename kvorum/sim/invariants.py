@@ -56,19 +56,21 @@ class Invariants:
 
     # --- election safety and leader completeness -------------------------------
 
-    def after_event(self, node: SimNode) -> None:
+    def after_event(self, node: SimNode) -> bool:
+        """Check the node's role; True when it has just become leader."""
         status = node.engine.status()
         role, term = status.role, status.term
         if self.roles.get(node.id) == (role, term):
-            return
+            return False
         self.roles[node.id] = (role, term)
         if role is not Role.LEADER:
-            return
+            return False
         self.checks += 1
         other = self.leaders.setdefault(term, node.id)
         if other != node.id:
             raise InvariantViolation("election safety", f"term {term} has two leaders: {other} and {node.id}")
         self._check_leader_log(node, term, status.first_index, status.last_index)
+        return True
 
     def _check_leader_log(self, node: SimNode, term: int, first: int, last: int) -> None:
         lo = max(first, 1)

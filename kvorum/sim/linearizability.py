@@ -26,7 +26,11 @@ concurrent) into a doubly linked list. The search walks the list:
   and try the next call after it.
 
 Lowe's cache holds (set of linearized ops as a bitmask, model state); a
-configuration already in it was already explored and is skipped. The search
+configuration already in it was already explored and is skipped. Ops whose
+outcome is unknown are split out of the key: a configuration is also skipped
+when one with the same known ops and state, and a subset of its unknown ops,
+was explored (see `_subsumed`), which keeps timed-out writes from making the
+search exponential in their number. The search
 succeeds as soon as every op with a finite response is linearized: ops whose
 outcome is unknown (response at +infinity) may simply never have happened,
 and can always be placed last if they did.
@@ -48,6 +52,7 @@ from typing import Any, Iterable
 from kvorum.sim.history import INFINITY, Op
 
 MAX_STATES_DEFAULT = 1_000_000
+EXPLAIN_PREFIX_OPS_MAX = 12  # ops of the linearizable prefix a violation report shows
 ERROR = "ERR"  # what INCR returns on a value that is not an integer
 
 
@@ -101,10 +106,12 @@ class KeyResult:
         lines = [f"key {self.key!r}: {self.verdict.value} ({self.ops_count} ops, {self.states_explored} states)"]
         if self.verdict is Verdict.VIOLATION:
             value = None
-            lines.append("  longest linearizable prefix:")
-            for op in self.best_prefix:
+            shown = len(self.best_prefix) - EXPLAIN_PREFIX_OPS_MAX
+            lines.append(f"  longest linearizable prefix ({len(self.best_prefix)} ops, the last ones shown):")
+            for i, op in enumerate(self.best_prefix):
                 _, value = step(value, op)
-                lines.append(f"    {op.describe()}    => {value!r}")
+                if i >= shown:
+                    lines.append(f"    {op.describe()}    => {value!r}")
             lines.append("  none of these could be linearized next:")
             for op in self.stuck_ops:
                 lines.append(f"    {op.describe()}")
@@ -192,10 +199,16 @@ def check_key(key: str, ops: list[Op], max_states: int = MAX_STATES_DEFAULT) -> 
     ops = _relevant(ops)
     head = _build_list(ops)
     must = sum(1 for op in ops if op.response != INFINITY)
+    unknown_mask = 0
+    for index, op in enumerate(ops):
+        if op.response == INFINITY:
+            unknown_mask |= 1 << index
+    known_mask = ~unknown_mask
     state: Any = None
     linearized = 0
     stack: list[tuple[_Node, Any]] = []
-    cache: set[tuple[int, Any]] = set()
+    # (known ops linearized, state) -> the sets of unknown ops linearized with them.
+    cache: dict[tuple[int, Any], list[int]] = {}
     explored = 0
     best: list[Op] = []
     entry = head.next
@@ -204,9 +217,7 @@ def check_key(key: str, ops: list[Op], max_states: int = MAX_STATES_DEFAULT) -> 
             matches, new_state = step(state, entry.op)
             if matches:
                 new_linearized = linearized | (1 << entry.index)
-                config = (new_linearized, new_state)
-                if config not in cache:
-                    cache.add(config)
+                if not _subsumed(cache, new_linearized & known_mask, new_state, new_linearized & unknown_mask):
                     explored += 1
                     if explored > max_states:
                         return KeyResult(key, Verdict.UNKNOWN, len(ops), explored)
@@ -232,6 +243,25 @@ def check_key(key: str, ops: list[Op], max_states: int = MAX_STATES_DEFAULT) -> 
         _unlift(call)
         entry = call.next
     return KeyResult(key, Verdict.OK, len(ops), explored)
+
+
+def _subsumed(cache: dict[tuple[int, Any], list[int]], known: int, state: Any, unknown: int) -> bool:
+    """Was this configuration, or one that can do everything it can, explored already?
+
+    A configuration with the same known ops linearized and the same state but
+    a *subset* of its unknown ops linearized can reach every continuation this
+    one can (unknown ops never return, so leaving them pending blocks nothing),
+    so if that one was explored this one need not be. Otherwise record it.
+    """
+    seen = cache.get((known, state))
+    if seen is None:
+        cache[(known, state)] = [unknown]
+        return False
+    for other in seen:
+        if other & ~unknown == 0:
+            return True
+    seen.append(unknown)
+    return False
 
 
 def _stuck(ops: list[Op], prefix: list[Op]) -> tuple[Op, ...]:

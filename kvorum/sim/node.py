@@ -150,7 +150,8 @@ class SimNode:
             engine.advance(rd)
             if self.sm.applied - self.last_compact >= self.compact_every:
                 self._compact()
-        self.world.invariants.after_event(self)
+        if self.world.invariants.after_event(self):
+            self.world.new_leader(self)
 
     def _handle(self, rd: Ready) -> None:
         world = self.world

@@ -3,6 +3,7 @@
     python -m kvorum.sim --engine raft --seeds 500
     python -m kvorum.sim --engine raft --seed 1234 -v          # replay one seed, one line per event
     python -m kvorum.sim --engine raft --seeds 200 --bug forget-vote
+    python -m kvorum.sim --engine raft --seeds 200 --bug commit-old-term --profile figure8
 
 Without `--bug`, every seed must pass: a failing seed prints one line with
 what broke and the command that replays it, and the exit status is 1.
@@ -14,7 +15,6 @@ the exit status is 0 (1 if no seed caught it).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from typing import Callable, Iterable
@@ -22,10 +22,7 @@ from typing import Callable, Iterable
 from kvorum.sim import engines
 from kvorum.sim.history import dump_jsonl
 from kvorum.sim.linearizability import Verdict
-from kvorum.sim.world import RunResult, SimConfig, World
-
-
-_DEFAULTS = SimConfig()
+from kvorum.sim.world import PROFILES, RunResult, SimConfig, World, profile_config
 
 
 def run_seed(seed: int, config: SimConfig, verbose: Callable[[str], None] | None = None) -> RunResult:
@@ -34,12 +31,14 @@ def run_seed(seed: int, config: SimConfig, verbose: Callable[[str], None] | None
 
 def replay_command(seed: int, config: SimConfig) -> str:
     parts = [f"python -m kvorum.sim --engine {config.engine} --seed {seed}"]
-    defaults = _DEFAULTS
-    if config.steps != defaults.steps:
+    base = profile_config(config.profile)
+    if config.profile != "default":
+        parts.append(f"--profile {config.profile}")
+    if config.steps != base.steps:
         parts.append(f"--steps {config.steps}")
-    if config.nodes != defaults.nodes:
+    if config.nodes != base.nodes:
         parts.append(f"--nodes {config.nodes}")
-    if config.lease_reads != defaults.lease_reads:
+    if config.lease_reads != base.lease_reads:
         parts.append(f"--lease-reads {config.lease_reads}")
     for bug in sorted(config.bugs):
         parts.append(f"--bug {bug}")
@@ -61,10 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="raft", choices=engines.names())
     p.add_argument("--seeds", type=int, default=1, help="how many seeds to run (from --seed on)")
     p.add_argument("--seed", type=int, default=0, help="first seed (alone: replay this seed)")
-    p.add_argument("--steps", type=int, default=_DEFAULTS.steps, help="events per seed")
-    p.add_argument("--nodes", type=int, default=_DEFAULTS.nodes, choices=(3, 5))
+    p.add_argument("--profile", default="default", choices=sorted(PROFILES), help="a named set of fault knobs")
+    p.add_argument("--steps", type=int, help="events per seed (default: the profile's)")
+    p.add_argument("--nodes", type=int, choices=(3, 5), help="initial voters (default: the profile's)")
     p.add_argument("--bug", action="append", default=[], help="run the engine with this deliberate bug")
-    p.add_argument("--lease-reads", default=_DEFAULTS.lease_reads, choices=("on", "off", "mixed"))
+    p.add_argument("--lease-reads", choices=("on", "off", "mixed"), help="default: the profile's")
     p.add_argument("--history", help="with one seed: write its client history here as JSONL")
     p.add_argument("-v", "--verbose", action="store_true", help="print one line per event")
     return p
@@ -77,13 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown bug(s) {sorted(unknown)}; known: {sorted(spec.known_bugs())}", file=sys.stderr)
         return 2
-    config = dataclasses.replace(
-        SimConfig(),
+    overrides = {"steps": args.steps, "nodes": args.nodes, "lease_reads": args.lease_reads}
+    config = profile_config(
+        args.profile,
         engine=args.engine,
-        steps=args.steps,
-        nodes=args.nodes,
-        lease_reads=args.lease_reads,
         bugs=frozenset(args.bug),
+        **{k: v for k, v in overrides.items() if v is not None},
     )
     verbose = print if args.verbose else None
     expect_failure = bool(args.bug)

@@ -29,6 +29,7 @@ linearizability at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import random
@@ -54,14 +55,22 @@ class SimConfig:
     """Every knob of a run. Times are simulated milliseconds."""
 
     engine: str = "raft"
+    profile: str = "default"  # the PROFILES entry these knobs came from (for replay)
     nodes: int = 3  # initial voters
     spares: int = 1  # extra nodes that membership changes can add
-    steps: int = 6000  # events processed
+    steps: int = 10_000  # events processed
     tick_ms: float = 10.0
     clock_drift: float = 0.05  # max relative tick-rate error per node
     election_tick: int = 10
     heartbeat_tick: int = 2
     lease_reads: str = "mixed"  # "on", "off", or "mixed" (the seed decides)
+    pre_vote: str = "mixed"  # "on", "off", or "mixed"
+    # Raft's CheckQuorum; lease reads need it, so "off" only makes sense
+    # with lease reads off or with a bug that drops the requirement.
+    check_quorum: str = "on"
+    # Batch limit of one append; the seed picks one. Small batches make a new
+    # leader replicate earlier terms' entries ahead of its own (Figure 8).
+    max_entries_per_msg: tuple[int, ...] = (1, 2, 8, 256)
     compact_every: int = 64
     fsync_ms_min: float = 0.5
     fsync_ms_max: float = 4.0
@@ -77,6 +86,14 @@ class SimConfig:
     crashes: bool = True
     restart_ms_min: float = 10.0
     restart_ms_max: float = 400.0
+    # Chance that a node that has just won an election is crashed or cut off
+    # within `new_leader_fault_ms_max`, before its first entries spread: the
+    # schedules of the paper's Figure 8.
+    new_leader_fault_rate: float = 0.1
+    new_leader_fault_ms_max: float = 15.0
+    # Chance of a crash right after an fsync has released a node's messages:
+    # the moment when anything the engine forgot to persist is lost.
+    crash_after_fsync_rate: float = 0.002
     membership_changes: bool = True
     transfers: bool = True
     sweep_every: int = 400
@@ -87,8 +104,57 @@ class SimConfig:
         assert self.nodes >= 1 and self.spares >= 0 and self.steps >= 1
         assert 0 <= self.clock_drift < 0.5
         assert self.lease_reads in ("on", "off", "mixed"), self.lease_reads
+        assert self.pre_vote in ("on", "off", "mixed"), self.pre_vote
+        assert self.check_quorum in ("on", "off", "mixed"), self.check_quorum
+        assert self.max_entries_per_msg and min(self.max_entries_per_msg) >= 1
         assert 0 < self.fsync_ms_min <= self.fsync_ms_max
         assert 0 < self.nemesis_ms_min <= self.nemesis_ms_max
+
+
+# Named sets of knob overrides. "default" is every fault on at a moderate
+# rate. The others make one family of schedules likely so a deliberate bug
+# shows up in few seeds; the safety checks are the same in every profile.
+PROFILES: dict[str, dict[str, Any]] = {
+    "default": {},
+    # Figure 8 of the Raft paper: leaders cut off right after winning, before
+    # their entries spread, and appends of one entry, so a later leader
+    # re-replicates an earlier term's entries one round trip at a time.
+    "figure8": dict(
+        spares=0,
+        steps=20_000,
+        max_entries_per_msg=(1,),
+        new_leader_fault_rate=0.6,
+        new_leader_fault_ms_max=60.0,
+        crashes=False,
+        membership_changes=False,
+        transfers=False,
+    ),
+    # Crashes right after fsyncs with fast restarts, slow links and no
+    # PreVote: a node that forgets what it promised before it crashed (a vote,
+    # an acknowledged entry) makes that promise again to someone else.
+    "crash-restart": dict(
+        spares=0,
+        steps=15_000,
+        pre_vote="off",
+        crash_after_fsync_rate=0.2,
+        restart_ms_min=2.0,
+        restart_ms_max=20.0,
+        network=NetworkKnobs(delay_ms_max=30.0),
+        partitions=False,
+        membership_changes=False,
+        transfers=False,
+    ),
+    # Stale leaders: lease reads on, CheckQuorum off, so a deposed leader that
+    # is cut off keeps its clients. Only an engine that refuses lease reads
+    # without a live quorum can run this profile safely.
+    "stale-leader": dict(steps=12_000, lease_reads="on", check_quorum="off"),
+}
+
+
+def profile_config(name: str, **overrides: Any) -> SimConfig:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
+    return dataclasses.replace(SimConfig(), profile=name, **{**PROFILES[name], **overrides})
 
 
 @dataclass(slots=True)
@@ -122,7 +188,18 @@ class RunResult:
 
 
 # Event codes (ints dispatch faster than strings and sort never reaches them).
-_TICK, _DELIVER, _FSYNC, _CLIENT_NEXT, _CLIENT_SUBMIT, _CLIENT_TIMEOUT, _NEMESIS, _HEAL, _RESTART = range(9)
+(
+    _TICK,
+    _DELIVER,
+    _FSYNC,
+    _CLIENT_NEXT,
+    _CLIENT_SUBMIT,
+    _CLIENT_TIMEOUT,
+    _NEMESIS,
+    _HEAL,
+    _RESTART,
+    _LEADER_FAULT,
+) = range(10)
 
 
 class World:
@@ -142,7 +219,10 @@ class World:
         self.network = Network(self.rng, config.network, self._schedule_delivery)
         self.stats = {"crashes": 0, "restarts": 0, "partitions": 0, "membership": 0, "transfers": 0, "lost_writes": 0}
         self._partition_id = 0
-        self.lease_reads = config.lease_reads == "on" or (config.lease_reads == "mixed" and self.rng.random() < 0.5)
+        self.lease_reads = self._pick(config.lease_reads)
+        self.pre_vote = self._pick(config.pre_vote)
+        self.check_quorum = self._pick(config.check_quorum)
+        self.max_entries_per_msg = self.rng.choice(config.max_entries_per_msg)
         ids = [f"n{i + 1}" for i in range(config.nodes + config.spares)]
         initial = Membership(voters=frozenset(ids[: config.nodes]))
         self.nodes: dict[str, SimNode] = {}
@@ -152,6 +232,9 @@ class World:
             node.tick_ms = config.tick_ms * (1 + self.rng.uniform(-config.clock_drift, config.clock_drift))
             self.nodes[node_id] = node
         self.clients = [Client(self, f"c{i + 1}", config.clients) for i in range(config.clients.count)]
+
+    def _pick(self, knob: str) -> bool:
+        return knob == "on" or (knob == "mixed" and self.rng.random() < 0.5)
 
     # --- tracing -----------------------------------------------------------------
 
@@ -215,6 +298,9 @@ class World:
             election_tick=self.config.election_tick,
             heartbeat_tick=self.config.heartbeat_tick,
             lease_reads=self.lease_reads,
+            check_quorum=self.check_quorum,
+            pre_vote=self.pre_vote,
+            max_entries_per_msg=self.max_entries_per_msg,
             bugs=self.config.bugs,
         )
         node.start(settings)
@@ -268,9 +354,15 @@ class World:
     def _partition(self) -> None:
         cfg, rng = self.config, self.rng
         ids = list(self.nodes)
-        shape = rng.choice(["isolate", "split", "one-way"] if cfg.one_way_partitions else ["isolate", "split"])
+        shapes = ["isolate", "isolate-leader", "split", "one-way"]
+        shape = rng.choice(shapes if cfg.one_way_partitions else shapes[:3])
         rng.shuffle(ids)
-        if shape == "isolate":
+        leader = self._leader()
+        if shape == "isolate-leader" and leader is not None:
+            # The leader keeps its clients but loses its followers: the case
+            # lease reads must get right.
+            side_a, side_b = [leader.id], [i for i in ids if i != leader.id]
+        elif shape.startswith("isolate"):
             side_a, side_b = ids[:1], ids[1:]
         else:
             cut = rng.randint(1, len(ids) - 1)
@@ -284,15 +376,39 @@ class World:
         self.trace(f"partition #{self._partition_id} {shape}: {','.join(side_a)} {arrow} {','.join(side_b)}")
         self._push(self.now + rng.uniform(cfg.partition_ms_min, cfg.partition_ms_max), _HEAL, self._partition_id)
 
-    def _crash_someone(self) -> None:
-        voters = self._voters()
-        down = [n for n in self.nodes.values() if not n.up]
+    def _may_crash(self) -> bool:
         # Keep a quorum of the voters up so the run keeps making progress.
-        if len(down) >= max(1, (len(voters) - 1) // 2):
+        down = sum(1 for n in self.nodes.values() if not n.up)
+        return down < max(1, (len(self._voters()) - 1) // 2)
+
+    def _crash_someone(self) -> None:
+        if not self._may_crash():
             return
-        node = self.pick_node(self.rng)
+        leader = self._leader()
+        node = leader if leader is not None and self.rng.random() < 0.3 else self.pick_node(self.rng)
         if node is not None:
             self._crash(node)
+
+    def new_leader(self, node: SimNode) -> None:
+        """A node just won an election; maybe strike it before its entries spread."""
+        cfg = self.config
+        if (cfg.crashes or cfg.partitions) and self.rng.random() < cfg.new_leader_fault_rate:
+            delay = self.rng.uniform(0, cfg.new_leader_fault_ms_max)
+            self._push(self.now + delay, _LEADER_FAULT, node.id, node.incarnation)
+
+    def _leader_fault(self, node: SimNode) -> None:
+        cfg = self.config
+        if cfg.crashes and (not cfg.partitions or self.rng.random() < 0.5) and self._may_crash():
+            self.trace(f"strike new leader {node.id}")
+            self._crash(node)
+        elif cfg.partitions:
+            others = sorted(set(self.nodes) - {node.id})
+            self.network.partition(split_links([node.id], others, one_way=False))
+            self._partition_id += 1
+            self.stats["partitions"] += 1
+            self.trace(f"partition #{self._partition_id} strike new leader: {node.id} | {','.join(others)}")
+            delay = self.rng.uniform(cfg.partition_ms_min, cfg.partition_ms_max)
+            self._push(self.now + delay, _HEAL, self._partition_id)
 
     def _voters(self) -> frozenset[str]:
         leader = self._leader()
@@ -355,7 +471,7 @@ class World:
         cfg = self.config
         self.trace(
             f"seed {self.seed} engine {cfg.engine} nodes {sorted(self.nodes)} lease_reads {self.lease_reads} "
-            f"bugs {sorted(cfg.bugs)} ticks {[round(n.tick_ms, 3) for n in self.nodes.values()]}"
+            f"check_quorum {self.check_quorum} pre_vote {self.pre_vote} batch {self.max_entries_per_msg} bugs {sorted(cfg.bugs)} ticks {[round(n.tick_ms, 3) for n in self.nodes.values()]}"
         )
         for node in self.nodes.values():
             self._start(node, None)
@@ -411,6 +527,8 @@ class World:
             if node.up and node.incarnation == b:
                 self.trace(f"fsync {a}")
                 node.fsync_done()
+                if self.config.crashes and self.rng.random() < self.config.crash_after_fsync_rate and self._may_crash():
+                    self._crash(node)
         elif code == _CLIENT_NEXT:
             a.next_op()
         elif code == _CLIENT_SUBMIT:
@@ -425,3 +543,7 @@ class World:
                 self.trace(f"heal partition #{a}")
         elif code == _RESTART:
             self._restart(self.nodes[a])
+        elif code == _LEADER_FAULT:
+            node = self.nodes[a]
+            if node.up and node.incarnation == b:
+                self._leader_fault(node)
