@@ -18,7 +18,9 @@ the entries and hard state from its Ready's, in that order)::
     node = RaftNode(config, RestoreState(hard_state=hs, snapshot=snap, entries=entries))
 
 On restart `config.membership` is only a fallback: the membership in the
-restored snapshot or log wins. A node being added to a running group is
+restored snapshot or log wins. With `lease_reads`, a restarted node ignores
+candidates for its first election timeout (it may be part of a live leader's
+lease). A node being added to a running group is
 started fresh with any membership that does not make it a voter (for example
 the group's current one); it will not campaign and learns the real membership
 from the leader. `RaftConfig.validate()` runs in the constructor and raises
