@@ -243,7 +243,7 @@ def hrandfield(ctx: CommandContext, argv: list[bytes]):
         return chosen
     # Redis answers RESP3 clients with [field, value] pairs and RESP2 clients
     # with a flat array; the shape of the reply is all the client decides here.
-    if getattr(ctx.client, "resp", 2) == 3:
+    if getattr(ctx.client, "resp3", False):
         return [[name, fields[name]] for name in chosen]
     out = []
     for name in chosen:

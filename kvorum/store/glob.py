@@ -22,6 +22,10 @@ from typing import Callable
 # Compiled patterns kept for reuse; cleared when full.
 PATTERN_CACHE_MAX = 256
 
+# Redis' stringmatchlen gives up (no match) past this recursion depth, one
+# level per run of stars that still has bytes to match after it.
+STAR_NESTING_MAX = 1000
+
 _cache: dict[bytes, Callable[[bytes], bool]] = {}
 
 
@@ -69,6 +73,15 @@ def translate(pattern: bytes) -> bytes:
     translation would take exponential time on patterns like "a*a*a*a*b"
     (Redis' stringmatchlen cuts the same search short with skipLongerMatches).
     """
+    parts = _segments(pattern)
+    if len(parts) == 1:
+        return parts[0]
+    middle = b"".join(b"(?>.*?" + part + b")" for part in parts[1:-1])
+    return parts[0] + middle + b".*" + parts[-1]
+
+
+def _segments(pattern: bytes) -> list[bytes]:
+    """The regexes of the star-free segments of `pattern`, in order (runs of stars between)."""
     segments: list[list[bytes]] = [[]]
     i = 0
     n = len(pattern)
@@ -89,11 +102,14 @@ def translate(pattern: bytes) -> bytes:
             i += 1
         else:
             segments[-1].append(_byte(c))
-    parts = [b"".join(segment) for segment in segments]
-    if len(parts) == 1:
-        return parts[0]
-    middle = b"".join(b"(?>.*?" + part + b")" for part in parts[1:-1] if part)
-    return parts[0] + middle + b".*" + parts[-1]
+    return [b"".join(segment) for segment in segments]
+
+
+def _star_nesting(pattern: bytes) -> int:
+    """How deep stringmatchlen must recurse for a match: one level per star run
+    that is followed by more of the pattern (a final run matches without recursing)."""
+    parts = _segments(pattern)
+    return len(parts) - 2 if parts[-1] == b"" else len(parts) - 1
 
 
 def matcher(pattern: bytes) -> Callable[[bytes], bool]:
@@ -106,6 +122,9 @@ def matcher(pattern: bytes) -> Callable[[bytes], bool]:
         # matches the empty key.
         def match(s: bytes) -> bool:
             return True
+    elif _star_nesting(pattern) > STAR_NESTING_MAX:
+        def match(s: bytes) -> bool:
+            return False
     else:
         fullmatch = re.compile(translate(pattern), re.DOTALL).fullmatch
         if pattern:

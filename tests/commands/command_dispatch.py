@@ -18,7 +18,7 @@ START_MS = 1_700_000_000_000
 
 class FakeClient:
     def __init__(self, resp: int):
-        self.resp = resp
+        self.resp3 = resp == 3
 
 
 class Dispatcher:

@@ -135,3 +135,11 @@ def test_many_stars_do_not_backtrack_exponentially():
     # keyspace.tcl "Regression for pattern matching long nested loops".
     assert not stringmatch(b"a*" * 32 + b"b", b"a" * 64)
     assert stringmatch(b"a*" * 32 + b"a", b"a" * 64)
+
+
+def test_too_deeply_nested_stars_never_match():
+    # keyspace.tcl "Regression for pattern matching very long nested loops":
+    # Redis gives up past 1000 levels of star recursion.
+    assert not stringmatch(b"*?" * 50000, b"a" * 50000)
+    assert stringmatch(b"*a" * 1000 + b"*", b"a" * 1000)
+    assert not stringmatch(b"*a" * 1001, b"a" * 1001)
