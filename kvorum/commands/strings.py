@@ -398,3 +398,115 @@ def incrbyfloat(ctx: CommandContext, argv: list[bytes]):
     text = format_long_double(total)
     db.set(key, text, ctx.now_ms, keep_ttl=True)
     return text
+
+
+# LCS key1 key2 [LEN] [IDX] [MINMATCHLEN min-match-len] [WITHMATCHLEN]
+@command("lcs", arity=-3, flags="readonly", keys=(1, 2, 1), group="string",
+         summary="Find longest common substring", since="7.0.0",
+         complexity="O(N*M) where N and M are the lengths of s1 and s2, respectively")
+def lcs(ctx: CommandContext, argv: list[bytes]):
+    a = ctx.db.get(argv[1], ctx.now_ms)
+    b = ctx.db.get(argv[2], ctx.now_ms)
+    if a.__class__ is dict or b.__class__ is dict:
+        raise CommandError("ERR The specified keys must contain string values")
+    a = a or b""
+    b = b or b""
+    getlen = getidx = withmatchlen = False
+    minmatchlen = 0
+    j = 3
+    while j < len(argv):
+        opt = argv[j].upper()
+        if opt == b"IDX":
+            getidx = True
+        elif opt == b"LEN":
+            getlen = True
+        elif opt == b"WITHMATCHLEN":
+            withmatchlen = True
+        elif opt == b"MINMATCHLEN" and j + 1 < len(argv):
+            minmatchlen = max(0, parse_int(argv[j + 1]))
+            j += 1
+        else:
+            raise CommandError(SYNTAX)
+        j += 1
+    if getidx and getlen:
+        raise CommandError("ERR If you want both the length and indexes, please just use IDX.")
+    cells = (len(a) + 1) * (len(b) + 1)
+    if cells * 4 > ctx.db.proto_max_bulk_len:
+        raise CommandError("ERR Insufficient memory, transient memory for LCS exceeds proto-max-bulk-len")
+    if cells > LCS_CELLS_MAX:
+        raise CommandError(f"ERR strings too long for LCS (more than {LCS_CELLS_MAX} table cells)")
+    table = _lcs_table(a, b)
+    if getlen:
+        return table[len(a)][len(b)]
+    return _lcs_walk(a, b, table, getidx, withmatchlen, minmatchlen)
+
+
+# The LCS table is (len1 + 1) * (len2 + 1) cells of Python ints, filled in
+# Python: this bounds both its memory and the time the server is busy.
+LCS_CELLS_MAX = 16 * 1024 * 1024
+
+
+def _lcs_table(a: bytes, b: bytes) -> list[list[int]]:
+    """table[i][j] = length of the LCS of a[:i] and b[:j] (Redis' LCS(i, j))."""
+    m = len(b)
+    prev = [0] * (m + 1)
+    table = [prev]
+    for ai in a:
+        cur = [0] * (m + 1)
+        for j in range(1, m + 1):
+            if ai == b[j - 1]:
+                cur[j] = prev[j - 1] + 1
+            else:
+                up = prev[j]
+                left = cur[j - 1]
+                cur[j] = up if up > left else left
+        table.append(cur)
+        prev = cur
+    return table
+
+
+def _lcs_walk(a: bytes, b: bytes, table: list[list[int]], getidx: bool, withmatchlen: bool,
+              minmatchlen: int):
+    """Walk the table back from the end as Redis' lcsCommand does, collecting
+    the LCS string or the matching ranges (newest first)."""
+    alen, blen = len(a), len(b)
+    idx = table[alen][blen]
+    result = bytearray(idx)
+    matches = []
+    arange_start, arange_end, brange_start, brange_end = alen, 0, 0, 0
+    i, j = alen, blen
+    while i > 0 and j > 0:
+        emit = False
+        if a[i - 1] == b[j - 1]:
+            result[idx - 1] = a[i - 1]
+            if arange_start == alen:
+                arange_start = arange_end = i - 1
+                brange_start = brange_end = j - 1
+            elif arange_start == i and brange_start == j:
+                arange_start -= 1
+                brange_start -= 1
+            else:
+                emit = True
+            if arange_start == 0 or brange_start == 0:
+                emit = True
+            idx -= 1
+            i -= 1
+            j -= 1
+        else:
+            if table[i - 1][j] > table[i][j - 1]:
+                i -= 1
+            else:
+                j -= 1
+            if arange_start != alen:
+                emit = True
+        if emit:
+            match_len = arange_end - arange_start + 1
+            if getidx and (minmatchlen == 0 or match_len >= minmatchlen):
+                match = [[arange_start, arange_end], [brange_start, brange_end]]
+                if withmatchlen:
+                    match.append(match_len)
+                matches.append(match)
+            arange_start = alen
+    if getidx:
+        return {"matches": matches, "len": table[alen][blen]}
+    return bytes(result)

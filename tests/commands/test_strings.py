@@ -212,3 +212,20 @@ def test_wrongtype(r):
 def test_type_reply_is_status(r):
     r("SET", "k", "v")
     assert r("TYPE", "k") == SimpleString("string")
+
+
+
+def test_lcs(r):
+    # The examples of Redis' LCS documentation.
+    r("SET", "a", "ohmytext")
+    r("SET", "b", "mynewtext")
+    assert r("LCS", "a", "b") == b"mytext"
+    assert r("LCS", "a", "b", "IDX", "WITHMATCHLEN") == {
+        "matches": [[[4, 7], [5, 8], 4], [[2, 3], [0, 1], 2]], "len": 6}
+    assert r("LCS", "a", "b", "LEN") == 6
+    assert r("LCS", "a", "b", "IDX", "MINMATCHLEN", "4") == {"matches": [[[4, 7], [5, 8]]], "len": 6}
+    assert r("LCS", "a", "nokey") == b""
+    assert err(r("LCS", "a", "b", "LEN", "IDX")) == \
+        "ERR If you want both the length and indexes, please just use IDX."
+    r("HSET", "h", "f", "v")
+    assert err(r("LCS", "a", "h")) == "ERR The specified keys must contain string values"
