@@ -3,11 +3,11 @@
 Run by pysyncobj_cluster, three at a time:
 
     python pysyncobj_node.py --raft 127.0.0.1:P1 --partners 127.0.0.1:P2,127.0.0.1:P3 \
-        --port D1 --journal DIR/journal --sync msync
+        --port D1 --journal DIR/journal --sync msync --batch on
 
 Theory of operation. The replica is a plain SyncObj whose only consumer is
-PySyncObj's own ReplDict, with journalFile set and PySyncObj's other settings at
-their defaults; it runs PySyncObj's tick thread (autoTick) as any application
+PySyncObj's own ReplDict, with journalFile set, appendEntriesUseBatch as --batch
+says, and PySyncObj's other settings at their defaults; it runs PySyncObj's tick thread (autoTick) as any application
 would. The main thread runs an asyncio server speaking the part of RESP that
 redis-py needs (HELLO, CLIENT, PING, SET, and ROLE, which answers +leader or
 +follower so the benchmark can find the leader), so PySyncObj is driven by the
@@ -199,8 +199,8 @@ def main() -> None:
     p.add_argument("--journal", required=True, help="journal file (PySyncObj's journalFile)")
     p.add_argument("--sync", choices=("msync", "none"), default="msync",
                    help="msync: group-commit the journal before sending (default); none: as shipped")
-    p.add_argument("--batch", choices=("on", "off"), default="off",
-                   help="PySyncObj's appendEntriesUseBatch (default off: send entries at once)")
+    p.add_argument("--batch", choices=("on", "off"), default="on",
+                   help="PySyncObj's appendEntriesUseBatch (default on, as in PySyncObj; off: send entries at once)")
     args = p.parse_args()
     args.partners = [x for x in args.partners.split(",") if x]
     node = Node(args)
