@@ -7,8 +7,8 @@ Run by pysyncobj_cluster, three at a time:
 
 Theory of operation. The replica is a plain SyncObj whose only consumer is
 PySyncObj's own ReplDict, with journalFile set, appendEntriesUseBatch as --batch
-says, and PySyncObj's other settings at their defaults; it runs PySyncObj's tick thread (autoTick) as any application
-would. The main thread runs an asyncio server speaking the part of RESP that
+says, and PySyncObj's other settings at their defaults; it runs PySyncObj's
+tick thread (autoTick) as any application would. The main thread runs an asyncio server speaking the part of RESP that
 redis-py needs (HELLO, CLIENT, PING, SET, and ROLE, which answers +leader or
 +follower so the benchmark can find the leader), so PySyncObj is driven by the
 very client that drives kvorum. SET calls ReplDict.set with a callback; PySyncObj
