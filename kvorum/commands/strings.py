@@ -100,7 +100,7 @@ def get(ctx: CommandContext, argv: list[bytes]):
          summary="Set the string value of a key", since="1.0.0", complexity="O(1)")
 def set_(ctx: CommandContext, argv: list[bytes]):
     if len(argv) == 3:
-        ctx.db.set(argv[1], argv[2], ctx.now_ms)
+        ctx.db.set_plain(argv[1], argv[2], ctx.now_ms)
         return OK
     opts = _Options(argv, 3, for_set=True)
     return _set_generic(ctx, argv[1], argv[2], opts, "set")
@@ -173,10 +173,10 @@ def mget(ctx: CommandContext, argv: list[bytes]):
 def mset(ctx: CommandContext, argv: list[bytes]):
     if len(argv) % 2 == 0:
         raise wrong_arity("mset")
-    set_ = ctx.db.set
+    set_plain = ctx.db.set_plain
     now_ms = ctx.now_ms
     for i in range(1, len(argv), 2):
-        set_(argv[i], argv[i + 1], now_ms)
+        set_plain(argv[i], argv[i + 1], now_ms)
     return OK
 
 

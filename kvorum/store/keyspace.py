@@ -309,6 +309,26 @@ class Keyspace:
         if cb is not None:
             cb(key)
 
+    def set_plain(self, key: bytes, value: bytes, now_ms: int) -> None:
+        """`set(key, value, now_ms)` for a string without TTL options: the SET hot path."""
+        e = self._data.get(key)
+        if e is None:
+            self._version_last += 1
+            self._add(key, value, len(key) + len(value) + ENTRY_OVERHEAD_BYTES, now_ms)
+        elif e.expire_at_ms:
+            self.set(key, value, now_ms)
+            return
+        else:
+            size = len(key) + len(value) + ENTRY_OVERHEAD_BYTES
+            self._used_bytes += size - e.size
+            self._version_last = e.version = self._version_last + 1
+            e.value = value
+            e.size = size
+            e.access_ms = now_ms
+        cb = self.on_key_modified
+        if cb is not None:
+            cb(key)
+
     def delete(self, key: bytes, now_ms: int) -> bool:
         e = self._live(key, now_ms)
         if e is None:
