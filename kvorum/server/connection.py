@@ -116,6 +116,7 @@ class Client(asyncio.Protocol):
         # Parsed requests not run yet because their client is not reading its replies.
         self.backlog: list[list[bytes]] = []
         self.writing_paused = False
+        self.output_hard_bytes = 0
 
     # asyncio.Protocol
 
@@ -163,6 +164,7 @@ class Client(asyncio.Protocol):
         settings = self.server.settings
         high = settings.client_output_pause_bytes
         hard = settings.client_output_buffer_limit.hard_bytes
+        self.output_hard_bytes = hard
         if hard:
             high = min(high, hard)
         self.transport.set_write_buffer_limits(high=high)
@@ -193,19 +195,18 @@ class Client(asyncio.Protocol):
         self.last_ms = now_ms
         batch_bytes_max = self.server.settings.client_output_pause_bytes
         parts = []
+        append = parts.append
         out_bytes = 0
-        done = 0
         for argv in requests:
             reply = execute(self, argv, now_ms)
-            parts.append(reply)
+            append(reply)
             out_bytes += len(reply)
-            done += 1
-            if self.close_after_reply:
+            if out_bytes > batch_bytes_max or self.close_after_reply:
                 break
-            if out_bytes > batch_bytes_max and done < len(requests):
-                self.backlog = requests[done:]
-                self.transport.pause_reading()
-                break
+        done = len(parts)
+        if done < len(requests) and not self.close_after_reply:
+            self.backlog = requests[done:]
+            self.transport.pause_reading()
         if done:
             stats.commands_processed += done
             self.last_command = requests[done - 1][0]
@@ -229,7 +230,7 @@ class Client(asyncio.Protocol):
         if out:
             self.server.stats.net_output_bytes += len(out)
             self.transport.write(out)
-            hard = self.server.settings.client_output_buffer_limit.hard_bytes
+            hard = self.output_hard_bytes
             if hard and self.transport.get_write_buffer_size() > hard:
                 self.drop_for_output_limit()
                 return

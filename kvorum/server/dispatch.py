@@ -31,6 +31,15 @@ MULTI_DIRECT = frozenset({"exec", "discard", "multi", "watch", "quit", "reset"})
 
 _QUEUED = encode(QUEUED, False)
 
+# Filled by `prepare()` once every command family is imported.
+_PLAIN: dict[bytes, tuple] = {}
+
+
+def prepare() -> None:
+    """Build the fast-path table from the command table (call after registering commands)."""
+    _PLAIN.clear()
+    _PLAIN.update(_plain_commands())
+
 
 def decode_arg(arg: bytes) -> str:
     """Client bytes as text for error messages, byte-exact on the way back out."""
@@ -70,36 +79,65 @@ def resolve(argv: list[bytes]) -> Command | str:
 
 
 def execute(client: Client, argv: list[bytes], now_ms: int) -> bytes:
-    """Run one request through the gates; the encoded reply."""
-    cmd = TABLE_BY_BYTES.get(argv[0])
+    """Run one request; the encoded reply.
+
+    The common case, a plain command (no subcommands) with the right arity from an
+    authenticated client outside MULTI, passes the lookup, arity, auth and MULTI
+    gates with one dict lookup and one test; everything else takes the full line
+    of gates in `execute_gated`.
+    """
+    entry = _PLAIN.get(argv[0])
+    if entry is None:
+        return execute_gated(client, argv, now_ms)
+    cmd, handler, arity, writes, denyoom = entry
     argc = len(argv)
-    if (cmd is None or cmd.subcommands or cmd.handler is None
-            or (argc != cmd.arity if cmd.arity > 0 else argc < -cmd.arity)):
-        cmd = resolve(argv)
-        if cmd.__class__ is str:
-            return reject(client, cmd)
-    if not client.authenticated and "no_auth" not in cmd.flags:
-        return reject(client, NOAUTH)
-    if client.multi is not None and (cmd.name not in MULTI_DIRECT or cmd.container is not None):
-        return queue(client, cmd, argv, now_ms)
-    if client.db.maxmemory and "denyoom" in cmd.flags and not memory_ok(client, now_ms):
+    if (argc != arity if arity > 0 else argc < -arity) or client.multi is not None or not client.authenticated:
+        return execute_gated(client, argv, now_ms)
+    if denyoom and client.db.maxmemory and not memory_ok(client, now_ms):
         return reject(client, OOM)
     ctx = client.ctx
     ctx.now_ms = now_ms
     try:
-        reply = cmd.handler(ctx, argv)
+        reply = handler(ctx, argv)
     except CommandError as exc:
         client.server.stats.error_replies += 1
         return error_line(exc.message)
     except Exception:
         return error_line(internal_error(cmd).message)
-    if "write" in cmd.flags:
+    if writes:
         client.server.dirty += 1
     if reply.__class__ is bytes:
         return b"$%d\r\n%s\r\n" % (len(reply), reply)
     if reply is OK:
         return OK_REPLY
     return encode(reply, client.resp3)
+
+
+def execute_gated(client: Client, argv: list[bytes], now_ms: int) -> bytes:
+    """The full line of gates, in Redis' order."""
+    cmd = resolve(argv)
+    if cmd.__class__ is str:
+        return reject(client, cmd)
+    if not client.authenticated and "no_auth" not in cmd.flags:
+        return reject(client, NOAUTH)
+    if client.multi is not None and (cmd.name not in MULTI_DIRECT or cmd.container is not None):
+        return queue(client, cmd, argv, now_ms)
+    if client.db.maxmemory and "denyoom" in cmd.flags and not memory_ok(client, now_ms):
+        return reject(client, OOM)
+    reply = call(client, cmd, argv, now_ms)
+    if reply.__class__ is CommandError:
+        client.server.stats.error_replies += 1
+        return error_line(reply.message)
+    return encode(reply, client.resp3)
+
+
+def _plain_commands() -> dict[bytes, tuple]:
+    """name (as sent: lower or upper case) -> (command, handler, arity, writes, denyoom)."""
+    plain = {}
+    for name, cmd in TABLE_BY_BYTES.items():
+        if cmd.handler is not None and not cmd.subcommands:
+            plain[name] = (cmd, cmd.handler, cmd.arity, "write" in cmd.flags, "denyoom" in cmd.flags)
+    return plain
 
 
 def reject(client: Client, message: str) -> bytes:

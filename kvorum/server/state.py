@@ -60,6 +60,7 @@ class Stats:
 class ServerState:
     def __init__(self, settings: Settings):
         self.settings = settings
+        dispatch.prepare()
         self.db = Keyspace(settings.maxmemory_bytes, settings.maxmemory_policy)
         self.db.proto_max_bulk_len = settings.proto_max_bulk_len_bytes
         self.db.hash_max_listpack_entries = settings.hash_max_listpack_entries
