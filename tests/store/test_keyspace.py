@@ -331,3 +331,19 @@ def test_touch_and_idle():
     assert ks.idle_ms(b"k", 6000) == 1000
     assert not ks.touch(b"x", 0)
     assert ks.idle_ms(b"x", 0) is None
+
+
+def test_set_plain_matches_set():
+    ks = Keyspace()
+    rec = Recorder(ks)
+    ks.set_plain(b"a", b"1", 0)
+    ks.set_plain(b"a", b"22", 0)
+    ks.set(b"t", b"v", 0, expire_at_ms=100)
+    ks.set_plain(b"t", b"w", 0)
+    assert ks.expire_at_of(b"t", 0) == -1
+    ks.set(b"e", b"v", 0, expire_at_ms=10)
+    ks.set_plain(b"e", b"w", 20)
+    assert ks.get(b"e", 20) == b"w" and ks.expired_keys == 1
+    assert rec.keys == [b"a", b"a", b"t", b"t", b"e", b"e", b"e"]
+    assert ks.version_of(b"a", 0) < ks.version_of(b"t", 0) < ks.version_of(b"e", 20)
+    check_invariants(ks)
