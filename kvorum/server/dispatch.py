@@ -4,12 +4,15 @@
 
 Each gate either passes or answers with Redis' exact error text; a rejected
 command inside MULTI also marks the transaction failed (EXECABORT), like
-Redis' flagTransaction. `call` runs the handler and is the write epilogue's
-single home: handlers signal modified keys through the keyspace, and every
-write counts towards `dirty`.
+Redis' flagTransaction. After the handler comes the write epilogue: handlers
+signal modified keys through the keyspace (which bumps versions and dirties
+WATCHers), and every write counts towards `dirty`.
 
-`execute` returns the encoded reply bytes; it runs for every command, so it
-tests the common case first and allocates nothing on the way.
+`execute` runs for every request and returns the encoded reply. Most requests
+are plain commands from authenticated clients outside MULTI, for which the
+lookup, arity, auth and MULTI gates reduce to one dict lookup (`_PLAIN`, built
+from the command table) and one test; any other request goes through the
+whole line in `execute_gated`. `call` is the same handler step for EXEC.
 """
 
 from __future__ import annotations
