@@ -68,18 +68,26 @@ class Membership:
     During a joint change (C_old,new) `voters_outgoing` is the old voter set
     and decisions need a majority of *both* `voters` and `voters_outgoing`.
     Outside a joint change `voters_outgoing` is empty.
+
+    `learners_next` holds outgoing voters that the change demotes to learners:
+    a node is never voter and learner at once, so they vote as outgoing voters
+    during the joint phase and become learners when it is left. It is empty
+    outside a joint change, and it travels with the membership everywhere (log
+    entries, snapshots, InstallSnapshot): a node that learns the joint
+    membership from a snapshot must still know whom to keep as learners.
     """
 
     voters: frozenset[NodeId]
     learners: frozenset[NodeId] = frozenset()
     voters_outgoing: frozenset[NodeId] = frozenset()
+    learners_next: frozenset[NodeId] = frozenset()
 
     @property
     def joint(self) -> bool:
         return bool(self.voters_outgoing)
 
     def members(self) -> frozenset[NodeId]:
-        return self.voters | self.learners | self.voters_outgoing
+        return self.voters | self.learners | self.voters_outgoing | self.learners_next
 
 
 @dataclass(frozen=True, slots=True)

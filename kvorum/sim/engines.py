@@ -78,8 +78,7 @@ def _make_raft(settings: NodeSettings) -> ReplicatedLog:
 def _decode_raft_membership(data: bytes) -> Membership:
     from kvorum.consensus.raft.membership import decode_membership
 
-    membership, _learners_next = decode_membership(data)
-    return membership
+    return decode_membership(data)
 
 
 def _raft_bugs() -> frozenset[str]:

@@ -9,7 +9,8 @@ listing sorts by log index. Its content is
     0       8     magic   b"KVSNAP01"
     8       8     length  of the body in bytes, unsigned little-endian
     16      4     crc     CRC-32 (zlib.crc32) of bytes 0..16 followed by the body
-    20      n     body    msgpack [index, term, voters, learners, voters_outgoing, data]
+    20      n     body    msgpack [index, term, voters, learners, voters_outgoing,
+                                   learners_next, data]
 
 Writing is atomic by the usual sequence: write `<name>.tmp`, fsync it, rename
 it over `<name>`, fsync the directory. A crash leaves either no file, a `.tmp`
@@ -61,6 +62,7 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
             sorted(m.voters),
             sorted(m.learners),
             sorted(m.voters_outgoing),
+            sorted(m.learners_next),
             snapshot.data,
         ],
         use_bin_type=True,
@@ -83,8 +85,14 @@ def decode_snapshot(path: str, data: bytes, snapshot_bytes_max: int) -> Snapshot
     body = data[SNAPSHOT_HEADER_BYTES:]
     if zlib.crc32(body, zlib.crc32(data[: _HEAD.size])) != crc:
         raise CorruptLogError(path, _HEAD.size, "snapshot checksum mismatch")
-    index, term, voters, learners, outgoing, payload = msgpack.unpackb(body, raw=False)
-    membership = Membership(frozenset(voters), frozenset(learners), frozenset(outgoing))
+    fields = msgpack.unpackb(body, raw=False)
+    if len(fields) == 6:
+        # Written before memberships carried learners_next: it was empty then.
+        fields.insert(5, [])
+    index, term, voters, learners, outgoing, learners_next, payload = fields
+    membership = Membership(
+        frozenset(voters), frozenset(learners), frozenset(outgoing), frozenset(learners_next)
+    )
     return Snapshot(index=index, term=term, membership=membership, data=payload)
 
 

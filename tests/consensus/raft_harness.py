@@ -76,6 +76,8 @@ def fmt_membership(m: Membership) -> str:
         s += "&&" + fmt_ids(m.voters_outgoing)
     if m.learners:
         s += " learners=" + fmt_ids(m.learners)
+    if m.learners_next:
+        s += " learners_next=" + fmt_ids(m.learners_next)
     return s
 
 
@@ -83,9 +85,7 @@ def fmt_entry(e: Entry) -> str:
     if e.kind is EntryKind.NOOP:
         return f"{e.term}/{e.index} NOOP"
     if e.kind is EntryKind.MEMBERSHIP:
-        m, learners_next = decode_membership(e.data)
-        extra = f" learners_next={fmt_ids(learners_next)}" if learners_next else ""
-        return f"{e.term}/{e.index} CONF {fmt_membership(m)}{extra}"
+        return f"{e.term}/{e.index} CONF {fmt_membership(decode_membership(e.data))}"
     return f"{e.term}/{e.index} {e.data.decode()!r}"
 
 

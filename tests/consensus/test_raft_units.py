@@ -63,7 +63,7 @@ MESSAGES = [
         Snapshot(
             100,
             5,
-            Membership(frozenset({"1", "2"}), frozenset({"4"}), frozenset({"1", "2", "3"})),
+            Membership(frozenset({"1", "2"}), frozenset({"4"}), frozenset({"1", "2", "3"}), frozenset({"3"})),
             b"image",
         ),
     ),
@@ -87,17 +87,29 @@ def test_decode_rejects_junk(junk: bytes) -> None:
 
 
 def test_membership_entry_round_trip() -> None:
-    m = Membership(frozenset({"a", "b"}), frozenset({"c"}), frozenset({"a", "d", "e"}))
-    assert decode_membership(encode_membership(m, frozenset({"d"}))) == (m, frozenset({"d"}))
+    m = Membership(frozenset({"a", "b"}), frozenset({"c"}), frozenset({"a", "d", "e"}), frozenset({"d"}))
+    assert decode_membership(encode_membership(m)) == m
+
+
+def test_joint_snapshot_loses_learners_next_on_disk(tmp_path: pathlib.Path) -> None:
+    """Paper §6: a snapshot taken inside C_old,new must keep the voters it demotes to
+    learners, in the snapshot file as on the wire (InstallSnapshot, above)."""
+    from kvorum.storage.snapshot import read_snapshot, write_snapshot
+
+    joint = Membership(frozenset({"1", "2", "4"}), frozenset(), frozenset({"1", "2", "3"}), frozenset({"3"}))
+    snap = Snapshot(7, 2, joint, b"image")
+    path = write_snapshot(str(tmp_path), snap, lambda fd: None)
+    assert read_snapshot(path, 1 << 20) == snap
 
 
 def test_plan_change_single_vs_joint() -> None:
     """Thesis 4.1: one voter changes in one step; more go through C_old,new (§6)."""
-    one, nxt = plan_change(M3, Membership(frozenset({"1", "2", "3", "4"})))
-    assert not one.joint and nxt == frozenset()
-    joint, nxt = plan_change(M3, Membership(frozenset({"1", "4"}), frozenset({"2"})))
+    one = plan_change(M3, Membership(frozenset({"1", "2", "3", "4"})))
+    assert not one.joint and one.learners_next == frozenset()
+    joint = plan_change(M3, Membership(frozenset({"1", "4"}), frozenset({"2"})))
     assert joint.voters_outgoing == M3.voters and joint.voters == frozenset({"1", "4"})
-    assert nxt == frozenset({"2"}) and "2" not in joint.learners
+    assert joint.learners_next == frozenset({"2"}) and "2" not in joint.learners
+    assert "2" in joint.members()
     with pytest.raises(ValueError):
         plan_change(M3, Membership(frozenset()))
 

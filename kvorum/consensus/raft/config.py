@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from kvorum.consensus.raft.membership import check_membership
 from kvorum.consensus.replicated_log import Membership, NodeId
 
 if TYPE_CHECKING:
@@ -67,11 +68,7 @@ class RaftConfig:
         """Raise ValueError naming the first bad setting."""
         if not isinstance(self.id, str) or not self.id:
             raise ValueError("id must be a non-empty string")
-        m = self.membership
-        if m.voters & m.learners:
-            raise ValueError("a node cannot be both voter and learner")
-        if m.voters_outgoing & m.learners:
-            raise ValueError("an outgoing voter cannot be a learner")
+        check_membership(self.membership)
         if self.heartbeat_tick < 1:
             raise ValueError("heartbeat_tick must be >= 1")
         if self.election_tick <= self.heartbeat_tick:

@@ -9,8 +9,10 @@ first C_old,new (`voters` = new voters, `voters_outgoing` = old voters), and
 once that entry commits the leader appends C_new by itself.
 
 A voter that the target demotes to a learner stays an outgoing voter during
-the joint phase (a node is never voter and learner at once); the entry
-records it in `learners_next`, so leaving the joint phase makes it a learner.
+the joint phase (a node is never voter and learner at once); C_old,new
+records it in `Membership.learners_next`, so leaving the joint phase makes it
+a learner. The field is part of the membership itself, so it survives
+snapshots and reaches nodes that learn C_old,new from InstallSnapshot.
 
 A node uses the latest membership in its log as soon as the entry is
 appended, committed or not (thesis 4.1); a follower that truncates the entry
@@ -24,46 +26,53 @@ import msgpack
 from kvorum.consensus.replicated_log import Membership
 
 
-def encode_membership(membership: Membership, learners_next: frozenset[str]) -> bytes:
+def encode_membership(membership: Membership) -> bytes:
     return msgpack.packb(
         [
             sorted(membership.voters),
             sorted(membership.learners),
             sorted(membership.voters_outgoing),
-            sorted(learners_next),
+            sorted(membership.learners_next),
         ],
         use_bin_type=True,
     )
 
 
-def decode_membership(data: bytes) -> tuple[Membership, frozenset[str]]:
+def decode_membership(data: bytes) -> Membership:
     voters, learners, outgoing, learners_next = msgpack.unpackb(data, raw=False)
-    membership = Membership(frozenset(voters), frozenset(learners), frozenset(outgoing))
-    return membership, frozenset(learners_next)
+    return Membership(frozenset(voters), frozenset(learners), frozenset(outgoing), frozenset(learners_next))
+
+
+def check_membership(m: Membership) -> None:
+    """Raise ValueError unless `m` is a well-formed (plain or joint) membership."""
+    if m.voters & m.learners:
+        raise ValueError("a node cannot be both voter and learner")
+    if m.voters_outgoing & m.learners:
+        raise ValueError("an outgoing voter cannot be a learner")
+    if not m.learners_next <= m.voters_outgoing - m.voters:
+        raise ValueError("learners_next must be outgoing voters that leave the voters")
 
 
 def check_target(target: Membership) -> None:
     """A requested membership must be a plain (non-joint) configuration with voters."""
-    if target.voters_outgoing:
+    if target.voters_outgoing or target.learners_next:
         raise ValueError("request the target membership; the joint phase is planned here")
     if not target.voters:
         raise ValueError("a membership needs at least one voter")
-    if target.voters & target.learners:
-        raise ValueError("a node cannot be both voter and learner")
+    check_membership(target)
 
 
-def plan_change(current: Membership, target: Membership) -> tuple[Membership, frozenset[str]]:
-    """The membership to append next, and the learners to add when leaving a joint phase."""
+def plan_change(current: Membership, target: Membership) -> Membership:
+    """The membership to append next: `target` itself, or C_old,new on the way to it."""
     assert not current.joint
     check_target(target)
     if len(current.voters ^ target.voters) <= 1:
-        return Membership(target.voters, target.learners), frozenset()
+        return Membership(target.voters, target.learners)
     learners_next = target.learners & current.voters
-    joint = Membership(target.voters, target.learners - learners_next, current.voters)
-    return joint, learners_next
+    return Membership(target.voters, target.learners - learners_next, current.voters, learners_next)
 
 
-def leave_joint(current: Membership, learners_next: frozenset[str]) -> Membership:
+def leave_joint(current: Membership) -> Membership:
     """C_new, appended automatically once C_old,new is committed."""
     assert current.joint
-    return Membership(current.voters, current.learners | learners_next)
+    return Membership(current.voters, current.learners | current.learners_next)

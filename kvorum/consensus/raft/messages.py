@@ -156,6 +156,7 @@ def _encode_value(value: Any) -> Any:
             sorted(m.voters),
             sorted(m.learners),
             sorted(m.voters_outgoing),
+            sorted(m.learners_next),
             value.data,
         ]
     return value
@@ -174,8 +175,10 @@ def _decode_entries(raw: Any) -> tuple[Entry, ...]:
 
 
 def _decode_snapshot(raw: Any) -> Snapshot:
-    index, term, voters, learners, outgoing, data = raw
-    membership = Membership(frozenset(voters), frozenset(learners), frozenset(outgoing))
+    index, term, voters, learners, outgoing, learners_next, data = raw
+    membership = Membership(
+        frozenset(voters), frozenset(learners), frozenset(outgoing), frozenset(learners_next)
+    )
     return Snapshot(int(index), int(term), membership, bytes(data))
 
 

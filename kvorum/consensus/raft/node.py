@@ -118,13 +118,9 @@ class RaftNode:
         self.vote: NodeId | None = None
         self._log = RaftLog()
         # Membership history: the one in force at the snapshot (or at start),
-        # then one (index, membership, learners_next) per MEMBERSHIP entry held.
+        # then one (index, membership) per MEMBERSHIP entry held.
         self._conf_base = config.membership
-        # The learners_next of a joint base membership. A snapshot cannot carry
-        # it, so a node that restores a joint snapshot leaves the joint phase
-        # without them (they end up removed instead of learners).
-        self._conf_base_next: frozenset[NodeId] = frozenset()
-        self._confs: list[tuple[int, Membership, frozenset[NodeId]]] = []
+        self._confs: list[tuple[int, Membership]] = []
 
         # --- volatile state, all roles ---
         # Invariant: snap_index <= applied <= committed (applied moves in advance()).
@@ -251,8 +247,7 @@ class RaftNode:
         current = self._tracker.membership
         if current.joint or self._pending_conf_index > self._log.committed:
             raise ProposalDropped("a membership change is already in progress")
-        target, learners_next = plan_change(current, membership)
-        return self._append_own(_MEMBERSHIP, encode_membership(target, learners_next))
+        return self._append_own(_MEMBERSHIP, encode_membership(plan_change(current, membership)))
 
     def transfer_leadership(self, to: NodeId) -> None:
         if self._role is not Role.LEADER:
@@ -278,12 +273,11 @@ class RaftNode:
         # Committed entries may be applied before they are persisted; the caller's
         # durable snapshot now covers any of those, so they count as stable.
         log.stable = max(log.stable, snapshot.index)
-        membership, learners_next = self._membership_at(snapshot.index)
+        membership = self._membership_at(snapshot.index)
         # The engine knows the membership at the index better than the caller does.
         snap = Snapshot(snapshot.index, snapshot.term, membership, snapshot.data)
         log.compact(snap)
         self._conf_base = membership
-        self._conf_base_next = learners_next
         self._confs = [c for c in self._confs if c[0] > snapshot.index]
 
     def has_ready(self) -> bool:
@@ -385,20 +379,19 @@ class RaftNode:
     def _membership_now(self) -> Membership:
         return self._confs[-1][1] if self._confs else self._conf_base
 
-    def _membership_at(self, index: int) -> tuple[Membership, frozenset[NodeId]]:
-        found: tuple[Membership, frozenset[NodeId]] = (self._conf_base, self._conf_base_next)
-        for conf_index, membership, learners_next in self._confs:
+    def _membership_at(self, index: int) -> Membership:
+        found = self._conf_base
+        for conf_index, membership in self._confs:
             if conf_index > index:
                 break
-            found = (membership, learners_next)
+            found = membership
         return found
 
     def _record_confs(self, entries: Sequence[Entry]) -> bool:
         changed = False
         for e in entries:
             if e.kind is _MEMBERSHIP:
-                membership, learners_next = decode_membership(e.data)
-                self._confs.append((e.index, membership, learners_next))
+                self._confs.append((e.index, decode_membership(e.data)))
                 changed = True
         return changed
 
@@ -720,7 +713,6 @@ class RaftNode:
         log.restore(snap)
         self._pending_snapshot = snap
         self._conf_base = snap.membership
-        self._conf_base_next = frozenset()
         self._confs = []
         self._apply_membership()
         self._send(AppendResponse(m.frm, self.id, self.term, log.last_index()))
@@ -825,10 +817,7 @@ class RaftNode:
         membership = self._tracker.membership
         if membership.joint:
             # Paper §6: once C_old,new is committed the leader moves on to C_new.
-            learners_next = self._confs[-1][2] if self._confs else self._conf_base_next
-            self._append_own(
-                _MEMBERSHIP, encode_membership(leave_joint(membership, learners_next), frozenset())
-            )
+            self._append_own(_MEMBERSHIP, encode_membership(leave_joint(membership)))
         elif self.id not in membership.voters:
             # Thesis 4.2.2: a leader outside C_new steps down once C_new commits.
             self._step_down_owed = True
