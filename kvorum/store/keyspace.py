@@ -8,9 +8,14 @@ clock on a single node, the leader's stamp in a log entry on a replica), so
 replaying the same calls with the same times yields the same keyspace, the same
 versions and the same random choices (the RNG is seeded).
 
-Each key maps to one `Entry` holding the value (`bytes` for strings, `dict` of
-bytes -> bytes for hashes), its version, its absolute expiry time, its
-accounted size and its last access time.
+Each key's state is spread over parallel dicts keyed by the key: its value
+(`bytes` for strings, a `dict` of bytes -> bytes for hashes), its version, its
+last access time, its slot in the scan order, and, for keys with a TTL only,
+its absolute expiry time (so `expires_count` is one len()). Keeping only bytes
+and ints in them means no per-key object is tracked by Python's cyclic garbage
+collector: a keyspace of millions of keys costs the collector nothing, where
+one object per key would make every full collection walk them all (hundreds of
+milliseconds per million keys, each time the key count grows by a quarter).
 
 Versions: every write to a key draws the next number from one keyspace-wide
 counter, so a key's version only grows, and a key deleted and created again
@@ -50,8 +55,9 @@ import random
 from bisect import bisect_left
 from typing import Callable, Iterable
 
-# Approximate bytes a key costs beyond its key and value bytes (entry object,
-# dict slot, order slot), and a hash field beyond its field and value bytes.
+# Approximate bytes a key costs beyond its key and value bytes (its slots in
+# the parallel dicts and the scan order), and a hash field beyond its field
+# and value bytes.
 ENTRY_OVERHEAD_BYTES = 64
 FIELD_OVERHEAD_BYTES = 32
 
@@ -60,6 +66,10 @@ FIELD_OVERHEAD_BYTES = 32
 # between evictions (Redis' EVPOOL_SIZE).
 EVICTION_SAMPLES = 5
 EVICTION_POOL_MAX = 16
+
+# Tries to find a live key with a TTL by sampling the expiry heap before
+# falling back to the nearest deadline.
+VOLATILE_SAMPLE_TRIES_MAX = 64
 
 # Holes in the scan order are squeezed out once they exceed this many and are
 # more than half the slots.
@@ -75,21 +85,6 @@ STRING_BYTES_MAX = 512 * 1024 * 1024
 POLICIES = frozenset(
     {"noeviction", "allkeys-lru", "allkeys-random", "volatile-lru", "volatile-random", "volatile-ttl"}
 )
-
-
-class Entry:
-    """One key's value and bookkeeping."""
-
-    __slots__ = ("value", "version", "expire_at_ms", "size", "access_ms", "seq", "slot")
-
-    def __init__(self, value, version: int, size: int, access_ms: int, seq: int, slot: int):
-        self.value = value
-        self.version = version
-        self.expire_at_ms = 0  # 0 = no TTL
-        self.size = size
-        self.access_ms = access_ms
-        self.seq = seq  # creation order, the SCAN cursor unit
-        self.slot = slot  # index in Keyspace._order_keys
 
 
 def hash_fields_size(fields: dict) -> int:
@@ -127,14 +122,20 @@ class Keyspace:
         # Seeded so that replicas applying the same writes make the same choices.
         self.random = random.Random(seed)
 
-        self._version_last = 0  # Invariant: every entry's version <= _version_last.
+        self._version_last = 0  # Invariant: every key's version <= _version_last.
         self._seq_last = 0
         self._reset()
 
     def _reset(self) -> None:
-        self._data: dict[bytes, Entry] = {}
+        # Invariant: _versions, _access and _slots have exactly the keys of
+        # _data; _expires and _hash_bytes a subset of them.
+        self._data: dict[bytes, bytes | dict] = {}
+        self._versions: dict[bytes, int] = {}
+        self._access: dict[bytes, int] = {}  # last read or write, ms
+        self._slots: dict[bytes, int] = {}  # index in _order_keys
+        self._expires: dict[bytes, int] = {}  # absolute deadline, ms; keys with a TTL only
+        self._hash_bytes: dict[bytes, int] = {}  # accounted field bytes of each hash
         self._used_bytes = 0
-        self._expires_count = 0
         self._expire_heap: list[tuple[int, bytes]] = []
         self._order_seqs: list[int] = []
         self._order_keys: list[bytes | None] = []
@@ -163,83 +164,86 @@ class Keyspace:
         return len(self._data)
 
     def expires_count(self) -> int:
-        return self._expires_count
+        return len(self._expires)
 
     # ------------------------------------------------------------------ reads
 
     def get(self, key: bytes, now_ms: int):
         """The value of a live key for a read (counts a hit or a miss), or None."""
-        e = self._data.get(key)
-        if e is None:
+        value = self._data.get(key)
+        if value is None:
             self.keyspace_misses += 1
             return None
-        if e.expire_at_ms and e.expire_at_ms <= now_ms:
-            self._expire(key, e)
-            self.keyspace_misses += 1
-            return None
-        e.access_ms = now_ms
+        expires = self._expires
+        if expires:
+            at = expires.get(key)
+            if at is not None and at <= now_ms:
+                self._expire(key)
+                self.keyspace_misses += 1
+                return None
+        self._access[key] = now_ms
         self.keyspace_hits += 1
-        return e.value
+        return value
 
     def get_for_write(self, key: bytes, now_ms: int):
         """The value of a live key about to be written (no hit/miss stats), or None."""
-        e = self._data.get(key)
-        if e is None:
-            return None
-        if e.expire_at_ms and e.expire_at_ms <= now_ms:
-            self._expire(key, e)
-            return None
-        e.access_ms = now_ms
-        return e.value
+        value = self._live(key, now_ms)
+        if value is not None:
+            self._access[key] = now_ms
+        return value
 
     def peek(self, key: bytes, now_ms: int):
         """The value of a live key without touching stats or access time, or None."""
-        e = self._live(key, now_ms)
-        return None if e is None else e.value
+        return self._live(key, now_ms)
 
     def contains(self, key: bytes, now_ms: int) -> bool:
         return self._live(key, now_ms) is not None
 
     def version_of(self, key: bytes, now_ms: int) -> int:
-        e = self._live(key, now_ms)
-        return 0 if e is None else e.version
+        if self._live(key, now_ms) is None:
+            return 0
+        return self._versions[key]
 
     def expire_at_of(self, key: bytes, now_ms: int) -> int:
         """Absolute expiry in ms; -1 when the key has no TTL, -2 when absent."""
-        e = self._live(key, now_ms)
-        if e is None:
+        if self._live(key, now_ms) is None:
             return -2
-        return e.expire_at_ms or -1
+        return self._expires.get(key, -1)
 
     def idle_ms(self, key: bytes, now_ms: int) -> int | None:
         """Milliseconds since the key was last read or written, None if absent."""
-        e = self._live(key, now_ms)
-        return None if e is None else max(0, now_ms - e.access_ms)
+        if self._live(key, now_ms) is None:
+            return None
+        return max(0, now_ms - self._access[key])
 
     def touch(self, key: bytes, now_ms: int) -> bool:
         """Mark a key as just accessed (TOUCH); False if absent."""
-        e = self._live(key, now_ms)
-        if e is None:
+        if self._live(key, now_ms) is None:
             return False
-        e.access_ms = now_ms
+        self._access[key] = now_ms
         return True
 
     def keys(self, now_ms: int) -> list[bytes]:
         """All live keys, expiring the dead ones met on the way."""
+        expires = self._expires
+        if not expires:
+            return list(self._data)
         out = []
-        for key, e in list(self._data.items()):
-            if e.expire_at_ms and e.expire_at_ms <= now_ms:
-                self._expire(key, e)
+        for key in list(self._data):
+            at = expires.get(key)
+            if at is not None and at <= now_ms:
+                self._expire(key)
             else:
                 out.append(key)
         return out
 
     def random_key(self, now_ms: int) -> bytes | None:
+        expires = self._expires
         while self._data:
             key = self._random_slot_key()
-            e = self._data[key]
-            if e.expire_at_ms and e.expire_at_ms <= now_ms:
-                self._expire(key, e)
+            at = expires.get(key)
+            if at is not None and at <= now_ms:
+                self._expire(key)
                 continue
             return key
         return None
@@ -253,6 +257,7 @@ class Keyspace:
         assert count > 0
         seqs = self._order_seqs
         keys = self._order_keys
+        expires = self._expires
         # Removing keys (expiry below) leaves holes, never moves these lists'
         # items; a compaction replaces the lists but keeps sequence numbers.
         i = len(keys) - 1 if cursor == 0 else bisect_left(seqs, cursor) - 1
@@ -264,9 +269,9 @@ class Keyspace:
             if key is None:
                 continue
             examined += 1
-            e = self._data[key]
-            if e.expire_at_ms and e.expire_at_ms <= now_ms:
-                self._expire(key, e)
+            at = expires.get(key)
+            if at is not None and at <= now_ms:
+                self._expire(key)
                 continue
             out.append(key)
         if i < 0:
@@ -281,83 +286,70 @@ class Keyspace:
         The TTL is cleared unless `keep_ttl`; `expire_at_ms` (absolute, > 0)
         sets a new one, and a deadline already past deletes the key instead.
         """
-        e = self._data.get(key)
-        if e is not None and e.expire_at_ms and e.expire_at_ms <= now_ms:
-            self._expire(key, e)
-            e = None
+        old = self._live(key, now_ms)
         if expire_at_ms and expire_at_ms <= now_ms:
-            if e is not None:
-                self._remove(key, e)
+            if old is not None:
+                self._remove(key)
                 self._modified(key)
             return
-        size = len(key) + ENTRY_OVERHEAD_BYTES + (len(value) if value.__class__ is bytes else hash_fields_size(value))
         self._version_last += 1
-        if e is None:
-            e = self._add(key, value, size, now_ms)
+        if old is None:
+            self._add(key, value, now_ms)
         else:
-            self._used_bytes += size - e.size
-            e.value = value
-            e.version = self._version_last
-            e.size = size
-            e.access_ms = now_ms
-            if e.expire_at_ms and not keep_ttl:
-                e.expire_at_ms = 0
-                self._expires_count -= 1
+            self._used_bytes -= self._size(key, old)
+            self._store(key, value)
+            self._versions[key] = self._version_last
+            self._access[key] = now_ms
+            if not keep_ttl:
+                self._expires.pop(key, None)
         if expire_at_ms:
-            self._set_deadline(key, e, expire_at_ms)
-        cb = self.on_key_modified
-        if cb is not None:
-            cb(key)
+            self._set_deadline(key, expire_at_ms)
+        self._modified(key)
 
     def set_plain(self, key: bytes, value: bytes, now_ms: int) -> None:
         """`set(key, value, now_ms)` for a string without TTL options: the SET hot path."""
-        e = self._data.get(key)
-        if e is None:
+        data = self._data
+        old = data.get(key)
+        if old is None:
             self._version_last += 1
-            self._add(key, value, len(key) + len(value) + ENTRY_OVERHEAD_BYTES, now_ms)
-        elif e.expire_at_ms:
+            self._add(key, value, now_ms)
+        elif old.__class__ is not bytes or key in self._expires:
             self.set(key, value, now_ms)
             return
         else:
-            size = len(key) + len(value) + ENTRY_OVERHEAD_BYTES
-            self._used_bytes += size - e.size
-            self._version_last = e.version = self._version_last + 1
-            e.value = value
-            e.size = size
-            e.access_ms = now_ms
+            self._used_bytes += len(value) - len(old)
+            data[key] = value
+            self._version_last = self._versions[key] = self._version_last + 1
+            self._access[key] = now_ms
         cb = self.on_key_modified
         if cb is not None:
             cb(key)
 
     def delete(self, key: bytes, now_ms: int) -> bool:
-        e = self._live(key, now_ms)
-        if e is None:
+        if self._live(key, now_ms) is None:
             return False
-        self._remove(key, e)
+        self._remove(key)
         self._modified(key)
         return True
 
     def set_expire(self, key: bytes, expire_at_ms: int, now_ms: int) -> bool:
         """Give a live key a deadline; one already past deletes it. False if absent."""
-        e = self._live(key, now_ms)
-        if e is None:
+        if self._live(key, now_ms) is None:
             return False
         if expire_at_ms <= now_ms:
-            self._remove(key, e)
+            self._remove(key)
         else:
-            self._bump(e)
-            self._set_deadline(key, e, expire_at_ms)
+            self._bump(key)
+            self._set_deadline(key, expire_at_ms)
         self._modified(key)
         return True
 
     def persist(self, key: bytes, now_ms: int) -> bool:
         """Remove a key's TTL; False if absent or without TTL."""
-        e = self._live(key, now_ms)
-        if e is None or not e.expire_at_ms:
+        if self._live(key, now_ms) is None or key not in self._expires:
             return False
-        e.expire_at_ms = 0
-        self._expires_count -= 1
-        self._bump(e)
+        del self._expires[key]
+        self._bump(key)
         self._modified(key)
         return True
 
@@ -366,14 +358,13 @@ class Keyspace:
 
         The caller has checked that the key does not hold another type.
         """
-        e = self._live(key, now_ms)
-        if e is None:
+        fields = self._live(key, now_ms)
+        self._version_last += 1
+        if fields is None:
             fields = dict(pairs)
-            self._version_last += 1
-            self._add(key, fields, len(key) + ENTRY_OVERHEAD_BYTES + hash_fields_size(fields), now_ms)
+            self._add(key, fields, now_ms)
             self._modified(key)
             return len(fields)
-        fields = e.value
         assert fields.__class__ is dict
         added = 0
         delta = 0
@@ -385,19 +376,18 @@ class Keyspace:
             else:
                 delta += len(value) - len(old)
             fields[field] = value
-        e.size += delta
+        self._hash_bytes[key] += delta
         self._used_bytes += delta
-        e.access_ms = now_ms
-        self._bump(e)
+        self._versions[key] = self._version_last
+        self._access[key] = now_ms
         self._modified(key)
         return added
 
     def hash_delete(self, key: bytes, fields_to_delete: Iterable[bytes], now_ms: int) -> int:
         """Delete hash fields; an emptied hash is deleted. Returns fields removed."""
-        e = self._live(key, now_ms)
-        if e is None:
+        fields = self._live(key, now_ms)
+        if fields is None:
             return 0
-        fields = e.value
         assert fields.__class__ is dict
         removed = 0
         delta = 0
@@ -407,35 +397,36 @@ class Keyspace:
                 removed += 1
                 delta += len(field) + len(value) + FIELD_OVERHEAD_BYTES
         if removed:
+            self._hash_bytes[key] -= delta
+            self._used_bytes -= delta
             if fields:
-                e.size -= delta
-                self._used_bytes -= delta
-                self._bump(e)
+                self._bump(key)
             else:
-                self._remove(key, e)
+                self._remove(key)
             self._modified(key)
         return removed
 
     def rename(self, src: bytes, dst: bytes, now_ms: int) -> bool:
         """Move src's value and TTL to dst, replacing dst. False if src is absent."""
-        e = self._live(src, now_ms)
-        if e is None:
+        value = self._live(src, now_ms)
+        if value is None:
             return False
         if src == dst:
             return True
-        value, expire_at_ms = e.value, e.expire_at_ms
-        self._remove(src, e)
+        expire_at_ms = self._expires.get(src, 0)
+        self._remove(src)
         self._modified(src)
         self.set(dst, value, now_ms, expire_at_ms)
         return True
 
     def copy(self, src: bytes, dst: bytes, now_ms: int, replace: bool) -> bool:
         """Copy src's value and TTL to dst. False if src is absent, or dst exists and not `replace`."""
-        e = self._live(src, now_ms)
-        if e is None or (not replace and self._live(dst, now_ms) is not None):
+        value = self._live(src, now_ms)
+        if value is None or (not replace and self._live(dst, now_ms) is not None):
             return False
-        value = e.value if e.value.__class__ is bytes else dict(e.value)
-        self.set(dst, value, now_ms, e.expire_at_ms)
+        if value.__class__ is dict:
+            value = dict(value)
+        self.set(dst, value, now_ms, self._expires.get(src, 0))
         return True
 
     def flush(self) -> None:
@@ -452,14 +443,13 @@ class Keyspace:
         Returns the number of keys expired.
         """
         heap = self._expire_heap
-        data = self._data
+        expires = self._expires
         expired = 0
         while budget > 0 and heap and heap[0][0] <= now_ms:
             budget -= 1
             at, key = heapq.heappop(heap)
-            e = data.get(key)
-            if e is not None and e.expire_at_ms == at:
-                self._expire(key, e)
+            if expires.get(key) == at:
+                self._expire(key)
                 expired += 1
         return expired
 
@@ -476,15 +466,15 @@ class Keyspace:
         if self._policy == "noeviction":
             return False
         while self._used_bytes > self.maxmemory:
-            key = self._eviction_victim(now_ms)
+            key = self._eviction_victim()
             if key is None:
                 return False
-            self._remove(key, self._data[key])
+            self._remove(key)
             self.evicted_keys += 1
             self._modified(key)
         return True
 
-    def _eviction_victim(self, now_ms: int) -> bytes | None:
+    def _eviction_victim(self) -> bytes | None:
         policy = self._policy
         if policy == "volatile-ttl":
             return self._nearest_deadline_key()
@@ -495,19 +485,18 @@ class Keyspace:
         if policy == "allkeys-lru":
             return self._lru_victim(self._random_slot_key if self._data else None)
         assert policy == "volatile-lru", policy
-        return self._lru_victim(self._random_volatile_key if self._expires_count else None)
+        return self._lru_victim(self._random_volatile_key if self._expires else None)
 
     def _lru_victim(self, sample: Callable[[], bytes | None] | None) -> bytes | None:
         """Redis' approximated LRU: sample keys into a small pool, evict the idlest."""
         if sample is None:
             return None
-        data = self._data
-        pool = [(access_ms, key) for access_ms, key in self._eviction_pool
-                if key in data and data[key].access_ms == access_ms]
+        access = self._access
+        pool = [(access_ms, key) for access_ms, key in self._eviction_pool if access.get(key) == access_ms]
         for _ in range(EVICTION_SAMPLES):
             key = sample()
             if key is not None:
-                pool.append((data[key].access_ms, key))
+                pool.append((access[key], key))
         if not pool:
             return None
         pool = sorted(set(pool))[:EVICTION_POOL_MAX]
@@ -517,68 +506,87 @@ class Keyspace:
 
     def _nearest_deadline_key(self) -> bytes | None:
         heap = self._expire_heap
-        data = self._data
+        expires = self._expires
         while heap:
             at, key = heap[0]
-            e = data.get(key)
-            if e is not None and e.expire_at_ms == at:
+            if expires.get(key) == at:
                 return key
             heapq.heappop(heap)
         return None
 
     def _random_volatile_key(self) -> bytes | None:
         """A random key with a TTL, sampled from the expiry heap's live items."""
-        if not self._expires_count:
+        if not self._expires:
             return None
         heap = self._expire_heap
-        data = self._data
+        expires = self._expires
         # Once the heap is large, live items are at least half of it (see
-        # _set_deadline), so this rarely loops long; after a bound, fall back
-        # to the nearest deadline.
-        for _ in range(64):
+        # _set_deadline), so this rarely loops long.
+        for _ in range(VOLATILE_SAMPLE_TRIES_MAX):
             at, key = heap[self.random.randrange(len(heap))]
-            e = data.get(key)
-            if e is not None and e.expire_at_ms == at:
+            if expires.get(key) == at:
                 return key
         return self._nearest_deadline_key()
 
     # ------------------------------------------------------------------ internals
 
-    def _live(self, key: bytes, now_ms: int) -> Entry | None:
-        e = self._data.get(key)
-        if e is not None and e.expire_at_ms and e.expire_at_ms <= now_ms:
-            self._expire(key, e)
-            return None
-        return e
+    def _live(self, key: bytes, now_ms: int):
+        """The value of key, expiring it first if its deadline has passed; None if absent."""
+        value = self._data.get(key)
+        if value is not None:
+            expires = self._expires
+            if expires:
+                at = expires.get(key)
+                if at is not None and at <= now_ms:
+                    self._expire(key)
+                    return None
+        return value
 
-    def _add(self, key: bytes, value, size: int, now_ms: int) -> Entry:
+    def _size(self, key: bytes, value) -> int:
+        if value.__class__ is bytes:
+            return len(key) + len(value) + ENTRY_OVERHEAD_BYTES
+        return len(key) + self._hash_bytes[key] + ENTRY_OVERHEAD_BYTES
+
+    def _store(self, key: bytes, value) -> None:
+        """Put a value in place and account for it (the old one already unaccounted)."""
+        self._data[key] = value
+        if value.__class__ is bytes:
+            self._hash_bytes.pop(key, None)
+            self._used_bytes += len(key) + len(value) + ENTRY_OVERHEAD_BYTES
+        else:
+            field_bytes = hash_fields_size(value)
+            self._hash_bytes[key] = field_bytes
+            self._used_bytes += len(key) + field_bytes + ENTRY_OVERHEAD_BYTES
+
+    def _add(self, key: bytes, value, now_ms: int) -> None:
+        """Create a key at version _version_last."""
         self._seq_last += 1
-        e = Entry(value, self._version_last, size, now_ms, self._seq_last, len(self._order_keys))
+        self._slots[key] = len(self._order_keys)
         self._order_seqs.append(self._seq_last)
         self._order_keys.append(key)
-        self._data[key] = e
-        self._used_bytes += size
-        return e
+        self._store(key, value)
+        self._versions[key] = self._version_last
+        self._access[key] = now_ms
 
-    def _remove(self, key: bytes, e: Entry) -> None:
-        del self._data[key]
-        self._used_bytes -= e.size
-        if e.expire_at_ms:
-            self._expires_count -= 1
-        self._order_keys[e.slot] = None
+    def _remove(self, key: bytes) -> None:
+        self._used_bytes -= self._size(key, self._data.pop(key))
+        self._hash_bytes.pop(key, None)
+        self._expires.pop(key, None)
+        del self._versions[key]
+        del self._access[key]
+        self._order_keys[self._slots.pop(key)] = None
         self._order_holes += 1
         if self._order_holes > ORDER_HOLES_MIN and self._order_holes * 2 > len(self._order_keys):
             self._compact_order()
 
     def _compact_order(self) -> None:
-        data = self._data
+        slots = self._slots
         seqs: list[int] = []
         keys: list[bytes | None] = []
-        for key in self._order_keys:
+        for seq, key in zip(self._order_seqs, self._order_keys):
             if key is not None:
-                e = data[key]
-                e.slot = len(keys)
-                seqs.append(e.seq)
+                slots[key] = len(keys)
+                seqs.append(seq)
                 keys.append(key)
         self._order_seqs = seqs
         self._order_keys = keys
@@ -592,28 +600,23 @@ class Keyspace:
             if key is not None:
                 return key
 
-    def _expire(self, key: bytes, e: Entry) -> None:
-        self._remove(key, e)
+    def _expire(self, key: bytes) -> None:
+        self._remove(key)
         self.expired_keys += 1
         self._modified(key)
 
-    def _set_deadline(self, key: bytes, e: Entry, expire_at_ms: int) -> None:
-        if not e.expire_at_ms:
-            self._expires_count += 1
-        e.expire_at_ms = expire_at_ms
+    def _set_deadline(self, key: bytes, expire_at_ms: int) -> None:
+        self._expires[key] = expire_at_ms
         heap = self._expire_heap
         heapq.heappush(heap, (expire_at_ms, key))
-        if len(heap) > 2 * self._expires_count + EXPIRE_HEAP_SLACK:
-            self._rebuild_expire_heap()
+        if len(heap) > 2 * len(self._expires) + EXPIRE_HEAP_SLACK:
+            heap = [(at, k) for k, at in self._expires.items()]
+            heapq.heapify(heap)
+            self._expire_heap = heap
 
-    def _rebuild_expire_heap(self) -> None:
-        heap = [(e.expire_at_ms, key) for key, e in self._data.items() if e.expire_at_ms]
-        heapq.heapify(heap)
-        self._expire_heap = heap
-
-    def _bump(self, e: Entry) -> None:
+    def _bump(self, key: bytes) -> None:
         self._version_last += 1
-        e.version = self._version_last
+        self._versions[key] = self._version_last
 
     def _modified(self, key: bytes) -> None:
         cb = self.on_key_modified

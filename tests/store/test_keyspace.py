@@ -1,5 +1,6 @@
 """The keyspace alone: versions, TTL, memory accounting, eviction, scan order."""
 
+import gc
 import random
 
 import pytest
@@ -9,16 +10,27 @@ from kvorum.store.keyspace import ENTRY_OVERHEAD_BYTES, FIELD_OVERHEAD_BYTES, va
 
 
 def check_invariants(ks: Keyspace) -> None:
-    """Accounting matches a recomputation from scratch."""
+    """Accounting and the parallel dicts match a recomputation from scratch."""
     data = ks._data
-    assert ks.used_memory() == sum(len(k) + value_size(e.value) + ENTRY_OVERHEAD_BYTES for k, e in data.items())
-    assert ks.used_memory() == sum(e.size for e in data.values())
-    assert ks.expires_count() == sum(1 for e in data.values() if e.expire_at_ms)
+    assert ks.used_memory() == sum(len(k) + value_size(v) + ENTRY_OVERHEAD_BYTES for k, v in data.items())
+    assert set(ks._versions) == set(ks._access) == set(ks._slots) == set(data)
+    assert set(ks._expires) <= set(data)
+    assert set(ks._hash_bytes) == {k for k, v in data.items() if isinstance(v, dict)}
     live_slots = [k for k in ks._order_keys if k is not None]
     assert sorted(live_slots) == sorted(data)
-    assert all(ks._order_keys[e.slot] == k for k, e in data.items())
+    assert all(ks._order_keys[slot] == k for k, slot in ks._slots.items())
     assert ks._order_seqs == sorted(ks._order_seqs)
-    assert all(e.version <= ks._version_last for e in data.values())
+    assert all(v <= ks._version_last for v in ks._versions.values())
+
+
+def test_no_per_key_objects_for_the_garbage_collector():
+    ks = Keyspace()
+    ks.set(b"s", b"v", 0, expire_at_ms=100)
+    ks.hash_set(b"h", [(b"f", b"v")], 0)
+    for d in (ks._versions, ks._access, ks._slots, ks._expires, ks._hash_bytes):
+        assert not gc.is_tracked(d)
+    # _data itself is tracked once it holds a hash, but no value in it is.
+    assert not any(gc.is_tracked(v) for v in ks._data.values())
 
 
 class Recorder:
