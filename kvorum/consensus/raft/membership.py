@@ -16,14 +16,17 @@ snapshots and reaches nodes that learn C_old,new from InstallSnapshot.
 
 A node uses the latest membership in its log as soon as the entry is
 appended, committed or not (thesis 4.1); a follower that truncates the entry
-falls back to the previous one.
+falls back to the previous one. `MembershipHistory` keeps what that needs:
+the membership at the log's snapshot and one per MEMBERSHIP entry after it.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import msgpack
 
-from kvorum.consensus.replicated_log import Membership
+from kvorum.consensus.replicated_log import Entry, EntryKind, Membership
 
 
 def encode_membership(membership: Membership) -> bytes:
@@ -76,3 +79,60 @@ def leave_joint(current: Membership) -> Membership:
     """C_new, appended automatically once C_old,new is committed."""
     assert current.joint
     return Membership(current.voters, current.learners | current.learners_next)
+
+
+class MembershipHistory:
+    """The membership in force at the snapshot (or at start), then one per MEMBERSHIP entry held."""
+
+    __slots__ = ("base", "_confs")
+
+    def __init__(self, base: Membership) -> None:
+        self.base = base
+        # Invariant: (index, membership) pairs in increasing index order.
+        self._confs: list[tuple[int, Membership]] = []
+
+    def latest(self) -> Membership:
+        """The membership in force: the last one in the log (thesis 4.1)."""
+        return self._confs[-1][1] if self._confs else self.base
+
+    def latest_index(self, snap_index: int) -> int:
+        """The index of the latest membership entry (`snap_index` when the snapshot holds it)."""
+        return self._confs[-1][0] if self._confs else snap_index
+
+    def at(self, index: int) -> Membership:
+        """The membership in force once the log up to `index` is applied."""
+        found = self.base
+        for conf_index, membership in self._confs:
+            if conf_index > index:
+                break
+            found = membership
+        return found
+
+    def record(self, entries: Sequence[Entry]) -> bool:
+        """Note the MEMBERSHIP entries among `entries` (just appended); True if any."""
+        changed = False
+        for e in entries:
+            if e.kind is EntryKind.MEMBERSHIP:
+                assert not self._confs or self._confs[-1][0] < e.index
+                self._confs.append((e.index, decode_membership(e.data)))
+                changed = True
+        return changed
+
+    def truncate_from(self, index: int) -> bool:
+        """Forget entries at `index` and after (a follower's conflicting suffix); True if any."""
+        if self._confs and self._confs[-1][0] >= index:
+            self._confs = [c for c in self._confs if c[0] < index]
+            return True
+        return False
+
+    def compact(self, index: int) -> Membership:
+        """The log up to `index` became a snapshot; return the membership it holds."""
+        membership = self.at(index)
+        self.base = membership
+        self._confs = [c for c in self._confs if c[0] > index]
+        return membership
+
+    def reset(self, base: Membership) -> None:
+        """The whole log was replaced by a snapshot holding `base`."""
+        self.base = base
+        self._confs = []

@@ -33,16 +33,11 @@ engine builds every message on that assumption and never waits for it.
 `advance` then marks the entries stable (unless a conflicting append has
 replaced them meanwhile) and the committed entries applied.
 
-Reads (thesis 6.4). A leader serves a read barrier only after it has
-committed an entry of its own term (its NOOP), because only then is its
-commit index at least every earlier leader's. It then tags the barrier with
-the next heartbeat *round*; followers echo the round, and once a quorum has
-echoed it the leader was still leader when the read arrived, so the read is
-safe at the commit index recorded when it arrived. With `lease_reads`
-(thesis 6.4.1) the leader skips the round while its lease holds: the lease
-starts at the tick the quorum's latest echoed round was *sent* (followers
-that receive it ignore vote requests for `election_tick` ticks, see
-`step`), and lasts `election_tick - lease_drift_ticks` ticks.
+Sub-concerns live in modules that never import this one: `log` (the entries
+and their indexes), `membership` (planning changes, the membership history),
+`reads` (ReadIndex rounds and leases, thesis 6.4), and the shared `tracker`
+and `quorum` packages. The lease depends on followers ignoring candidates
+while they hear from a leader, which `step` enforces.
 """
 
 from __future__ import annotations
@@ -59,7 +54,7 @@ from kvorum.consensus.raft.config import (
 )
 from kvorum.consensus.raft.log import RaftLog, new_entry
 from kvorum.consensus.raft.membership import (
-    decode_membership,
+    MembershipHistory,
     encode_membership,
     leave_joint,
     plan_change,
@@ -74,6 +69,7 @@ from kvorum.consensus.raft.messages import (
     TimeoutNow,
     VoteResponse,
 )
+from kvorum.consensus.raft.reads import ReadIndex
 from kvorum.consensus.replicated_log import (
     Entry,
     EntryKind,
@@ -117,10 +113,7 @@ class RaftNode:
         self.term = 0
         self.vote: NodeId | None = None
         self._log = RaftLog()
-        # Membership history: the one in force at the snapshot (or at start),
-        # then one (index, membership) per MEMBERSHIP entry held.
-        self._conf_base = config.membership
-        self._confs: list[tuple[int, Membership]] = []
+        self._confs = MembershipHistory(config.membership)
 
         # --- volatile state, all roles ---
         # Invariant: snap_index <= applied <= committed (applied moves in advance()).
@@ -154,19 +147,11 @@ class RaftNode:
         self._bcast_commit = False
         self._heartbeat_owed = False
         self._step_down_owed = False
-        # Set once this leadership sent TimeoutNow: a delayed one may still start
-        # an election that voters join despite their lease, so no lease is
-        # trusted again in this term.
-        self._lease_forfeited = False
-        self._round = 0  # heartbeat rounds sent this leadership
-        self._round_ticks: dict[int, int] = {}  # round -> tick it was sent (recent only)
-        # Read barriers waiting for a NOOP of this term to commit, then for a round.
-        self._reads_unready: list[bytes] = []
-        self._reads_pending: list[tuple[bytes, int, int]] = []  # (ctx, index, round)
+        self._reads = ReadIndex(config.election_tick, config.lease_drift_ticks)
 
         if restore is not None:
             self._restore(restore)
-        self._tracker.set_membership(self._membership_now(), self._log.last_index() + 1)
+        self._tracker.set_membership(self._confs.latest(), self._log.last_index() + 1)
         self._become_follower(self.term, None)
         # A restarted node may have acknowledged a leader's heartbeat just before
         # it crashed, and that leader may be counting on it for its lease: so it
@@ -185,12 +170,12 @@ class RaftNode:
         snap = restore.snapshot
         if snap is not None:
             log.restore(snap)
-            self._conf_base = snap.membership
+            self._confs.reset(snap.membership)
             self._applied = snap.index
         entries = [e for e in restore.entries if e.index > log.snap_index]
         log.extend(entries)
         log.stable = log.last_index()
-        self._record_confs(entries)
+        self._confs.record(entries)
         hs = restore.hard_state
         self.term = hs.term
         self.vote = hs.vote
@@ -232,10 +217,10 @@ class RaftNode:
     def read_barrier(self, ctx: bytes) -> None:
         if self._role is not Role.LEADER:
             raise ProposalDropped(f"{self.id} is not the leader (leader: {self.lead})")
-        if len(self._reads_unready) + len(self._reads_pending) >= self._cfg.max_pending_reads:
+        if self._reads.waiting() >= self._cfg.max_pending_reads:
             raise ProposalDropped("too many pending read barriers")
         if self._log.term(self._log.committed) != self.term:
-            self._reads_unready.append(ctx)
+            self._reads.defer(ctx)
             return
         self._start_read(ctx)
 
@@ -273,12 +258,9 @@ class RaftNode:
         # Committed entries may be applied before they are persisted; the caller's
         # durable snapshot now covers any of those, so they count as stable.
         log.stable = max(log.stable, snapshot.index)
-        membership = self._membership_at(snapshot.index)
         # The engine knows the membership at the index better than the caller does.
-        snap = Snapshot(snapshot.index, snapshot.term, membership, snapshot.data)
-        log.compact(snap)
-        self._conf_base = membership
-        self._confs = [c for c in self._confs if c[0] > snapshot.index]
+        membership = self._confs.compact(snapshot.index)
+        log.compact(Snapshot(snapshot.index, snapshot.term, membership, snapshot.data))
 
     def has_ready(self) -> bool:
         self._flush()
@@ -376,30 +358,11 @@ class RaftNode:
 
     # ----------------------------------------------------------- membership
 
-    def _membership_now(self) -> Membership:
-        return self._confs[-1][1] if self._confs else self._conf_base
-
-    def _membership_at(self, index: int) -> Membership:
-        found = self._conf_base
-        for conf_index, membership in self._confs:
-            if conf_index > index:
-                break
-            found = membership
-        return found
-
-    def _record_confs(self, entries: Sequence[Entry]) -> bool:
-        changed = False
-        for e in entries:
-            if e.kind is _MEMBERSHIP:
-                self._confs.append((e.index, decode_membership(e.data)))
-                changed = True
-        return changed
-
     def _apply_membership(self) -> None:
         """Make the latest membership in the log the one in force (thesis 4.1)."""
         # A new member is first offered the newest entry (the membership entry
         # itself, on a leader); its rejection hint then says where its log ends.
-        self._tracker.set_membership(self._membership_now(), max(self._log.last_index(), 1))
+        self._tracker.set_membership(self._confs.latest(), max(self._log.last_index(), 1))
         self._self_pr = self._tracker.progress.get(self.id)
         if self._role is Role.LEADER:
             if self._self_pr is not None:
@@ -432,13 +395,8 @@ class RaftNode:
         self._bcast_entries = self._bcast_commit = self._heartbeat_owed = False
         self._step_down_owed = False
         self._restart_guard = False
-        self._lease_forfeited = False
-        self._round_ticks = {}
         # Unconfirmed read barriers die with the leadership that accepted them.
-        self._dropped.extend(self._reads_unready)
-        self._dropped.extend(ctx for ctx, _, _ in self._reads_pending)
-        self._reads_unready = []
-        self._reads_pending = []
+        self._dropped.extend(self._reads.reset())
 
     def _become_follower(self, term: int, lead: NodeId | None) -> None:
         self._reset(term)
@@ -684,13 +642,12 @@ class RaftNode:
                         conflict = log.last_index() + 1
                     else:
                         log.truncate_after(conflict - 1)
-                        if self._confs and self._confs[-1][0] >= conflict:
-                            self._confs = [c for c in self._confs if c[0] < conflict]
+                        if self._confs.truncate_from(conflict):
                             self._apply_membership()
                 new = entries[conflict - m.index - 1 :]
                 if new:
                     log.extend(new)
-                    if self._record_confs(new):
+                    if self._confs.record(new):
                         self._apply_membership()
         log.commit_to(min(m.commit, last_new))
         self._send(AppendResponse(m.frm, self.id, self.term, last_new))
@@ -712,8 +669,7 @@ class RaftNode:
             return
         log.restore(snap)
         self._pending_snapshot = snap
-        self._conf_base = snap.membership
-        self._confs = []
+        self._confs.reset(snap.membership)
         self._apply_membership()
         self._send(AppendResponse(m.frm, self.id, self.term, log.last_index()))
 
@@ -765,8 +721,8 @@ class RaftNode:
             self._send_append(m.frm, pr, True)
         if m.round > pr.acked_round:
             pr.acked_round = m.round
-            if self._reads_pending:
-                self._release_reads()
+            if self._reads.has_pending():
+                self._reads.release(self._tracker.quorum_round(self.id, self._reads.round), self._read_states)
 
     # -------------------------------------------------------- leader internals
 
@@ -779,7 +735,7 @@ class RaftNode:
             pr.match = index
             pr.next = index + 1
         if kind is _MEMBERSHIP:
-            self._record_confs(log.entries[-1:])
+            self._confs.record(log.entries[-1:])
             self._pending_conf_index = index
             self._apply_membership()
         self._bcast_entries = True
@@ -807,12 +763,10 @@ class RaftNode:
         if self._uncommitted_bytes:
             freed = sum(len(e.data) for e in log.slice(old + 1, new + 1))
             self._uncommitted_bytes = max(0, self._uncommitted_bytes - freed)
-        if self._reads_unready and log.term(new) == self.term:
-            ready, self._reads_unready = self._reads_unready, []
-            for ctx in ready:
+        if self._reads.has_deferred() and log.term(new) == self.term:
+            for ctx in self._reads.take_deferred():
                 self._start_read(ctx)
-        last_conf = self._confs[-1][0] if self._confs else log.snap_index
-        if last_conf > new or self._pending_conf_index > new:
+        if self._confs.latest_index(log.snap_index) > new or self._pending_conf_index > new:
             return
         membership = self._tracker.membership
         if membership.joint:
@@ -890,15 +844,7 @@ class RaftNode:
 
     def _bcast_heartbeat(self) -> None:
         self._heartbeat_owed = False
-        self._round += 1
-        rnd = self._round
-        ticks = self._round_ticks
-        ticks[rnd] = self._now
-        # Rounds older than an election timeout can no longer back a lease.
-        oldest = rnd - len(ticks) + 1
-        while ticks[oldest] < self._now - self._election_tick:
-            del ticks[oldest]
-            oldest += 1
+        rnd = self._reads.next_round(self._now)
         committed = self._log.committed
         me = self.id
         for pid, pr in self._tracker:
@@ -910,19 +856,8 @@ class RaftNode:
         if self._tracker.voter_ids() == {self.id} or self._lease_valid():
             self._read_states.append(ReadState(ctx, index))
             return
-        self._reads_pending.append((ctx, index, self._round + 1))
+        self._reads.await_round(ctx, index)
         self._heartbeat_owed = True
-
-    def _release_reads(self) -> None:
-        confirmed = self._tracker.quorum_round(self.id, self._round)
-        pending = self._reads_pending
-        n = 0
-        while n < len(pending) and pending[n][2] <= confirmed:
-            ctx, index, _ = pending[n]
-            self._read_states.append(ReadState(ctx, index))
-            n += 1
-        if n:
-            del pending[:n]
 
     def _lease_valid(self) -> bool:
         if self._role is not Role.LEADER or not self._cfg.lease_reads:
@@ -931,17 +866,15 @@ class RaftNode:
             # BUG stale-lease: the lease never expires, so a leader cut off from
             # the group keeps serving reads after a new leader took writes.
             return True
-        if not self._cfg.check_quorum or self._lead_transferee is not None or self._lease_forfeited:
+        reads = self._reads
+        if not self._cfg.check_quorum or self._lead_transferee is not None or reads.lease_forfeited:
             return False
         if self._tracker.voter_ids() == {self.id}:
             return True
-        sent = self._round_ticks.get(self._tracker.quorum_round(self.id, self._round))
-        if sent is None:
-            return False
-        return self._now - sent < self._election_tick - self._cfg.lease_drift_ticks
+        return reads.lease_holds(self._tracker.quorum_round(self.id, reads.round), self._now)
 
     def _send_timeout_now(self, to: NodeId) -> None:
-        self._lease_forfeited = True
+        self._reads.lease_forfeited = True
         self._msgs.append(TimeoutNow(to, self.id, self.term))
 
     def _send(self, m: Any) -> None:
