@@ -13,11 +13,12 @@ Two parsers share the work:
   but it is a general RESP reader: it also accepts nested arrays, integers and
   nulls as arguments, knows nothing of inline requests, and does not report how
   many bytes it has consumed. So each parsed request is checked to be a list of
-  bytes (anything else is the protocol error Redis would give), and the limits
-  Redis enforces on headers are checked on the header a chunk ends with (that is
-  where a client announcing a huge length waits for the payload); a huge length
-  inside a chunk is caught by the query-buffer limit, since hiredis buffers
-  instead of allocating ahead.
+  at most proto-max-multibulk-len bytes arguments (anything else is the
+  protocol error Redis would give); a bulk length over proto-max-bulk-len is
+  refused when a chunk ends with it (that is where a client announcing a huge
+  length waits for the payload; elsewhere the query-buffer limit catches it,
+  since hiredis buffers payloads instead of allocating ahead); and aggregate
+  headers with huge counts never reach hiredis (see `_fast_entry`).
 - The exact path is the Python port of Redis' processInlineBuffer /
   processMultibulkBuffer below, with Redis' limits and error words. It parses
   inline requests, and everything from clients that have not authenticated yet
@@ -58,6 +59,7 @@ UNAUTHENTICATED_BULK_MAX_BYTES = 16384
 QUERY_BUFFER_EXCEEDED = "query buffer limit exceeded"
 
 # Aggregate headers (array, map, set, push, attribute) with a count of 7+ digits.
+BIG_AGGREGATE_COUNT_MIN = 1_000_000
 _BIG_AGGREGATE = re.compile(rb"[*%~>|]\d{7}")
 # What an unfinished aggregate header line can look like; longer is never a valid count.
 _AGGREGATE_HEAD = re.compile(rb"[*%~>|]-?\d{0,20}")
@@ -302,6 +304,9 @@ class RequestParser:
             request = reader.gets()
             while request is not False:
                 if request.__class__ is list:
+                    if len(request) > self.multibulk_max_count:
+                        error = "Protocol error: invalid multibulk length"
+                        break
                     for arg in request:
                         if arg.__class__ is not bytes:
                             error = _bad_argument(arg)
@@ -325,25 +330,33 @@ class RequestParser:
             # Inline requests, negative counts and Redis' exact error words: the exact
             # path parses the whole chunk again, the requests hiredis found included.
             return self._switch_to_exact(data)
-        self._check_tail_header(reader, data)
-        if self.error is None and reader.len() > self.query_buffer_max_bytes:
-            self.error = QUERY_BUFFER_EXCEEDED
+        if reader.has_data():
+            # hiredis waits for more: for a bulk's payload, or in a line it has not finished.
+            self._check_waiting_header(data, 36, self.bulk_max_bytes, "Protocol error: invalid bulk length")
+            if self.error is None and reader.len() > self.query_buffer_max_bytes:
+                self.error = QUERY_BUFFER_EXCEEDED
+        elif self.multibulk_max_count < BIG_AGGREGATE_COUNT_MIN:
+            # A count under the guard's reach but over a lowered limit, waiting for its arguments.
+            self._check_waiting_header(data, 42, self.multibulk_max_count,
+                                       "Protocol error: invalid multibulk length")
         return requests
 
-    def _check_tail_header(self, reader, data: bytes) -> None:
-        """Enforce the length limits on the header a chunk ends with (see the docstring)."""
+    def _check_waiting_header(self, data: bytes, kind: int, limit: int, error: str) -> None:
+        """Refuse at once a length over its limit in the header line a chunk ends with.
+
+        hiredis would wait for the payload or the arguments; Redis answers at the header.
+        A value that itself holds such a line, cut by a read right after it, is refused
+        the same way: the one case where a client following the protocol sees a
+        difference, and only with values that embed RESP headers over the limit.
+        """
         if data[-1] != 10:
             return
         start = data.rfind(b"\n", 0, len(data) - 1) + 1
-        kind = data[start]
-        if kind != 36 and kind != 42:
+        if data[start] != kind:
             return
         value = parse_strict_int(data[start + 1:len(data) - 2])
-        if kind == 36:
-            if value is not None and value > self.bulk_max_bytes:
-                self.error = "Protocol error: invalid bulk length"
-        elif not reader.has_data() and value is not None and value > self.multibulk_max_count:
-            self.error = "Protocol error: invalid multibulk length"
+        if value is not None and value > limit:
+            self.error = error
 
     # The exact path: Redis' networking.c, one request form at a time.
 

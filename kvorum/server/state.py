@@ -95,6 +95,10 @@ class ServerState:
             db.proto_max_bulk_len = value
         elif field in ("hash_max_listpack_entries", "hash_max_listpack_value_bytes"):
             setattr(db, field, value)
+        elif field == "requirepass" and not value:
+            # Without a password every client is authenticated, as Redis decides per command.
+            for client in self.clients.values():
+                client.set_authenticated(True)
         elif field == "loglevel":
             logging.getLogger("kvorum").setLevel(LOG_LEVELS_PY[value])
         for client in self.clients.values():
