@@ -359,3 +359,87 @@ def test_set_plain_matches_set():
     assert rec.keys == [b"a", b"a", b"t", b"t", b"e", b"e", b"e"]
     assert ks.version_of(b"a", 0) < ks.version_of(b"t", 0) < ks.version_of(b"e", 20)
     check_invariants(ks)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_operations_against_a_model(seed):
+    """Random writes, reads and clock steps: the keyspace agrees with a plain dict model."""
+    rng = random.Random(seed)
+    ks = Keyspace()
+    model: dict[bytes, tuple[object, int]] = {}  # key -> (value, deadline or 0)
+    now = 0
+
+    def live(key):
+        entry = model.get(key)
+        if entry is not None and entry[1] and entry[1] <= now:
+            del model[key]
+            return None
+        return entry
+
+    keys = [b"k%d" % i for i in range(12)]
+    for _ in range(3000):
+        now += rng.randrange(0, 5)
+        key, other = rng.choice(keys), rng.choice(keys)
+        op = rng.randrange(11)
+        entry = live(key)
+        if op == 0:
+            ks.set_plain(key, b"v%d" % now, now)
+            model[key] = (b"v%d" % now, 0)
+        elif op == 1:
+            at = now + rng.randrange(-3, 20)
+            ks.set(key, b"t", now, expire_at_ms=at)
+            if at <= now:
+                model.pop(key, None)
+            else:
+                model[key] = (b"t", at)
+        elif op == 2:
+            assert ks.delete(key, now) == (entry is not None)
+            model.pop(key, None)
+        elif op == 3:
+            at = now + rng.randrange(-3, 20)
+            assert ks.set_expire(key, at, now) == (entry is not None)
+            if entry is not None:
+                if at <= now:
+                    del model[key]
+                else:
+                    model[key] = (entry[0], at)
+        elif op == 4:
+            assert ks.persist(key, now) == (entry is not None and entry[1] != 0)
+            if entry is not None:
+                model[key] = (entry[0], 0)
+        elif op == 5 and (entry is None or isinstance(entry[0], dict)):
+            fields = dict(entry[0]) if entry else {}
+            pairs = [(b"f%d" % rng.randrange(4), b"x" * rng.randrange(5)) for _ in range(2)]
+            ks.hash_set(key, pairs, now)
+            fields.update(pairs)
+            model[key] = (fields, entry[1] if entry else 0)
+        elif op == 6 and entry is not None and isinstance(entry[0], dict):
+            names = [b"f%d" % rng.randrange(4) for _ in range(2)]
+            fields = {f: v for f, v in entry[0].items() if f not in names}
+            assert ks.hash_delete(key, names, now) == len(set(names) & set(entry[0]))
+            if fields:
+                model[key] = (fields, entry[1])
+            else:
+                del model[key]
+        elif op == 7:
+            live(other)
+            assert ks.rename(key, other, now) == (entry is not None)
+            if entry is not None and key != other:
+                model[other] = model.pop(key)
+        elif op == 8 and key != other:
+            exists = live(other) is not None
+            replace = rng.random() < 0.5
+            assert ks.copy(key, other, now, replace) == (entry is not None and (replace or not exists))
+            if entry is not None and (replace or not exists):
+                value = dict(entry[0]) if isinstance(entry[0], dict) else entry[0]
+                model[other] = (value, entry[1])
+        elif op == 9:
+            ks.active_expire_cycle(now, rng.randrange(1, 4))
+        else:
+            got = ks.get(key, now)
+            assert got == (entry[0] if entry else None)
+        for k in keys:
+            entry = live(k)
+            assert ks.peek(k, now) == (entry[0] if entry else None), k
+            assert ks.expire_at_of(k, now) == (-2 if entry is None else entry[1] or -1)
+        check_invariants(ks)
