@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from raft_router import Router
 
-from kvorum.consensus.raft import AppendEntries, AppendResponse
+from kvorum.consensus.raft import AppendEntries, AppendResponse, RequestVote
 from kvorum.consensus.replicated_log import (
     Entry,
     EntryKind,
@@ -285,3 +285,46 @@ def test_transfer_forfeits_the_lease() -> None:
     r.nodes["1"].read_barrier(b"r")
     r.pump()
     assert r.nodes["1"].status().role is Role.LEADER
+
+
+@pytest.mark.parametrize("pre_vote", [True, False])
+def test_removed_server_that_missed_its_removal_does_not_disrupt(pre_vote: bool) -> None:
+    """Thesis 4.2.3: a server removed while cut off never receives the entry that
+    removes it, so it keeps its old membership, still believes it is a voter, and
+    times out again and again. The leader no longer sends it anything. PreVote
+    (thesis 9.6) keeps its term from rising, and CheckQuorum makes the remaining
+    members ignore its vote requests while they hear from their leader, so their
+    terms never rise and the leader stays in place."""
+    r = Router(["1", "2", "3", "4"], pre_vote=pre_vote)
+    elect(r, "1")
+    r.isolate("4")
+    index, _ = r.nodes["1"].change_membership(Membership(frozenset({"1", "2", "3"})))
+    r.pump()
+    assert r.nodes["1"].status().commit >= index
+    assert r.nodes["4"].status().membership == Membership(frozenset({"1", "2", "3", "4"}))
+    r.heal()
+    term = r.nodes["1"].status().term
+    vote_requests: list[RequestVote] = []
+
+    def count(m: object) -> bool:
+        if isinstance(m, RequestVote) and m.frm == "4":
+            vote_requests.append(m)
+        return False
+
+    for _ in range(20 * 10):  # twenty election timeouts
+        for node in r.nodes.values():
+            node.tick()
+        r.pump(drop=count)
+        for nid in ("1", "2", "3"):
+            st = r.nodes[nid].status()
+            assert st.term == term, (nid, st.term)
+            assert st.leader == "1"
+    # 4 kept timing out and asking its three old peers for (pre-)votes.
+    assert len(vote_requests) >= 3 * 10
+    assert all(m.pre == pre_vote for m in vote_requests)
+    st4 = r.nodes["4"].status()
+    assert st4.role is not Role.LEADER
+    assert (st4.term == term) if pre_vote else (st4.term > term + 5)
+    r.nodes["1"].propose(b"still leading")
+    r.pump()
+    assert r.nodes["2"].status().commit == r.nodes["1"].status().last_index
