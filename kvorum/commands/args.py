@@ -60,13 +60,6 @@ def parse_int(data: bytes, error: str = NOT_INTEGER) -> int:
     return value
 
 
-def parse_nonneg_int(data: bytes, error: str) -> int:
-    value = parse_int(data)
-    if value < 0:
-        raise CommandError(error)
-    return value
-
-
 def parse_cursor(data: bytes) -> int:
     """A SCAN cursor: an unsigned 64-bit decimal (strtoull, no sign, no spaces)."""
     if not data.isdigit() or len(data) > INT_CHARS_MAX or int(data) >= 1 << 64:

@@ -365,8 +365,8 @@ def flushall(ctx: CommandContext, argv: list[bytes]):
     return _flush(ctx, argv)
 
 
-OBJECT = container("object", arity=-2, group="generic",
-                   summary="A container for object introspection commands", since="2.2.3")
+container("object", arity=-2, group="generic",
+          summary="A container for object introspection commands", since="2.2.3")
 
 _LFU_ONLY = ("ERR An LFU maxmemory policy is not selected, access frequency not tracked. Please "
              "note that when switching between policies at runtime LRU and LFU data will take "
