@@ -443,3 +443,15 @@ def test_random_operations_against_a_model(seed):
             assert ks.peek(k, now) == (entry[0] if entry else None), k
             assert ks.expire_at_of(k, now) == (-2 if entry is None else entry[1] or -1)
         check_invariants(ks)
+
+
+def test_versions_keep_growing_across_flush():
+    ks = Keyspace()
+    ks.set(b"k", b"v", 0)
+    before = ks.version_of(b"k", 0)
+    ks.flush()
+    assert ks.version_of(b"k", 0) == 0 and len(ks) == 0 and ks.expires_count() == 0
+    ks.set(b"k", b"v", 0)
+    assert ks.version_of(b"k", 0) > before
+    cursor, keys = ks.scan(0, 10, 0)
+    assert (cursor, keys) == (0, [b"k"])
