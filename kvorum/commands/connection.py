@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 
 from kvorum.commands.table import CommandContext, command, container
+from kvorum.protocol.parser import parse_strict_int
 from kvorum.protocol.values import NOT_INTEGER, OK, PONG, SYNTAX, CommandError, SimpleString, Verbatim
 
 # redis-py enables its client-side cache only for "redis" >= 7.4.0 (DESIGN.md §4).
@@ -26,13 +27,9 @@ DEFAULT_USER = b"default"
 
 
 def parse_int(arg: bytes, error: str = NOT_INTEGER) -> int:
-    try:
-        if arg != arg.strip() or arg[:1] == b"+":
-            raise ValueError
-        value = int(arg)
-    except ValueError:
-        raise CommandError(error) from None
-    if not -(2**63) <= value < 2**63:
+    """A 64-bit integer as Redis' string2ll reads it, or CommandError(error)."""
+    value = parse_strict_int(arg)
+    if value is None:
         raise CommandError(error)
     return value
 

@@ -268,12 +268,6 @@ class Client(asyncio.Protocol):
 
     # Used by commands and the server cron.
 
-    def send(self, reply: bytes) -> None:
-        """Write a reply produced outside the request path (for example a RESP3 push)."""
-        if not self.closed:
-            self.server.stats.net_output_bytes += len(reply)
-            self.transport.write(reply)
-
     def kill(self) -> None:
         """Close now, dropping unsent output (CLIENT KILL, limits, shutdown)."""
         if not self.closed:
