@@ -328,3 +328,48 @@ def test_removed_server_that_missed_its_removal_does_not_disrupt(pre_vote: bool)
     r.nodes["1"].propose(b"still leading")
     r.pump()
     assert r.nodes["2"].status().commit == r.nodes["1"].status().last_index
+
+
+def test_single_server_change_before_a_commit_in_the_new_term_loses_committed_entries() -> None:
+    """Thesis 4.1, with the correction Ongaro published in 2015 (raft-dev, "bug in
+    single-server membership changes"; thesis errata): a leader may append a
+    membership entry only after it has committed an entry of its own term.
+
+    Leader 1 (term 1) of {1,2,3,4} starts adding 5; only 5 stores C1 = {1..5}.
+    3 wins term 2 knowing everything before its NOOP is committed. Were it to
+    remove 2 at once, C2 = {1,3,4} could commit on {3,4} while 2 never saw term
+    2; then 1 could win term 3 under C1 with 1, 2 and 5, none of which holds the
+    committed C2: two disjoint majorities. Refusing the change until 3's NOOP
+    commits puts term 2 on a majority of {1,2,3,4}, which keeps 1 from winning."""
+    r = Router(["1", "2", "3", "4"], pre_vote=False, check_quorum=False)
+    elect(r, "1")
+    r.add("5")
+    r.cut |= {("1", "2"), ("1", "3"), ("1", "4")}
+    r.nodes["1"].change_membership(Membership(frozenset({"1", "2", "3", "4", "5"})))
+    r.pump()
+    assert r.terms_at("5") == [1, 1] and r.terms_at("2") == [1]
+    r.crash("1")
+    r.heal()
+    r.nodes["3"].campaign()
+    r.pump(drop=lambda m: isinstance(m, AppendEntries))
+    st = r.nodes["3"].status()
+    assert r.leaders() == ["3"] and st.term == 2 and st.commit == 1 == st.last_index - 1
+    with pytest.raises(ProposalDropped):
+        r.nodes["3"].change_membership(Membership(frozenset({"1", "3", "4"})))
+    r.nodes["3"].tick()
+    r.pump()
+    assert r.nodes["3"].status().commit == 2 and r.terms_at("2") == [1, 2]
+    # Now the removal may go ahead; it commits on 3 and 4 alone.
+    r.cut |= {("3", "2")}
+    index, _ = r.nodes["3"].change_membership(Membership(frozenset({"1", "3", "4"})))
+    r.pump()
+    assert r.nodes["3"].status().commit == index
+    r.crash("3")
+    r.crash("4")
+    r.heal()
+    r.restart("1")
+    for _ in range(3):
+        r.nodes["1"].campaign()
+        r.pump()
+        # 2 holds a term-2 entry and refuses 1, whose log ends in term 1.
+        assert r.leaders() == []

@@ -229,8 +229,15 @@ class RaftNode:
             raise ProposalDropped(f"{self.id} is not the leader (leader: {self.lead})")
         if self._lead_transferee is not None:
             raise ProposalDropped(f"leadership transfer to {self._lead_transferee} in progress")
+        log = self._log
+        if log.term(log.committed) != self.term:
+            # Thesis 4.1 as corrected in 2015: until an entry of this term commits,
+            # a membership entry from an earlier leader may still be pending on
+            # servers we have not heard from, and a change appended now could have
+            # a majority disjoint from that one's.
+            raise ProposalDropped("the leader has not yet committed an entry of its term")
         current = self._tracker.membership
-        if current.joint or self._pending_conf_index > self._log.committed:
+        if current.joint or self._pending_conf_index > log.committed:
             raise ProposalDropped("a membership change is already in progress")
         return self._append_own(_MEMBERSHIP, encode_membership(plan_change(current, membership)))
 
@@ -434,9 +441,6 @@ class RaftNode:
         if pr is not None:
             pr.become_replicate()
             pr.recent_active = True
-        # Any membership entry in the log may be uncommitted: allow no new change
-        # until our own entries commit (they commit everything before them).
-        self._pending_conf_index = self._log.last_index()
         if self._bug_commit_old_term:
             # BUG commit-old-term, second half: without the NOOP the new leader
             # replicates earlier terms' entries alone, exactly as in Figure 8, so
