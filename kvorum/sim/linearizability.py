@@ -52,6 +52,7 @@ from typing import Any, Iterable
 from kvorum.sim.history import INFINITY, Op
 
 MAX_STATES_DEFAULT = 1_000_000
+SUBSUMERS_MAX = 64  # unknown-op sets remembered per (known ops, state); see _subsumed
 EXPLAIN_PREFIX_OPS_MAX = 12  # ops of the linearizable prefix a violation report shows
 ERROR = "ERR"  # what INCR returns on a value that is not an integer
 
@@ -209,6 +210,7 @@ def check_key(key: str, ops: list[Op], max_states: int = MAX_STATES_DEFAULT) -> 
     stack: list[tuple[_Node, Any]] = []
     # (known ops linearized, state) -> the sets of unknown ops linearized with them.
     cache: dict[tuple[int, Any], list[int]] = {}
+    seen_exact: set[tuple[int, Any]] = set()
     explored = 0
     best: list[Op] = []
     entry = head.next
@@ -217,7 +219,8 @@ def check_key(key: str, ops: list[Op], max_states: int = MAX_STATES_DEFAULT) -> 
             matches, new_state = step(state, entry.op)
             if matches:
                 new_linearized = linearized | (1 << entry.index)
-                if not _subsumed(cache, new_linearized & known_mask, new_state, new_linearized & unknown_mask):
+                known = new_linearized & known_mask
+                if not _subsumed(cache, seen_exact, new_linearized, known, new_state, new_linearized & unknown_mask):
                     explored += 1
                     if explored > max_states:
                         return KeyResult(key, Verdict.UNKNOWN, len(ops), explored)
@@ -245,22 +248,34 @@ def check_key(key: str, ops: list[Op], max_states: int = MAX_STATES_DEFAULT) -> 
     return KeyResult(key, Verdict.OK, len(ops), explored)
 
 
-def _subsumed(cache: dict[tuple[int, Any], list[int]], known: int, state: Any, unknown: int) -> bool:
+def _subsumed(cache: dict[tuple[int, Any], list[int]], seen_exact: set[tuple[int, Any]], linearized: int, known: int, state: Any, unknown: int) -> bool:
     """Was this configuration, or one that can do everything it can, explored already?
 
     A configuration with the same known ops linearized and the same state but
     a *subset* of its unknown ops linearized can reach every continuation this
     one can (unknown ops never return, so leaving them pending blocks nothing),
-    so if that one was explored this one need not be. Otherwise record it.
+    so if that one was explored this one need not be. Exact repeats are found
+    in `seen_exact`; for subsets, up to SUBSUMERS_MAX sets per (known, state)
+    are kept, preferring the smallest (they subsume the most). Otherwise the
+    configuration is recorded and explored.
     """
+    config = (linearized, state)
+    if config in seen_exact:
+        return True
     seen = cache.get((known, state))
     if seen is None:
         cache[(known, state)] = [unknown]
-        return False
-    for other in seen:
-        if other & ~unknown == 0:
-            return True
-    seen.append(unknown)
+    else:
+        for other in seen:
+            if other & ~unknown == 0:
+                return True
+        if len(seen) < SUBSUMERS_MAX:
+            seen.append(unknown)
+        else:
+            largest = max(range(len(seen)), key=lambda i: seen[i].bit_count())
+            if unknown.bit_count() < seen[largest].bit_count():
+                seen[largest] = unknown
+    seen_exact.add(config)
     return False
 
 
