@@ -373,3 +373,22 @@ def test_single_server_change_before_a_commit_in_the_new_term_loses_committed_en
         r.pump()
         # 2 holds a term-2 entry and refuses 1, whose log ends in term 1.
         assert r.leaders() == []
+
+
+def test_prevote_granted_while_hearing_from_a_leader_deposes_it() -> None:
+    """Thesis 9.6: a voter grants a pre-vote only if its log is not newer *and* it
+    has not heard from a leader within the election timeout; the second condition
+    is part of PreVote itself, not of CheckQuorum. 3 stops receiving from leader 1
+    (a one-way cut) while its log is up to date: its pre-votes must fail, or its
+    real election deposes a leader the rest of the group still hears from."""
+    r = Router(["1", "2", "3"], pre_vote=True, check_quorum=False)
+    elect(r, "1")
+    r.cut |= {("1", "3")}
+    for _ in range(10 * 10):
+        r.tick_all()
+        assert r.leaders() == ["1"]
+        assert r.nodes["1"].status().term == r.nodes["2"].status().term == 1
+    assert r.nodes["3"].status().role is Role.PRECANDIDATE
+    r.heal()
+    r.tick_all(2)
+    assert r.nodes["3"].status().leader == "1"

@@ -33,6 +33,8 @@ class RaftConfig:
       hearing from a quorum; a leadership transfer is aborted after as long.
     - `heartbeat_tick`: a leader sends heartbeats every `heartbeat_tick` ticks.
     - `pre_vote`: run a PreVote round before raising the term (thesis 9.6).
+      A node ignores pre-votes while it hears from a leader (within
+      `election_tick`), whatever `check_quorum` says.
     - `check_quorum`: leader steps down without an active quorum; followers
       that heard from a leader within `election_tick` ignore vote requests.
     - `lease_reads`: serve read barriers from a leader lease (thesis 6.4.1)

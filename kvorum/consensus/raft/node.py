@@ -528,15 +528,14 @@ class RaftNode:
         kind = type(m)
         if m.term > self.term:
             if kind is RequestVote:
-                in_lease = (
-                    self._cfg.check_quorum
-                    and (self.lead is not None or self._restart_guard)
-                    and self._election_elapsed < self._election_tick
-                )
+                heard_leader = (
+                    self.lead is not None or self._restart_guard
+                ) and self._election_elapsed < self._election_tick
                 # Thesis 4.2.3: while we hear from a live leader, a candidate is
                 # ignored (unless the leader itself asked for it by TimeoutNow).
-                # Leader leases depend on this.
-                if in_lease and not m.transfer:
+                # Leader leases depend on this. Thesis 9.6 makes the same check
+                # part of PreVote, so pre-votes get it even without CheckQuorum.
+                if heard_leader and not m.transfer and (m.pre or self._cfg.check_quorum):
                     return
                 if not m.pre:
                     self._become_follower(m.term, None)
