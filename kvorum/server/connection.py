@@ -177,7 +177,12 @@ class Client(asyncio.Protocol):
         if self.backlog:
             self.backlog.extend(requests)
             return
-        if len(requests) == 1 and self.parser.error is None:
+        if self.parser.error is None:
+            if not requests:
+                return
+            if len(requests) > 1:
+                self._run(requests)
+                return
             argv = requests[0]
             now_ms = int(time.time() * 1000)
             self.last_ms = now_ms
