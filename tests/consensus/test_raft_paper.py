@@ -392,3 +392,42 @@ def test_prevote_granted_while_hearing_from_a_leader_deposes_it() -> None:
     r.heal()
     r.tick_all(2)
     assert r.nodes["3"].status().leader == "1"
+
+
+def test_lease_without_a_tick_of_margin_serves_a_stale_read() -> None:
+    """Thesis 6.4.1: a lease is safe only if it ends before any follower that
+    confirmed it may vote again. Ticks are counted on each node's own clock: a
+    follower that hears round r just before its own tick is released one tick
+    earlier, by the leader's count, than the leader's lease would end without
+    a margin. Here 2 and 3 tick just before 1 does, each time; without the
+    one-tick margin 1 still trusted its lease after 2 had been elected and had
+    committed a write, and answered a read that missed it."""
+    with pytest.raises(ValueError):
+        Router(["1", "2", "3"], lease_reads=True, lease_drift_ticks=0)
+    r = Router(["1", "2", "3"], lease_reads=True, lease_drift_ticks=1)
+    elect(r, "1")
+
+    def tick_followers_then_leader() -> None:
+        for nid in ("2", "3", "1"):
+            r.nodes[nid].tick()
+        r.pump()
+
+    for _ in range(3):
+        tick_followers_then_leader()
+    assert r.nodes["1"].status().lease_valid
+    r.isolate("1")
+    for _ in range(10 - 1):
+        tick_followers_then_leader()
+    # One more tick on 2 and 3: an election timeout since they heard round r.
+    for nid in ("2", "3"):
+        r.nodes[nid].tick()
+    r.nodes["2"].campaign()
+    r.pump()
+    index, _ = r.nodes["2"].propose(b"x")
+    r.pump()
+    assert r.nodes["2"].status().commit == index
+    st = r.nodes["1"].status()
+    assert st.role is Role.LEADER and st.commit < index
+    assert not st.lease_valid
+    r.nodes["1"].read_barrier(b"r")
+    assert r.nodes["1"].ready().read_states == ()

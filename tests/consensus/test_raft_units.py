@@ -174,6 +174,7 @@ def test_inflights_bounded() -> None:
         {"heartbeat_tick": 0},
         {"lease_reads": True, "check_quorum": False},
         {"lease_drift_ticks": 10},
+        {"lease_reads": True, "lease_drift_ticks": 0},
         {"max_inflight_msgs": 0},
         {"max_bytes_per_msg": 0},
         {"bugs": frozenset({"no-such-bug"})},

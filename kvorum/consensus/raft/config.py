@@ -40,7 +40,10 @@ class RaftConfig:
     - `lease_reads`: serve read barriers from a leader lease (thesis 6.4.1)
       instead of a heartbeat round; requires `check_quorum`.
     - `lease_drift_ticks`: the lease lasts `election_tick - lease_drift_ticks`
-      ticks from the quorum's last confirmed heartbeat, covering clock-rate drift.
+      ticks from the quorum's last confirmed heartbeat. With `lease_reads` it
+      must be at least 1: a follower's first tick may come just after it heard
+      the heartbeat, so its promise can end one tick earlier than the leader's
+      count says; the rest of the margin covers clock-rate drift.
     - `max_inflight_msgs`: unacknowledged appends per follower in REPLICATE state.
     - `max_entries_per_msg`, `max_bytes_per_msg`: batch limits of one append
       (a single entry larger than the byte limit is still sent alone).
@@ -77,6 +80,8 @@ class RaftConfig:
             raise ValueError("election_tick must be greater than heartbeat_tick")
         if not 0 <= self.lease_drift_ticks < self.election_tick:
             raise ValueError("lease_drift_ticks must be in [0, election_tick)")
+        if self.lease_reads and self.lease_drift_ticks < 1:
+            raise ValueError("lease_drift_ticks must be >= 1 with lease_reads")
         if self.lease_reads and not self.check_quorum and BUG_STALE_LEASE not in self.bugs:
             raise ValueError("lease_reads requires check_quorum")
         for name in (
