@@ -214,6 +214,9 @@ class RequestParser:
                 self._held = b""
             at_boundary = self._line_ended and not self._reader.has_data()
             if not at_boundary or data[0] == 42 or data[0] == 36:
+                if data[-1] == 10 and _BIG_AGGREGATE.search(data) is None:
+                    # What `_fast_entry` would decide for a chunk that ends a line, in one call less.
+                    return self._feed_fast(self._reader, data, at_boundary)
                 return self._fast_entry(data, at_boundary)
             return self._switch_to_exact(data)
         if self._at_boundary and not self._buf and self.authenticated and _fast_start(data):

@@ -187,9 +187,13 @@ class Client(asyncio.Protocol):
             now_ms = int(time.time() * 1000)
             self.last_ms = now_ms
             out = execute(self, argv, now_ms)
-            self.server.stats.commands_processed += 1
             self.last_command = argv[0]
-            self._write(out)
+            stats = self.server.stats
+            stats.commands_processed += 1
+            stats.net_output_bytes += len(out)
+            self.transport.write(out)
+            if self.output_hard_bytes or self.close_after_reply:
+                self._after_write()
             return
         self._run(requests)
 
@@ -235,10 +239,14 @@ class Client(asyncio.Protocol):
         if out:
             self.server.stats.net_output_bytes += len(out)
             self.transport.write(out)
-            hard = self.output_hard_bytes
-            if hard and self.transport.get_write_buffer_size() > hard:
-                self.drop_for_output_limit()
-                return
+        self._after_write()
+
+    def _after_write(self) -> None:
+        """Enforce the output hard limit, and close when a reply asked for it."""
+        hard = self.output_hard_bytes
+        if hard and not self.closed and self.transport.get_write_buffer_size() > hard:
+            self.drop_for_output_limit()
+            return
         if self.close_after_reply and not self.closed:
             self.closed = True
             self.transport.close()
