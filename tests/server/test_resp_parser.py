@@ -100,3 +100,30 @@ def test_split_args_like_sdssplitargs():
 def test_encode(value, resp2, resp3):
     assert encode(value, False) == resp2
     assert encode(value, True) == resp3
+
+
+def _every_three_way_split(stream: bytes):
+    for a in range(1, len(stream)):
+        for b in range(a + 1, len(stream)):
+            yield stream[:a], stream[a:b], stream[b:]
+
+
+def test_pipeline_split_anywhere_in_three():
+    stream = (b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$9\r\nv*1234567\r\n*0\r\n"
+              b"*1\r\n$4\r\nPING\r\n*-1\r\n*2\r\n$4\r\nECHO\r\n$0\r\n\r\n*1\r\n$4\r\nPING\r\n")
+    want = [[b"GET", b"a"], [b"SET", b"k", b"v*1234567"], [b"PING"], [b"ECHO", b""], [b"PING"]]
+    for chunks in _every_three_way_split(stream):
+        assert parse(*chunks) == (want, None), chunks
+
+
+def test_huge_count_split_anywhere_is_refused_without_hiredis():
+    stream = b"*1\r\n$4\r\nPING\r\n*3000000000\r\n"
+    for chunks in _every_three_way_split(stream):
+        assert parse(*chunks) == ([[b"PING"]], "Protocol error: invalid multibulk length"), chunks
+
+
+def test_big_legal_count_goes_to_the_exact_path():
+    parser = RequestParser()
+    assert parser.feed(b"*1\r\n$4\r\nPING\r\n*2000000\r\n$1\r\na\r\n") == [[b"PING"]]
+    assert parser.error is None
+    assert parser.buffered_bytes() == 0
