@@ -40,7 +40,6 @@ from kvorum.consensus.replicated_log import (
     Membership,
     Ready,
     ReplicatedLog,
-    Role,
     Snapshot,
     Status,
 )
@@ -136,9 +135,6 @@ class SimNode:
 
     def status(self) -> Status:
         return self.engine.status()
-
-    def is_leader(self) -> bool:
-        return self.engine is not None and self.engine.status().role is Role.LEADER
 
     # --- the Ready loop ---------------------------------------------------------
 

@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             failed += 1
             if not expect_failure:
                 print(f"  replay: {replay_command(seed, config)}")
+                if result.linearizability is not None:
+                    for line in result.linearizability.explain().splitlines():
+                        print(f"  {line}")
                 for line in result.trace_tail[-8:]:
                     print(f"  | {line}")
             if expect_failure:

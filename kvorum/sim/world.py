@@ -463,9 +463,13 @@ class World:
         if not voters:
             return
         to = self.rng.choice(voters)
+        try:
+            leader.engine.transfer_leadership(to)
+        except ProposalDropped as err:
+            self.trace(f"transfer leadership {leader.id} -> {to} refused: {err}")
+            return
         self.stats["transfers"] += 1
         self.trace(f"transfer leadership {leader.id} -> {to}")
-        leader.engine.transfer_leadership(to)
         leader.drain()
 
     # --- the main loop -------------------------------------------------------------
