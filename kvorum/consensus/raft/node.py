@@ -725,7 +725,8 @@ class RaftNode:
         if m.round > pr.acked_round:
             pr.acked_round = m.round
             if self._reads.has_pending():
-                self._reads.release(self._tracker.quorum_round(self.id, self._reads.round), self._read_states)
+                confirmed = self._tracker.quorum_round(self.id, self._reads.round)
+                self._reads.release(confirmed, self._read_states)
 
     # -------------------------------------------------------- leader internals
 
