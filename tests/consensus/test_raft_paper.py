@@ -287,15 +287,16 @@ def test_transfer_forfeits_the_lease() -> None:
     assert r.nodes["1"].status().role is Role.LEADER
 
 
-@pytest.mark.parametrize("pre_vote", [True, False])
-def test_removed_server_that_missed_its_removal_does_not_disrupt(pre_vote: bool) -> None:
+@pytest.mark.parametrize("pre_vote,check_quorum", [(True, True), (False, True), (True, False)])
+def test_removed_server_that_missed_its_removal_does_not_disrupt(pre_vote: bool, check_quorum: bool) -> None:
     """Thesis 4.2.3: a server removed while cut off never receives the entry that
     removes it, so it keeps its old membership, still believes it is a voter, and
     times out again and again. The leader no longer sends it anything. PreVote
     (thesis 9.6) keeps its term from rising, and CheckQuorum makes the remaining
-    members ignore its vote requests while they hear from their leader, so their
-    terms never rise and the leader stays in place."""
-    r = Router(["1", "2", "3", "4"], pre_vote=pre_vote)
+    members ignore its vote requests while they hear from their leader (PreVote
+    alone does the same for pre-votes), so their terms never rise and the leader
+    stays in place."""
+    r = Router(["1", "2", "3", "4"], pre_vote=pre_vote, check_quorum=check_quorum)
     elect(r, "1")
     r.isolate("4")
     index, _ = r.nodes["1"].change_membership(Membership(frozenset({"1", "2", "3"})))
