@@ -362,15 +362,22 @@ class World:
             self.say(f"dropped: {exc}")
 
     def cmd_compact(self, args: list[str], kw: dict[str, str]) -> None:
-        node = self.nodes[args[0]]
+        nid = args[0]
+        node = self.nodes[nid]
         index = int(args[1])
         term = node.log_entries(index, index + 1)[0].term
-        node.compact(Snapshot(index, term, node.status().membership, b"snap@" + args[1].encode()))
-        st = self.storage[args[0]]
-        snap = node.status()
-        st.snapshot = Snapshot(index, term, snap.membership, b"snap@" + args[1].encode())
+        st = self.storage[nid]
+        # The membership in force at `index` (what a state machine that applied the
+        # log up to there knows), not the latest one: they differ mid-change.
+        membership = st.snapshot.membership if st.snapshot else self.configs[nid].membership
+        for e in st.entries:
+            if e.index <= index and e.kind is EntryKind.MEMBERSHIP:
+                membership = decode_membership(e.data)
+        snap = Snapshot(index, term, membership, b"snap@" + args[1].encode())
+        node.compact(snap)
+        st.snapshot = snap
         st.entries = [e for e in st.entries if e.index > index]
-        self.say(f"compacted {args[0]} to {index}: first index {snap.first_index}")
+        self.say(f"compacted {nid} to {index}: first index {node.status().first_index}")
 
     def cmd_status(self, args: list[str], kw: dict[str, str]) -> None:
         for nid in args:
