@@ -303,11 +303,12 @@ class RequestParser:
         self._line_ended = data[-1] == 10
         requests = []
         error = None
+        count_max = self.multibulk_max_count
         try:
             request = reader.gets()
             while request is not False:
                 if request.__class__ is list:
-                    if len(request) > self.multibulk_max_count:
+                    if len(request) > count_max:
                         error = "Protocol error: invalid multibulk length"
                         break
                     for arg in request:
