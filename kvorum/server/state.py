@@ -9,6 +9,8 @@ watching it, and the keyspace's `on_key_modified` hook (fired after every
 change, expiry and eviction included) marks those clients dirty, so their EXEC
 answers a null array. A flush (hook called with None) dirties only the watches
 of keys that existed when WATCH ran, as Redis' touchAllWatchedKeysInDb does.
+The hook is installed only while some key is watched, so that writes pay
+nothing for WATCH when nobody uses it.
 """
 
 from __future__ import annotations
@@ -65,7 +67,6 @@ class ServerState:
         self.db.proto_max_bulk_len = settings.proto_max_bulk_len_bytes
         self.db.hash_max_listpack_entries = settings.hash_max_listpack_entries
         self.db.hash_max_listpack_value_bytes = settings.hash_max_listpack_value_bytes
-        self.db.on_key_modified = self.key_modified
         self.started_s = time.time()
         self.started_monotonic_s = time.monotonic()
         self.run_id = os.urandom(20).hex()
@@ -121,6 +122,8 @@ class ServerState:
         if key in client.watched:
             return
         client.watched[key] = self.db.contains(key, now_ms)
+        if not self.watchers:
+            self.db.on_key_modified = self.key_modified
         self.watchers.setdefault(key, set()).add(client)
 
     def unwatch_all(self, client: Client) -> None:
@@ -132,6 +135,8 @@ class ServerState:
                     del self.watchers[key]
         client.watched.clear()
         client.watch_dirty = False
+        if not self.watchers:
+            self.db.on_key_modified = None
 
     def key_modified(self, key: bytes | None) -> None:
         if not self.watchers:
