@@ -63,4 +63,7 @@ def server(config_file: str | None, **flags) -> None:
     settings.config_file = config_file or ""
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kvorum").setLevel(LOG_LEVELS_PY[settings.loglevel])
-    run(settings)
+    try:
+        run(settings)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {settings.bind} port {settings.port}: {exc}") from None

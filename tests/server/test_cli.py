@@ -80,3 +80,9 @@ def test_shutdown_command():
     assert node.process.wait(timeout=15) == 0
     raw.close()
     node.stop()
+
+
+def test_port_in_use_is_a_clean_error(kvorum_node):
+    result = kvorum("server", "--port", str(kvorum_node.port))
+    assert result.returncode == 1
+    assert "cannot listen on 127.0.0.1 port" in result.stderr and "Traceback" not in result.stderr
