@@ -202,7 +202,11 @@ class RequestParser:
         self._pending_args: list[bytes] = []
 
     def buffered_bytes(self) -> int:
-        return len(self._buf) if not self._fast else self._reader.len() + len(self._held)
+        """Bytes received and not yet parsed into requests (about: hiredis keeps up to 1 KiB consumed)."""
+        if not self._fast:
+            return len(self._buf)
+        reader = self._reader
+        return (reader.len() if reader.has_data() else 0) + len(self._held)
 
     def feed(self, data: bytes) -> list[list[bytes]]:
         """Parse `data`; return the requests it completes (empty requests are dropped)."""
