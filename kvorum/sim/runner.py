@@ -15,9 +15,10 @@ the exit status is 0 (1 if no seed caught it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from kvorum.sim import engines
 from kvorum.sim.history import dump_jsonl
@@ -29,17 +30,77 @@ def run_seed(seed: int, config: SimConfig, verbose: Callable[[str], None] | None
     return World(seed, config, verbose).run()
 
 
+# Knobs with their own command-line flag; every other knob goes through --set.
+_FLAGGED = {"steps": "--steps", "nodes": "--nodes", "lease_reads": "--lease-reads"}
+_NESTED = ("network", "clients")
+_NOT_KNOBS = ("engine", "profile", "bugs")
+
+
+def _knobs(config: SimConfig) -> dict[str, Any]:
+    """Every scalar knob by dotted name (nested knob groups flattened)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name in _NESTED:
+            for g in dataclasses.fields(value):
+                out[f"{f.name}.{g.name}"] = getattr(value, g.name)
+        elif f.name not in _NOT_KNOBS:
+            out[f.name] = value
+    return out
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def _parse(raw: str, like: Any) -> Any:
+    if isinstance(like, bool):
+        if raw not in ("on", "off"):
+            raise ValueError(f"expected on or off, got {raw!r}")
+        return raw == "on"
+    if isinstance(like, tuple):
+        return tuple(int(v) for v in raw.split(","))
+    return type(like)(raw)
+
+
+def apply_settings(config: SimConfig, settings: list[str]) -> SimConfig:
+    """Apply `name=value` overrides (`network.drop_rate=0.1`, `crashes=off`, ...)."""
+    knobs = _knobs(config)
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {name: {} for name in _NESTED}
+    for item in settings:
+        name, sep, raw = item.partition("=")
+        if not sep or name not in knobs:
+            raise ValueError(f"--set {item!r}: knobs are {', '.join(sorted(knobs))}")
+        value = _parse(raw, knobs[name])
+        group, _, field_name = name.rpartition(".")
+        if group:
+            nested[group][field_name] = value
+        else:
+            top[field_name] = value
+    for group, values in nested.items():
+        if values:
+            top[group] = dataclasses.replace(getattr(config, group), **values)
+    return dataclasses.replace(config, **top)
+
+
 def replay_command(seed: int, config: SimConfig) -> str:
+    """The command line that reruns exactly this seed with exactly these knobs."""
     parts = [f"python -m kvorum.sim --engine {config.engine} --seed {seed}"]
-    base = profile_config(config.profile)
     if config.profile != "default":
         parts.append(f"--profile {config.profile}")
-    if config.steps != base.steps:
-        parts.append(f"--steps {config.steps}")
-    if config.nodes != base.nodes:
-        parts.append(f"--nodes {config.nodes}")
-    if config.lease_reads != base.lease_reads:
-        parts.append(f"--lease-reads {config.lease_reads}")
+    base = _knobs(profile_config(config.profile))
+    for name, value in _knobs(config).items():
+        if value == base[name]:
+            continue
+        if name in _FLAGGED:
+            parts.append(f"{_FLAGGED[name]} {_format(value)}")
+        else:
+            parts.append(f"--set {name}={_format(value)}")
     for bug in sorted(config.bugs):
         parts.append(f"--bug {bug}")
     return " ".join(parts) + " -v"
@@ -55,7 +116,7 @@ def run_seeds(seeds: Iterable[int], config: SimConfig, stop_at_first_failure: bo
     return results
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kvorum.sim", description="deterministic consensus simulator")
     p.add_argument("--engine", default="raft", choices=engines.names())
     p.add_argument("--seeds", type=int, default=1, help="how many seeds to run (from --seed on)")
@@ -65,18 +126,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, choices=(3, 5), help="initial voters (default: the profile's)")
     p.add_argument("--bug", action="append", default=[], help="run the engine with this deliberate bug")
     p.add_argument("--lease-reads", choices=("on", "off", "mixed"), help="default: the profile's")
+    p.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE", help="override any knob of SimConfig")
     p.add_argument("--history", help="with one seed: write its client history here as JSONL")
     p.add_argument("-v", "--verbose", action="store_true", help="print one line per event")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    spec = engines.get(args.engine)
-    unknown = set(args.bug) - spec.known_bugs()
-    if unknown:
-        print(f"unknown bug(s) {sorted(unknown)}; known: {sorted(spec.known_bugs())}", file=sys.stderr)
-        return 2
+def config_from_args(args: argparse.Namespace) -> SimConfig:
     overrides = {"steps": args.steps, "nodes": args.nodes, "lease_reads": args.lease_reads}
     config = profile_config(
         args.profile,
@@ -84,6 +140,21 @@ def main(argv: list[str] | None = None) -> int:
         bugs=frozenset(args.bug),
         **{k: v for k, v in overrides.items() if v is not None},
     )
+    return apply_settings(config, args.set)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    spec = engines.get(args.engine)
+    unknown = set(args.bug) - spec.known_bugs()
+    if unknown:
+        print(f"unknown bug(s) {sorted(unknown)}; known: {sorted(spec.known_bugs())}", file=sys.stderr)
+        return 2
+    try:
+        config = config_from_args(args)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
     verbose = print if args.verbose else None
     expect_failure = bool(args.bug)
     started = time.process_time()

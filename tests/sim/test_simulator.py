@@ -11,7 +11,7 @@ from kvorum.consensus.replicated_log import Entry, EntryKind, HardState, Members
 from kvorum.sim import engines
 from kvorum.sim.disk import Disk
 from kvorum.sim.invariants import Invariants, InvariantViolation
-from kvorum.sim.runner import main, replay_command, run_seed, run_seeds
+from kvorum.sim.runner import apply_settings, config_from_args, main, parser, replay_command, run_seed, run_seeds
 from kvorum.sim.statemachine import Command, KVStateMachine, decode_command, encode_command
 from kvorum.sim.world import SimConfig, profile_config
 
@@ -101,8 +101,20 @@ def test_cli_reports_the_seed_that_catches_a_bug(capsys):
     assert "caught by seed" in out and "replay: python -m kvorum.sim" in out
 
 
-def test_cli_rejects_unknown_bug(capsys):
+def test_cli_rejects_unknown_bug_and_knob(capsys):
     assert main(["--bug", "no-such-bug"]) == 2
+    assert main(["--set", "no_such_knob=1"]) == 2
+
+
+def test_replay_command_rebuilds_the_exact_config():
+    config = apply_settings(
+        profile_config("figure8", bugs=frozenset({"forget-vote"}), nodes=5),
+        ["network.drop_rate=0.1", "crashes=on", "max_entries_per_msg=1,2", "clients.count=6"],
+    )
+    argv = replay_command(42, config).split()[3:]
+    args = parser().parse_args(argv)
+    assert args.seed == 42 and args.verbose
+    assert config_from_args(args) == config
 
 
 # --- pieces -------------------------------------------------------------------
