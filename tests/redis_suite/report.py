@@ -5,6 +5,7 @@
     report.py unit-line UNIT LOG SECONDS          one progress line per unit
     report.py summary --log-dir D ... --units U.. the final report and exit status
     report.py failures --log-dir D ... --units U.. markdown draft of each failure
+    report.py check-needs --host H --port P SKIPLIST  warn about skips the server outgrew
 
 The runtest output (ANSI colours stripped) has one line per test:
     [ok]: NAME (N ms)        [skip]: NAME        [ignore]: NAME: Tag: x denied
@@ -64,6 +65,78 @@ def cmd_skiplist(args) -> int:
         for e in entries:
             f.write(e + "\n")
     print(" ".join("-" + t for t in tags))
+    return 0
+
+
+def skiplist_needs(path: str):
+    """[(commands named on a '# needs commands:' line, entries of that paragraph)]."""
+    out, needs, entries = [], [], []
+    with open(path, encoding="utf-8") as f:
+        for raw in list(f) + [""]:
+            line = raw.strip()
+            if not line:
+                if needs:
+                    out.append((needs, entries))
+                needs, entries = [], []
+            elif line.startswith("#"):
+                m = re.match(r"#\s*needs commands:\s*(.*)$", line)
+                if m:
+                    needs += m.group(1).split()
+            else:
+                entries.append(line)
+    return out
+
+
+def resp_command(host: str, port: int, *args: str, timeout: float = 5.0):
+    """Send one command, return the parsed RESP2 reply (errors as Exception objects)."""
+    import socket
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        sock.sendall(b"*%d\r\n" % len(args) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args))
+        f = sock.makefile("rb")
+
+        def read():
+            line = f.readline()
+            if not line:
+                raise ConnectionError("connection closed")
+            kind, rest = line[:1], line[1:-2]
+            if kind == b"+":
+                return rest.decode()
+            if kind == b"-":
+                return Exception(rest.decode())
+            if kind == b":":
+                return int(rest)
+            if kind == b"$":
+                n = int(rest)
+                return None if n < 0 else f.read(n + 2)[:-2].decode(errors="replace")
+            if kind == b"*":
+                n = int(rest)
+                return None if n < 0 else [read() for _ in range(n)]
+            raise ValueError(f"unexpected reply {line!r}")
+        return read()
+    finally:
+        sock.close()
+
+
+def cmd_check_needs(args) -> int:
+    """Warn about skip-list paragraphs whose commands the server now has."""
+    paragraphs = skiplist_needs(args.skiplist)
+    wanted = sorted({c for needs, _ in paragraphs for c in needs})
+    try:
+        reply = resp_command(args.host, args.port, "COMMAND", "INFO", *wanted)
+    except (OSError, ValueError) as e:
+        print(f"   (could not check the skip list against the server's commands: {e})")
+        return 0
+    if not isinstance(reply, list) or len(reply) != len(wanted):
+        print(f"   (COMMAND INFO gave an unexpected reply; skip list not checked: {reply!r:.100})")
+        return 0
+    have = {c for c, info in zip(wanted, reply) if info}
+    for needs, entries in paragraphs:
+        present = [c for c in needs if c in have]
+        if present:
+            shown = "; ".join(entries[:3]) + (f"; ... ({len(entries) - 3} more)" if len(entries) > 3 else "")
+            print(f"!! skiplist.txt: the server now has {' '.join(present)}; revisit these skips: {shown}")
     return 0
 
 
@@ -287,6 +360,13 @@ def cmd_summary(args) -> int:
             for e in unused:
                 print(f"   {e}")
 
+    check_file = os.path.join(args.log_dir, "skiplist-check")
+    if os.path.exists(check_file):
+        warnings = [x for x in open(check_file, encoding="utf-8").read().split("\n") if x.startswith("!!")]
+        if warnings:
+            print()
+            print("\n".join(warnings))
+
     if args.write_expected:
         with open(args.expected, "w", encoding="utf-8") as f:
             f.write("# Tests that run (are not skipped) with skiplist.txt, one per line: unit<TAB>name.\n"
@@ -383,6 +463,10 @@ def main() -> int:
     s.add_argument("--check-unused-skips", action="store_true")
     s.add_argument("--no-expected", action="store_true")
     s.add_argument("--units", nargs="+", required=True)
+    s = sub.add_parser("check-needs")
+    s.add_argument("--host", required=True)
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("skiplist")
     s = sub.add_parser("failures")
     s.add_argument("--src", required=True)
     s.add_argument("--log-dir", required=True)
@@ -390,7 +474,7 @@ def main() -> int:
     s.add_argument("--units", nargs="+", required=True)
     a = p.parse_args()
     return {"skiplist": cmd_skiplist, "unit-line": cmd_unit_line, "summary": cmd_summary,
-            "failures": cmd_failures}[a.cmd](a)
+            "failures": cmd_failures, "check-needs": cmd_check_needs}[a.cmd](a)
 
 
 if __name__ == "__main__":
