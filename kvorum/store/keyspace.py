@@ -21,6 +21,18 @@ Versions: every write to a key draws the next number from one keyspace-wide
 counter, so a key's version only grows, and a key deleted and created again
 never repeats a version it had before. `version_of` returns 0 for an absent key.
 
+External versions: a key may also carry a version chosen by the application
+(a database row version or commit timestamp, `SET ... IFNEWER`), kept in
+`_ext_versions` for the keys that have one. It belongs to the value: a write
+that replaces the value without giving one clears it, a delete drops it, and
+RENAME / COPY carry it with the value. Changing only the TTL keeps it.
+
+Listeners: `on_key_modified` is called after every change of a key (expiry,
+eviction and flushes included). Several parts of a node want it (WATCH,
+leases, client tracking), so they register with `add_key_listener`, and the
+keyspace installs whatever is cheapest: nothing, the one listener itself, or a
+fan-out over all of them. A write thereby pays nothing when nobody listens.
+
 Expiry is lazy and active. Lazy: every lookup checks the entry's deadline and
 deletes a key whose time has come. Active: `active_expire_cycle` pops a min-heap
 of (expire_at_ms, key). The heap is invalidated lazily: a popped item counts only
@@ -55,6 +67,8 @@ import random
 from bisect import bisect_left
 from typing import Callable, Iterable
 
+import msgpack
+
 # Approximate bytes a key costs beyond its key and value bytes (its slots in
 # the parallel dicts and the scan order), and a hash field beyond its field
 # and value bytes.
@@ -78,6 +92,9 @@ ORDER_HOLES_MIN = 1024
 # The expiry heap is rebuilt once it holds more than twice the live deadlines
 # plus this slack.
 EXPIRE_HEAP_SLACK = 1024
+
+# Version of the layout `dump` writes; `load` refuses any other.
+DUMP_FORMAT = 1
 
 # Redis' default proto-max-bulk-len: the largest string a command may build.
 STRING_BYTES_MAX = 512 * 1024 * 1024
@@ -111,7 +128,9 @@ class Keyspace:
         self.proto_max_bulk_len = STRING_BYTES_MAX  # largest string SETRANGE/APPEND may build
 
         # Called after every change of a key; None = everything flushed.
+        # Installed by add_key_listener / remove_key_listener, never set directly.
         self.on_key_modified: Callable[[bytes | None], None] | None = None
+        self._key_listeners: list[Callable[[bytes | None], None]] = []
 
         # Stats (INFO stats).
         self.keyspace_hits = 0
@@ -128,13 +147,14 @@ class Keyspace:
 
     def _reset(self) -> None:
         # Invariant: _versions, _access and _slots have exactly the keys of
-        # _data; _expires and _hash_bytes a subset of them.
+        # _data; _expires, _hash_bytes and _ext_versions a subset of them.
         self._data: dict[bytes, bytes | dict] = {}
         self._versions: dict[bytes, int] = {}
         self._access: dict[bytes, int] = {}  # last read or write, ms
         self._slots: dict[bytes, int] = {}  # index in _order_keys
         self._expires: dict[bytes, int] = {}  # absolute deadline, ms; keys with a TTL only
         self._hash_bytes: dict[bytes, int] = {}  # accounted field bytes of each hash
+        self._ext_versions: dict[bytes, int] = {}  # external version; keys that have one only
         self._used_bytes = 0
         self._expire_heap: list[tuple[int, bytes]] = []
         self._order_seqs: list[int] = []
@@ -154,6 +174,34 @@ class Keyspace:
             raise ValueError(f"unknown maxmemory policy {policy!r}")
         self._policy = policy
         self._eviction_pool = []
+
+    # ------------------------------------------------------------------ listeners
+
+    def add_key_listener(self, listener: Callable[[bytes | None], None]) -> None:
+        """Call `listener(key)` after every change of a key, `listener(None)` after a flush."""
+        assert listener not in self._key_listeners
+        self._key_listeners.append(listener)
+        self._install_listeners()
+
+    def remove_key_listener(self, listener: Callable[[bytes | None], None]) -> None:
+        self._key_listeners.remove(listener)
+        self._install_listeners()
+
+    def has_key_listener(self, listener: Callable[[bytes | None], None]) -> bool:
+        return listener in self._key_listeners
+
+    def _install_listeners(self) -> None:
+        listeners = tuple(self._key_listeners)
+        if not listeners:
+            self.on_key_modified = None
+        elif len(listeners) == 1:
+            self.on_key_modified = listeners[0]
+        else:
+            def fan_out(key: bytes | None) -> None:
+                for listener in listeners:
+                    listener(key)
+
+            self.on_key_modified = fan_out
 
     # ------------------------------------------------------------------ sizes
 
@@ -203,6 +251,12 @@ class Keyspace:
         if self._live(key, now_ms) is None:
             return 0
         return self._versions[key]
+
+    def ext_version_of(self, key: bytes, now_ms: int) -> int | None:
+        """The external version stored with a live key, None if absent or without one."""
+        if self._live(key, now_ms) is None:
+            return None
+        return self._ext_versions.get(key)
 
     def expire_at_of(self, key: bytes, now_ms: int) -> int:
         """Absolute expiry in ms; -1 when the key has no TTL, -2 when absent."""
@@ -280,11 +334,13 @@ class Keyspace:
 
     # ------------------------------------------------------------------ writes
 
-    def set(self, key: bytes, value, now_ms: int, expire_at_ms: int = 0, keep_ttl: bool = False) -> None:
+    def set(self, key: bytes, value, now_ms: int, expire_at_ms: int = 0, keep_ttl: bool = False,
+            ext_version: int | None = None) -> None:
         """Store a value (bytes or a dict of hash fields), replacing any old one.
 
         The TTL is cleared unless `keep_ttl`; `expire_at_ms` (absolute, > 0)
         sets a new one, and a deadline already past deletes the key instead.
+        The external version becomes `ext_version` (None clears it).
         """
         old = self._live(key, now_ms)
         if expire_at_ms and expire_at_ms <= now_ms:
@@ -302,6 +358,10 @@ class Keyspace:
             self._access[key] = now_ms
             if not keep_ttl:
                 self._expires.pop(key, None)
+        if ext_version is None:
+            self._ext_versions.pop(key, None)
+        else:
+            self._ext_versions[key] = ext_version
         if expire_at_ms:
             self._set_deadline(key, expire_at_ms)
         self._modified(key)
@@ -319,6 +379,8 @@ class Keyspace:
         else:
             self._used_bytes += len(value) - len(old)
             data[key] = value
+            if self._ext_versions:
+                self._ext_versions.pop(key, None)
             self._version_last = self._versions[key] = self._version_last + 1
             self._access[key] = now_ms
         cb = self.on_key_modified
@@ -414,9 +476,10 @@ class Keyspace:
         if src == dst:
             return True
         expire_at_ms = self._expires.get(src, 0)
+        ext_version = self._ext_versions.get(src)
         self._remove(src)
         self._modified(src)
-        self.set(dst, value, now_ms, expire_at_ms)
+        self.set(dst, value, now_ms, expire_at_ms, ext_version=ext_version)
         return True
 
     def copy(self, src: bytes, dst: bytes, now_ms: int, replace: bool) -> bool:
@@ -426,7 +489,7 @@ class Keyspace:
             return False
         if value.__class__ is dict:
             value = dict(value)
-        self.set(dst, value, now_ms, self._expires.get(src, 0))
+        self.set(dst, value, now_ms, self._expires.get(src, 0), ext_version=self._ext_versions.get(src))
         return True
 
     def flush(self) -> None:
@@ -452,6 +515,58 @@ class Keyspace:
                 self._expire(key)
                 expired += 1
         return expired
+
+    def due_keys(self, now_ms: int, limit: int) -> list[bytes]:
+        """Up to `limit` keys whose deadline is at or before now_ms, without expiring them.
+
+        A replicated node expires keys only through the log: its leader asks this,
+        then proposes the deletion, so every replica removes them at one log position.
+        """
+        heap = self._expire_heap
+        expires = self._expires
+        due: list[tuple[int, bytes]] = []
+        while len(due) < limit and heap and heap[0][0] <= now_ms:
+            at, key = heapq.heappop(heap)
+            if expires.get(key) == at:
+                due.append((at, key))
+        for item in due:
+            heapq.heappush(heap, item)
+        return [key for _, key in due]
+
+    # ------------------------------------------------------------------ snapshots
+
+    def dump(self) -> bytes:
+        """The keyspace as bytes, for a replica's snapshot; `load` rebuilds it.
+
+        Kept: values, versions, deadlines, the version counter and the scan order
+        (keys are written oldest first). Not kept: access times (LRU restarts),
+        stats, and the limits, which belong to the node's settings.
+        """
+        data, versions, expires = self._data, self._versions, self._expires
+        items = [
+            [key, data[key], versions[key], expires.get(key, 0)]
+            for key in self._order_keys
+            if key is not None
+        ]
+        return msgpack.packb([DUMP_FORMAT, self._version_last, items], use_bin_type=True)
+
+    def load(self, blob: bytes) -> None:
+        """Replace the whole keyspace with what `dump` wrote."""
+        fmt, version_last, items = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+        if fmt != DUMP_FORMAT:
+            raise ValueError(f"keyspace dump format {fmt} is not {DUMP_FORMAT}")
+        self._reset()
+        for key, value, version, expire_at_ms in items:
+            self._add(key, value, 0)
+            self._versions[key] = version
+            if expire_at_ms:
+                self._set_deadline(key, expire_at_ms)
+        self._version_last = version_last
+        # Invariant: every key's version <= _version_last.
+        assert all(v <= version_last for v in self._versions.values())
+        cb = self.on_key_modified
+        if cb is not None:
+            cb(None)
 
     # ------------------------------------------------------------------ eviction
 
@@ -572,6 +687,7 @@ class Keyspace:
         self._used_bytes -= self._size(key, self._data.pop(key))
         self._hash_bytes.pop(key, None)
         self._expires.pop(key, None)
+        self._ext_versions.pop(key, None)
         del self._versions[key]
         del self._access[key]
         self._order_keys[self._slots.pop(key)] = None

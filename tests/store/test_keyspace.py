@@ -455,3 +455,47 @@ def test_versions_keep_growing_across_flush():
     assert ks.version_of(b"k", 0) > before
     cursor, keys = ks.scan(0, 10, 0)
     assert (cursor, keys) == (0, [b"k"])
+
+
+def test_dump_and_load_keep_values_versions_deadlines_and_scan_order():
+    ks = Keyspace()
+    ks.set(b"a", b"1", 0)
+    ks.set(b"b", b"2", 0, expire_at_ms=500)
+    ks.hash_set(b"h", [(b"f", b"v"), (b"g", b"w")], 0)
+    ks.set(b"a", b"3", 0)
+    ks.delete(b"b", 0)
+    ks.set(b"c", b"4", 0, expire_at_ms=900)
+    copy = Keyspace()
+    copy.set(b"stale", b"x", 0)
+    copy.load(ks.dump())
+    check_invariants(copy)
+    assert copy.keys(0) == ks.keys(0)
+    for key in (b"a", b"c", b"h"):
+        assert copy.get(key, 0) == ks.get(key, 0)
+        assert copy.version_of(key, 0) == ks.version_of(key, 0)
+        assert copy.expire_at_of(key, 0) == ks.expire_at_of(key, 0)
+    assert copy.get(b"stale", 0) is None
+    copy.set(b"d", b"5", 0)
+    ks.set(b"d", b"5", 0)
+    assert copy.version_of(b"d", 0) == ks.version_of(b"d", 0)
+    assert copy.scan(0, 10, 0) == ks.scan(0, 10, 0)
+
+
+def test_load_refuses_another_format():
+    import msgpack
+
+    with pytest.raises(ValueError):
+        Keyspace().load(msgpack.packb([99, 0, []]))
+
+
+def test_due_keys_lists_expired_keys_without_removing_them():
+    ks = Keyspace()
+    ks.set(b"a", b"1", 0, expire_at_ms=100)
+    ks.set(b"b", b"1", 0, expire_at_ms=200)
+    ks.set(b"c", b"1", 0, expire_at_ms=300)
+    ks.set(b"a", b"2", 0, expire_at_ms=400)  # the old deadline of a is stale
+    assert ks.due_keys(250, 10) == [b"b"]
+    assert ks.due_keys(1000, 2) == [b"b", b"c"]
+    assert len(ks) == 3
+    check_invariants(ks)
+    assert ks.active_expire_cycle(1000, 10) == 3
