@@ -8,4 +8,5 @@ from kvorum.commands import (  # noqa: F401  (imported to register their command
     server,
     strings,
     transactions,
+    versions,
 )

@@ -52,12 +52,13 @@ def expire_at_from_option(kind: int, arg: bytes, now_ms: int, name: str) -> int:
 class _Options:
     """Parsed SET / GETEX options (parseExtendedStringArgumentsOrReply)."""
 
-    __slots__ = ("nx", "xx", "get", "keepttl", "persist", "kind", "arg")
+    __slots__ = ("nx", "xx", "get", "keepttl", "persist", "kind", "arg", "ext")
 
     def __init__(self, argv: list[bytes], start: int, for_set: bool):
         self.nx = self.xx = self.get = self.keepttl = self.persist = False
         self.kind = 0
         self.arg = b""
+        self.ext: int | None = None  # SET ... IFNEWER: the caller's external version
         j = start
         argc = len(argv)
         while j < argc:
@@ -70,6 +71,9 @@ class _Options:
                 self.xx = True
             elif opt == b"GET" and for_set:
                 self.get = True
+            elif opt == b"IFNEWER" and for_set and has_next and self.ext is None:
+                self.ext = parse_int(argv[j + 1])
+                j += 1
             elif opt == b"KEEPTTL" and for_set and not self.persist and not self.kind:
                 self.keepttl = True
             elif opt == b"PERSIST" and not for_set and not self.kind and not self.keepttl:
@@ -95,7 +99,9 @@ def get(ctx: CommandContext, argv: list[bytes]):
 
 
 # SET key value [NX | XX] [GET] [EX seconds | PX milliseconds |
-#   EXAT unix-time-seconds | PXAT unix-time-milliseconds | KEEPTTL]
+#   EXAT unix-time-seconds | PXAT unix-time-milliseconds | KEEPTTL] [IFNEWER ext-version]
+# IFNEWER is kvorum's (docs/commands-versions.md): the SET happens only if the
+# key's stored external version is absent or older than ext-version.
 @command("set", arity=-3, flags="write denyoom", keys=(1, 1, 1), group="string",
          summary="Set the string value of a key", since="1.0.0", complexity="O(1)")
 def set_(ctx: CommandContext, argv: list[bytes]):
@@ -111,12 +117,35 @@ def _set_generic(ctx: CommandContext, key: bytes, value: bytes, opts: _Options, 
     now_ms = ctx.now_ms
     expire_at_ms = expire_at_from_option(opts.kind, opts.arg, now_ms, name) if opts.kind else 0
     old = _string_or_none(db.get(key, now_ms)) if opts.get else None
+    if set_checked(db, key, value, now_ms, opts, expire_at_ms) and not opts.get:
+        return OK
+    return old
+
+
+def parse_set_options(argv: list[bytes], start: int) -> _Options:
+    """SET's options from argv[start:] (VSET takes the same ones)."""
+    return _Options(argv, start, for_set=True)
+
+
+def set_checked(db, key: bytes, value: bytes, now_ms: int, opts: _Options, expire_at_ms: int) -> bool:
+    """SET's conditions (NX, XX, IFNEWER), then the write; whether it wrote."""
     if opts.nx or opts.xx:
         found = db.contains(key, now_ms)
         if (opts.nx and found) or (opts.xx and not found):
-            return old
-    db.set(key, value, now_ms, expire_at_ms, opts.keepttl)
-    return old if opts.get else OK
+            return False
+    if opts.ext is not None and not ext_version_newer(db, key, opts.ext, now_ms):
+        return False
+    db.set(key, value, now_ms, expire_at_ms, opts.keepttl, opts.ext)
+    return True
+
+
+def ext_version_newer(db, key: bytes, ext: int, now_ms: int) -> bool:
+    """Whether a write carrying external version `ext` may replace the key.
+
+    Strictly newer wins: an equal version is refused, so a retried write is a no-op.
+    """
+    stored = db.ext_version_of(key, now_ms)
+    return stored is None or stored < ext
 
 
 # SETNX key value

@@ -9,8 +9,8 @@ watching it, and the keyspace's `on_key_modified` hook (fired after every
 change, expiry and eviction included) marks those clients dirty, so their EXEC
 answers a null array. A flush (hook called with None) dirties only the watches
 of keys that existed when WATCH ran, as Redis' touchAllWatchedKeysInDb does.
-The hook is installed only while some key is watched, so that writes pay
-nothing for WATCH when nobody uses it.
+The hook (one of the keyspace's key listeners) is installed only while some
+key is watched, so that writes pay nothing for WATCH when nobody uses it.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class ServerState:
             return
         client.watched[key] = self.db.contains(key, now_ms)
         if not self.watchers:
-            self.db.on_key_modified = self.key_modified
+            self.db.add_key_listener(self.key_modified)
         self.watchers.setdefault(key, set()).add(client)
 
     def unwatch_all(self, client: Client) -> None:
@@ -135,8 +135,8 @@ class ServerState:
                     del self.watchers[key]
         client.watched.clear()
         client.watch_dirty = False
-        if not self.watchers:
-            self.db.on_key_modified = None
+        if not self.watchers and self.db.has_key_listener(self.key_modified):
+            self.db.remove_key_listener(self.key_modified)
 
     def key_modified(self, key: bytes | None) -> None:
         if not self.watchers:
