@@ -262,6 +262,15 @@ class AsyncClient:
                 self.near.fill(k, value, 0, token)
             return value
 
+    async def sync(self) -> None:
+        """As `Client.sync`: one PING on each tracking connection."""
+        for link in list(self._links.values()):
+            async with link.lock:
+                try:
+                    await link.call("PING")
+                except TRACKING_ERRORS:
+                    await link.fail()
+
     # -- leases --------------------------------------------------------------------------------
 
     async def lease_get(self, key, *, lease_ms: int | None = None,

@@ -292,6 +292,22 @@ class Client:
                 self._fill(k, value, 0, token)
             return value
 
+    def sync(self) -> None:
+        """Apply every invalidation for writes acknowledged before this call (tracking mode).
+
+        One PING round trip on each tracking connection: the node queues an invalidation when it
+        applies a write, before it acknowledges the write, so the PING reply comes after every
+        such push. A failed link clears the near cache instead, which is just as fresh.
+        """
+        with self._links_lock:
+            links = list(self._links.values())
+        for link in links:
+            with link.lock:
+                try:
+                    link.call("PING")
+                except TRACKING_ERRORS:
+                    link.fail()
+
     # -- leases --------------------------------------------------------------------------------
 
     def lease_get(self, key, *, lease_ms: int | None = None, stale_ms: int | None = None) -> LeaseResult:
