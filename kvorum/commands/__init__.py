@@ -5,6 +5,7 @@ from kvorum.commands import (  # noqa: F401  (imported to register their command
     hashes,
     introspection,
     keys,
+    leases,
     server,
     strings,
     transactions,

@@ -6,7 +6,9 @@ Each gate either passes or answers with Redis' exact error text; a rejected
 command inside MULTI also marks the transaction failed (EXECABORT), like
 Redis' flagTransaction. After the handler comes the write epilogue: handlers
 signal modified keys through the keyspace (which bumps versions and dirties
-WATCHers), and every write counts towards `dirty`.
+WATCHers), every write counts towards `dirty`, and a write command voids the
+leases of the keys it names even when it changed nothing (a DEL of a missing
+key must still refuse a LEASESET of a value read before it).
 
 `execute` runs for every request and returns the encoded reply. Most requests
 are plain commands from authenticated clients outside MULTI, for which the
@@ -108,7 +110,10 @@ def execute(client: Client, argv: list[bytes], now_ms: int) -> bytes:
     except Exception:
         return error_line(internal_error(cmd).message)
     if writes:
-        client.server.dirty += 1
+        server = client.server
+        server.dirty += 1
+        if server.leases.outstanding:
+            server.leases.void_keys(cmd, argv)
     if reply.__class__ is bytes:
         return b"$%d\r\n%s\r\n" % (len(reply), reply)
     if reply is OK:
@@ -176,7 +181,10 @@ def call(client: Client, cmd: Command, argv: list[bytes], now_ms: int):
     except Exception:
         return internal_error(cmd)
     if "write" in cmd.flags:
-        client.server.dirty += 1
+        server = client.server
+        server.dirty += 1
+        if server.leases.outstanding:
+            server.leases.void_keys(cmd, argv)
     return reply
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Callable
 
 from kvorum.server import dispatch
 from kvorum.server.config import LOG_LEVELS_PY, Settings
+from kvorum.server.leases import TOKEN_MAX, LeaseTable
 from kvorum.store import Keyspace
 
 if TYPE_CHECKING:
@@ -78,6 +79,8 @@ class ServerState:
         self.client_id_last = 0
         # key -> clients watching it.
         self.watchers: dict[bytes, set[Client]] = {}
+        # LEASEGET / LEASESET tokens, held by this node only (never replicated).
+        self.leases = LeaseTable(self.db, token_base=int.from_bytes(os.urandom(8)) % TOKEN_MAX)
         self.event_loop_name = "asyncio"
         self.port = settings.port
         self.shutting_down = False
