@@ -112,6 +112,7 @@ class AsyncClient:
         near_cache_max_bytes: int = MAX_BYTES_DEFAULT,
         cluster: bool | str = "auto",
         health_check_interval_s: float = HEALTH_CHECK_INTERVAL_S_DEFAULT,
+        clock_s: Callable[[], float] = time.monotonic,
         **redis_kwargs: Any,
     ):
         if near_cache not in NEAR_CACHE_MODES:
@@ -126,6 +127,7 @@ class AsyncClient:
         self.near = NearCache(near_cache_max_entries, near_cache_max_bytes) if near_cache else None
         self._health_check_interval_s = health_check_interval_s
         self._links: dict[str, _TrackingLink] = {}
+        self._clock_s = clock_s  # cached() intervals; tests pass a fake one
         self._refresh_due: dict[bytes, float] = {}
         self.refreshes = 0
         self.not_modified = 0
@@ -333,7 +335,7 @@ class AsyncClient:
             raise ValueError("refresh_every must be positive")
         await self.initialize()
         k = key_bytes(key)
-        now = time.monotonic()
+        now = self._clock_s()
         if now >= self._refresh_due.get(k, 0.0):
             self._refresh_due.pop(k, None)
             self._refresh_due[k] = now + refresh_every

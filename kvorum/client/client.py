@@ -124,7 +124,10 @@ class Client:
 
     `url`: "redis://host:port[/db]". `near_cache`: None, "strict" or "tracking" (see the module
     doc and docs/client.md). `cluster`: "auto" asks the node (INFO cluster_enabled), True or
-    False decide. Other keyword arguments go to redis-py (`decode_responses`, `password`, ...).
+    False decide. `health_check_interval_s`: in tracking mode, how long a silent tracking
+    connection may serve hits before a PING proves it alive. `clock_s`: the monotonic clock that
+    times `cached()` refreshes. Other keyword arguments go to redis-py (`decode_responses`,
+    `password`, ...).
     """
 
     def __init__(
@@ -136,6 +139,7 @@ class Client:
         near_cache_max_bytes: int = MAX_BYTES_DEFAULT,
         cluster: bool | str = "auto",
         health_check_interval_s: float = HEALTH_CHECK_INTERVAL_S_DEFAULT,
+        clock_s: Callable[[], float] = time.monotonic,
         **redis_kwargs: Any,
     ):
         if near_cache not in NEAR_CACHE_MODES:
@@ -152,6 +156,7 @@ class Client:
         self._health_check_interval_s = health_check_interval_s
         self._links: dict[str, _TrackingLink] = {}  # node name -> link; one per node at most
         self._links_lock = threading.Lock()
+        self._clock_s = clock_s  # cached() intervals; tests pass a fake one
         self._refresh_due: dict[bytes, float] = {}  # key -> time.monotonic() of next refresh try
         self.refreshes = 0  # loads this process made for cached()
         self.not_modified = 0  # strict-mode reads answered "still current" (no payload moved)
@@ -383,11 +388,13 @@ class Client:
         calls `cached()`, the key is reloaded at most once and at least once every two intervals
         (a process whose try found the lease taken waits one more interval of its own).
         A missing key (first use, or expired by `ttl`) is loaded once under a miss lease.
+        The process that ran `loader()` gets its return value; the others get what the cluster
+        stores (bytes, or str with `decode_responses=True`).
         """
         if refresh_every <= 0:
             raise ValueError("refresh_every must be positive")
         k = key_bytes(key)
-        now = time.monotonic()
+        now = self._clock_s()
         if now >= self._refresh_due.get(k, 0.0):
             self._remember_refresh(k, now + refresh_every)
             won = self.redis.set(refresh_key(k), secrets.token_hex(8), nx=True,
