@@ -14,7 +14,10 @@ import click
 import yaml
 
 from kvorum import __version__
+from kvorum.cluster.topology import TopologyError
+from kvorum.server import launcher
 from kvorum.server.app import run
+from kvorum.server.launcher import check_replicated
 from kvorum.server.config import LOG_LEVELS, LOG_LEVELS_PY, POLICIES, SETTINGS, SettingError, from_mapping
 
 _SETTINGS_HELP = "\n".join(
@@ -44,8 +47,21 @@ def main() -> None:
               help="Refuse non-loopback clients while no password is set. [default: yes]")
 @click.option("--log-level", "loglevel", type=click.Choice(LOG_LEVELS),
               help="Log verbosity (YAML key: loglevel). [default: notice]")
+@click.option("--node-id", help="This node's id in --peers (replicated mode).")
+@click.option("--peers", help="Every voter as id@host:port[@busport],...; without it the node is single.")
+@click.option("--bus-port", type=int, help="Port for peer traffic. [default: --port + 10000]")
+@click.option("--data-dir", help="Directory of the write-ahead log and snapshots (replicated mode).")
+@click.option("--fsync", type=click.Choice(["always", "batch", "never"]),
+              help="When the log reaches the disk (docs/storage.md). [default: batch]")
+@click.option("--cluster-id", help="Peers with another cluster id are refused. [default: kvorum]")
+@click.option("--write-concern", type=click.Choice(["one", "majority", "all"]),
+              help="When writes are acknowledged (docs/cluster.md). [default: majority]")
 def server(config_file: str | None, **flags) -> None:
-    """Start a single kvorum node and serve until Ctrl-C or SIGTERM."""
+    """Start a kvorum node and serve until Ctrl-C or SIGTERM.
+
+    With --peers the node is one voter of a replicated cluster (docs/cluster.md);
+    without it, a single node.
+    """
     values: dict = {}
     if config_file:
         with open(config_file) as f:
@@ -61,9 +77,44 @@ def server(config_file: str | None, **flags) -> None:
     except SettingError as exc:
         raise click.UsageError(str(exc)) from None
     settings.config_file = config_file or ""
+    if settings.peers:
+        try:
+            check_replicated(settings, port_given="port" in values)
+        except TopologyError as exc:
+            raise click.UsageError(str(exc)) from None
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kvorum").setLevel(LOG_LEVELS_PY[settings.loglevel])
     try:
         run(settings)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {settings.bind} port {settings.port}: {exc}") from None
+
+
+@main.group()
+def cluster() -> None:
+    """Run and inspect a local replicated cluster (development)."""
+
+
+@cluster.command("up")
+@click.option("--nodes", "count", type=click.IntRange(1, 7), default=3, show_default=True,
+              help="Number of voters.")
+@click.option("--base-port", type=int, default=7001, show_default=True,
+              help="Client port of the first node; node i listens on base-port + i - 1.")
+@click.option("--data-dir", default="kvorum-cluster", show_default=True,
+              help="Parent directory; node i keeps its log in DATA_DIR/n<i>.")
+@click.option("--fsync", type=click.Choice(["always", "batch", "never"]), default="batch", show_default=True)
+def cluster_up(count: int, base_port: int, data_dir: str, fsync: str) -> None:
+    """Start COUNT local nodes, print their addresses, stop them all on Ctrl-C."""
+    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(launcher.cluster_up(count, base_port, data_dir, fsync))
+
+
+@cluster.command("status")
+@click.option("--nodes", "count", type=click.IntRange(1, 7), default=3, show_default=True)
+@click.option("--base-port", type=int, default=7001, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--peers", help="Ask these nodes instead (id@host:port,...).")
+def cluster_status(count: int, base_port: int, host: str, peers: str | None) -> None:
+    """Show every node's role, term, commit and apply indexes and lag (from CLUSTER INFO)."""
+    addresses = launcher.status_addresses(count, base_port, host, peers)
+    click.echo(launcher.status_table(addresses))

@@ -11,3 +11,4 @@ from kvorum.commands import (  # noqa: F401  (imported to register their command
     transactions,
     versions,
 )
+from kvorum.commands import cluster  # noqa: E402  (after connection: it adds CLIENT WRITECONCERN)

@@ -18,8 +18,8 @@ from kvorum.protocol.values import OK, SYNTAX, CommandError, RawReply, Verbatim
 from kvorum.server.config import SETTINGS, SettingError, get_value, parse_value
 from kvorum.store.glob import stringmatch
 
-DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication", "cpu", "keyspace",
-                    "kvorum")
+DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication", "cpu", "cluster",
+                    "keyspace", "kvorum")
 ALL_SECTIONS = DEFAULT_SECTIONS
 
 
@@ -124,6 +124,8 @@ def _section_stats(server, now_ms: int) -> dict:
 
 
 def _section_replication(server, now_ms: int) -> dict:
+    if server.cluster is not None:
+        return server.cluster.replication_info()
     return {
         "role": "master",
         "connected_slaves": 0,
@@ -141,6 +143,10 @@ def _section_cpu(server, now_ms: int) -> dict:
     }
 
 
+def _section_cluster(server, now_ms: int) -> dict:
+    return {"cluster_enabled": 0 if server.cluster is None else 1}
+
+
 def _section_keyspace(server, now_ms: int) -> dict:
     keys = len(server.db)
     if not keys:
@@ -152,7 +158,7 @@ def _section_kvorum(server, now_ms: int) -> dict:
     settings = server.settings
     return {
         "kvorum_version": __version__,
-        "kvorum_mode": "single-node",
+        "kvorum_mode": "single-node" if server.cluster is None else "replicated",
         "event_loop": server.event_loop_name,
         "python_version": platform.python_version(),
         "dirty_writes": server.dirty,
@@ -171,6 +177,7 @@ SECTIONS = {
     "stats": ("Stats", _section_stats),
     "replication": ("Replication", _section_replication),
     "cpu": ("CPU", _section_cpu),
+    "cluster": ("Cluster", _section_cluster),
     "keyspace": ("Keyspace", _section_keyspace),
     "kvorum": ("Kvorum", _section_kvorum),
 }

@@ -9,6 +9,10 @@ written order:
 4. wait for the listener to close (bounded by SHUTDOWN_TIMEOUT_S);
 5. return, which stops the event loop.
 
+With `peers` set the node is replicated (`kvorum.server.replication`): the
+Raft driver starts before the listener and stops after the clients are closed,
+and expiry goes through the log instead of the local cycle.
+
 The cron runs `hz` times a second: one active expiry cycle (at most
 `active-expire-keys-per-cycle` keys), and once a second the client checks
 (idle timeout, output-buffer soft limit) and the ops/sec sample.
@@ -24,6 +28,7 @@ import time
 import kvorum.commands  # noqa: F401  (registers every command in the table)
 from kvorum.server.config import Settings
 from kvorum.server.connection import Client
+from kvorum.server.replication import start_replication
 from kvorum.server.state import ServerState
 
 log = logging.getLogger("kvorum.server")
@@ -48,8 +53,12 @@ async def serve(settings: Settings, ready: asyncio.Future | None = None) -> None
     stop = asyncio.Event()
     state.request_shutdown = stop.set
     hosts = settings.bind.split() or ["127.0.0.1"]
+    protocol = Client
+    driver = None
+    if settings.peers:
+        driver, protocol = await start_replication(state)
     listener = await loop.create_server(
-        lambda: Client(state), host=hosts, port=settings.port, reuse_address=True, backlog=511
+        lambda: protocol(state), host=hosts, port=settings.port, reuse_address=True, backlog=511
     )
     state.port = listener.sockets[0].getsockname()[1]
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -72,6 +81,8 @@ async def serve(settings: Settings, ready: asyncio.Future | None = None) -> None
             await asyncio.wait_for(listener.wait_closed(), SHUTDOWN_TIMEOUT_S)
         except asyncio.TimeoutError:
             log.warning("listener did not close within %.0fs", SHUTDOWN_TIMEOUT_S)
+        if driver is not None:
+            await driver.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         log.info("kvorum is now ready to exit, bye bye...")
@@ -83,7 +94,10 @@ async def _cron(state: ServerState) -> None:
         settings = state.settings
         await asyncio.sleep(1.0 / settings.hz)
         now_ms = int(time.time() * 1000)
-        state.db.active_expire_cycle(now_ms, settings.active_expire_keys_per_cycle)
+        if state.cluster is None:
+            state.db.active_expire_cycle(now_ms, settings.active_expire_keys_per_cycle)
+        else:
+            state.cluster.cron(now_ms)
         tick += 1
         if tick >= settings.hz:
             tick = 0

@@ -160,6 +160,17 @@ class Settings:
     save: str = ""
     appendonly: bool = False
     config_file: str = ""
+    # Replication (docs/cluster.md). Without `peers` the node is a single node.
+    node_id: str = ""
+    peers: str = ""  # id@host:port[@busport],... naming every voter, this node included
+    bus_port: int = 0  # peer traffic; 0 = client port + 10000
+    data_dir: str = ""  # the write-ahead log and snapshots; required with peers
+    fsync: str = "batch"
+    cluster_id: str = "kvorum"
+    write_concern: str = "majority"
+    raft_tick_ms: int = 100
+    raft_election_ticks: int = 10
+    snapshot_entries: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +226,23 @@ SETTINGS: dict[str, Setting] = {
         Setting("save", "save", _text, doc="accepted for tools that read it; kvorum writes no RDB file"),
         Setting("appendonly", "appendonly", _appendonly, _show_bool, doc="always 'no'"),
         Setting("databases", "", _text, lambda _: "1", mutable=False, doc="always 1 (SELECT 0 only)"),
+        Setting("node-id", "node_id", _text, mutable=False, doc="this node's id in peers"),
+        Setting("peers", "peers", _text, mutable=False,
+                doc="id@host:port[@busport],... of every voter; empty = single node"),
+        Setting("bus-port", "bus_port", _int_in(0, 65535), mutable=False,
+                doc="port for peer traffic; 0 = port + 10000"),
+        Setting("data-dir", "data_dir", _text, mutable=False, doc="directory of the write-ahead log and snapshots"),
+        Setting("fsync", "fsync", _one_of(("always", "batch", "never")), mutable=False,
+                doc="always, batch or never (docs/storage.md)"),
+        Setting("cluster-id", "cluster_id", _text, mutable=False, doc="peers of another cluster id are refused"),
+        Setting("write-concern", "write_concern", _one_of(("one", "majority", "all")),
+                doc="default acknowledgement of writes: one, majority or all"),
+        Setting("raft-tick-ms", "raft_tick_ms", _int_in(1, 10_000), mutable=False,
+                doc="length of one Raft tick, ms (heartbeat every tick)"),
+        Setting("raft-election-ticks", "raft_election_ticks", _int_in(3, 1000), mutable=False,
+                doc="ticks without a leader before an election (randomised up to twice this)"),
+        Setting("snapshot-entries", "snapshot_entries", _int_in(1, INT_MAX), mutable=False,
+                doc="applied log entries between two snapshots of the keyspace"),
     )
 }
 

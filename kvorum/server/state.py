@@ -84,6 +84,8 @@ class ServerState:
         self.event_loop_name = "asyncio"
         self.port = settings.port
         self.shutting_down = False
+        # The replicated node's front end (kvorum.server.replication.ClusterNode); None on a single node.
+        self.cluster = None
         # Set by the asyncio shell; SHUTDOWN calls it.
         self.request_shutdown: Callable[[], None] = lambda: None
 
