@@ -432,3 +432,33 @@ def test_lease_without_a_tick_of_margin_serves_a_stale_read() -> None:
     assert not st.lease_valid
     r.nodes["1"].read_barrier(b"r")
     assert r.nodes["1"].ready().read_states == ()
+
+
+def test_committing_an_earlier_terms_tail_lets_the_uncommitted_limit_be_exceeded() -> None:
+    """The uncommitted-bytes limit (after etcd's MaxUncommittedEntriesSize) bounds
+    what this leader has accepted and not yet committed. Entries of earlier terms
+    were never counted, so committing them must not be subtracted either: here 2
+    inherits 8 uncommitted bytes from leader 1, accepts 4 bytes of its own, and
+    then commits its NOOP (with 1's entry, §5.4.2) but not its own entry. Its
+    uncommitted tail still holds 4 bytes, so 8 more would pass the limit of 10."""
+    r = Router(
+        ["1", "2", "3"], pre_vote=False, check_quorum=False, max_uncommitted_bytes=10, max_entries_per_msg=1
+    )
+    elect(r, "1")
+    r.cut |= {("2", "1"), ("1", "3")}
+    r.nodes["1"].propose(b"old-old-")
+    r.pump()
+    assert r.terms_at("2") == [1, 1] and r.nodes["2"].status().commit == 1
+    r.crash("1")
+    r.heal()
+    r.nodes["2"].campaign()
+    r.pump(drop=lambda m: isinstance(m, AppendEntries))
+    assert r.leaders() == ["2"]
+    index, _ = r.nodes["2"].propose(b"new1")
+    r.nodes["2"].tick()
+    r.pump(drop=lambda m: isinstance(m, AppendEntries) and any(e.data == b"new1" for e in m.entries))
+    st = r.nodes["2"].status()
+    assert st.commit == index - 1 and st.last_index == index
+    with pytest.raises(ProposalDropped):
+        r.nodes["2"].propose(b"12345678")
+    r.nodes["2"].propose(b"123456")

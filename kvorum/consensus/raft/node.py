@@ -142,6 +142,7 @@ class RaftNode:
         self._self_pr: Progress | None = None
         self._lead_transferee: NodeId | None = None
         self._pending_conf_index = 0  # a membership entry not yet known committed
+        # The data bytes of this leadership's proposals that are not yet committed.
         self._uncommitted_bytes = 0
         self._bcast_entries = False
         self._bcast_commit = False
@@ -765,8 +766,14 @@ class RaftNode:
     def _after_commit(self, old: int, new: int) -> None:
         log = self._log
         if self._uncommitted_bytes:
-            freed = sum(len(e.data) for e in log.slice(old + 1, new + 1))
-            self._uncommitted_bytes = max(0, self._uncommitted_bytes - freed)
+            # Only this leadership's proposals were counted: every NORMAL entry of
+            # our term came through `propose`, and no earlier term's entry did.
+            term = self.term
+            freed = sum(
+                [len(e.data) for e in log.slice(old + 1, new + 1) if e.term == term and e.kind is _NORMAL]
+            )
+            self._uncommitted_bytes -= freed
+            assert self._uncommitted_bytes >= 0, self._uncommitted_bytes
         if self._reads.has_deferred() and log.term(new) == self.term:
             for ctx in self._reads.take_deferred():
                 self._start_read(ctx)
