@@ -538,13 +538,13 @@ class Keyspace:
     def dump(self) -> bytes:
         """The keyspace as bytes, for a replica's snapshot; `load` rebuilds it.
 
-        Kept: values, versions, deadlines, the version counter and the scan order
+        Kept: values, versions, external versions, deadlines, the version counter and the scan order
         (keys are written oldest first). Not kept: access times (LRU restarts),
         stats, and the limits, which belong to the node's settings.
         """
-        data, versions, expires = self._data, self._versions, self._expires
+        data, versions, expires, ext = self._data, self._versions, self._expires, self._ext_versions
         items = [
-            [key, data[key], versions[key], expires.get(key, 0)]
+            [key, data[key], versions[key], expires.get(key, 0), ext.get(key)]
             for key in self._order_keys
             if key is not None
         ]
@@ -556,11 +556,13 @@ class Keyspace:
         if fmt != DUMP_FORMAT:
             raise ValueError(f"keyspace dump format {fmt} is not {DUMP_FORMAT}")
         self._reset()
-        for key, value, version, expire_at_ms in items:
+        for key, value, version, expire_at_ms, ext_version in items:
             self._add(key, value, 0)
             self._versions[key] = version
             if expire_at_ms:
                 self._set_deadline(key, expire_at_ms)
+            if ext_version is not None:
+                self._ext_versions[key] = ext_version
         self._version_last = version_last
         # Invariant: every key's version <= _version_last.
         assert all(v <= version_last for v in self._versions.values())

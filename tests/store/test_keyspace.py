@@ -464,7 +464,7 @@ def test_dump_and_load_keep_values_versions_deadlines_and_scan_order():
     ks.hash_set(b"h", [(b"f", b"v"), (b"g", b"w")], 0)
     ks.set(b"a", b"3", 0)
     ks.delete(b"b", 0)
-    ks.set(b"c", b"4", 0, expire_at_ms=900)
+    ks.set(b"c", b"4", 0, expire_at_ms=900, ext_version=7)
     copy = Keyspace()
     copy.set(b"stale", b"x", 0)
     copy.load(ks.dump())
@@ -474,6 +474,8 @@ def test_dump_and_load_keep_values_versions_deadlines_and_scan_order():
         assert copy.get(key, 0) == ks.get(key, 0)
         assert copy.version_of(key, 0) == ks.version_of(key, 0)
         assert copy.expire_at_of(key, 0) == ks.expire_at_of(key, 0)
+        assert copy.ext_version_of(key, 0) == ks.ext_version_of(key, 0)
+    assert copy.ext_version_of(b"c", 0) == 7
     assert copy.get(b"stale", 0) is None
     copy.set(b"d", b"5", 0)
     ks.set(b"d", b"5", 0)
