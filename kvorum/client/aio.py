@@ -66,10 +66,15 @@ class _TrackingLink:
         # Every connect, first or re-: invalidations sent while we were away are lost.
         self.reset()
         conn._parser.set_invalidation_push_handler(self._on_push)
-        await conn.send_command("CLIENT", "TRACKING", "ON", check_health=False)
-        reply = await conn.read_response()
-        if reply not in (b"OK", "OK"):
-            raise ConnectionError(f"CLIENT TRACKING ON refused: {reply!r}")
+        try:
+            await conn.send_command("CLIENT", "TRACKING", "ON", check_health=False)
+            reply = await conn.read_response()
+            if reply not in (b"OK", "OK"):
+                raise ConnectionError(f"CLIENT TRACKING ON refused: {reply!r}")
+        except BaseException:
+            # An open connection without tracking must never serve (see client.py).
+            await conn.disconnect(nowait=True)
+            raise
 
     async def _on_push(self, push) -> None:
         self._client._invalidate(invalidated_keys(push))

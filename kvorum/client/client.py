@@ -87,10 +87,16 @@ class _TrackingLink:
         # invalidations sent while we were away are lost.
         self.reset()
         conn._parser.set_invalidation_push_handler(self._on_push)
-        conn.send_command("CLIENT", "TRACKING", "ON", check_health=False)
-        reply = conn.read_response()
-        if reply not in (b"OK", "OK"):
-            raise ConnectionError(f"CLIENT TRACKING ON refused: {reply!r}")
+        try:
+            conn.send_command("CLIENT", "TRACKING", "ON", check_health=False)
+            reply = conn.read_response()
+            if reply not in (b"OK", "OK"):
+                raise ConnectionError(f"CLIENT TRACKING ON refused: {reply!r}")
+        except BaseException:
+            # An open connection without tracking must never serve: close it, so the next
+            # call connects (and asks for tracking) again.
+            conn.disconnect()
+            raise
 
     def _on_push(self, push) -> None:
         self._client._invalidate(invalidated_keys(push))
