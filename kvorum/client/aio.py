@@ -61,6 +61,7 @@ class _TrackingLink:
         self.lock = asyncio.Lock()
         self._client = client
         self.resets = 0
+        self.probe_key = None  # the last key read through this link
 
     async def _on_connect(self, conn) -> None:
         # Every connect, first or re-: invalidations sent while we were away are lost.
@@ -88,12 +89,18 @@ class _TrackingLink:
         if not conn.is_connected:
             await conn.connect()
         elif asyncio.get_running_loop().time() > conn.next_health_check:
-            await conn.check_health()
+            await self.call(*self.probe())
         while await conn.can_read():
             await conn.read_response(push_request=True)
 
+    def probe(self) -> list:
+        # As in client.py: a linearizable read that fails on a node that no longer leads.
+        return ["PING"] if self.probe_key is None else ["VERSION", self.probe_key]
+
     async def call(self, *args):
-        await self.conn.send_command(*args)
+        if args[0] == "GET":
+            self.probe_key = args[1]
+        await self.conn.send_command(*args, check_health=False)
         return await self.conn.read_response()
 
     async def fail(self) -> None:

@@ -22,7 +22,9 @@ to it, so the whole Redis API is there. It overrides the reads the near cache co
   Staleness bound: a hit may miss a write for as long as the invalidation takes to travel from the
   node (which sends it when it applies the write) into this process's socket buffer. If the
   connection goes silent, a hit is served only while the connection has heard from the node within
-  `health_check_interval_s`; after that one PING round trip is made first.
+  `health_check_interval_s`; after that one probe round trip is made first: a linearizable
+  `VERSION` of a key read through the link, which fails with MOVED on a node that has lost the
+  leadership (and so clears the near cache), or a PING before any key was read.
 
 Both modes share `NearCache` under one lock (`_near_lock`); the tracking connection has its own
 lock, held for a whole read so that pushes and replies on it are handled in order.
@@ -81,6 +83,7 @@ class _TrackingLink:
         self.lock = threading.Lock()
         self._client = client
         self.resets = 0  # how many times this link cleared the near cache (connects and errors)
+        self.probe_key = None  # the last key read through this link
 
     def _on_connect(self, conn) -> None:
         # Runs on every connect, first or re-: nothing held from before can be trusted, since
@@ -106,15 +109,23 @@ class _TrackingLink:
         self._client._invalidate(None)
 
     def drain(self) -> None:
-        """Handle every push already received; PING first if the node has been silent too long."""
+        """Handle every push already received; probe first if the node has been silent too long."""
         conn = self.conn
         if conn._sock is not None and time.monotonic() > conn.next_health_check:
-            conn.check_health()
+            self.call(*self.probe())
         while conn.can_read(timeout=0):
             conn.read_response(push_request=True)
 
+    def probe(self) -> list:
+        # A linearizable read of a key this link tracks: it fails with MOVED (or CLUSTERDOWN) on
+        # a node that no longer leads the key's partition, whose tracking would have gone quiet
+        # while another node takes the writes. PING proves only that the socket is alive.
+        return ["PING"] if self.probe_key is None else ["VERSION", self.probe_key]
+
     def call(self, *args):
-        self.conn.send_command(*args)
+        if args[0] == "GET":
+            self.probe_key = args[1]
+        self.conn.send_command(*args, check_health=False)
         return self.conn.read_response()
 
     def fail(self) -> None:

@@ -101,6 +101,21 @@ def test_tracking_hits_make_no_request(node, client_factory):
     assert after - before == 1  # the admin's own INFO, none from the reader
 
 
+def test_tracking_silent_link_is_probed_before_a_hit(node, client_factory):
+    require(node, "CLIENT TRACKING")
+    writer = client_factory()
+    reader = client_factory("tracking", health_check_interval_s=0)
+    writer.set("k", "v")
+    assert reader.get("k") == b"v"
+    with node.client() as admin:
+        before = int(admin.info("stats")["total_commands_processed"])
+        for _ in range(5):
+            assert reader.get("k") == b"v"
+        after = int(admin.info("stats")["total_commands_processed"])
+    assert after - before == 5 + 1  # one VERSION probe per hit, and the admin's INFO
+    assert reader.near_cache_stats()["hits"] == 5
+
+
 def test_tracking_readers_see_writes_once_invalidations_arrive(node, client_factory):
     require(node, "CLIENT TRACKING")
     writer = client_factory()
