@@ -213,6 +213,12 @@ class ReplicatedLog(Protocol):
     def compact(self, snapshot: Snapshot) -> None:
         """The caller took a snapshot at `snapshot.index`; entries up to it may be dropped."""
 
+    def membership_at(self, index: int) -> Membership:
+        """The membership in force once the log up to `index` is applied.
+
+        A snapshot at `index` must hold this one, not `status().membership`: a
+        later membership entry may be in the log and still be undone."""
+
     def has_ready(self) -> bool: ...
 
     def ready(self) -> Ready: ...

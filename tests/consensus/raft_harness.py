@@ -367,13 +367,7 @@ class World:
         index = int(args[1])
         term = node.log_entries(index, index + 1)[0].term
         st = self.storage[nid]
-        # The membership in force at `index` (what a state machine that applied the
-        # log up to there knows), not the latest one: they differ mid-change.
-        membership = st.snapshot.membership if st.snapshot else self.configs[nid].membership
-        for e in st.entries:
-            if e.index <= index and e.kind is EntryKind.MEMBERSHIP:
-                membership = decode_membership(e.data)
-        snap = Snapshot(index, term, membership, b"snap@" + args[1].encode())
+        snap = Snapshot(index, term, node.membership_at(index), b"snap@" + args[1].encode())
         node.compact(snap)
         st.snapshot = snap
         st.entries = [e for e in st.entries if e.index > index]

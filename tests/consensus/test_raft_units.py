@@ -270,3 +270,16 @@ def test_append_round_trip_property() -> None:
         assert decode_message(encode_message(msg)) == msg
 
     check()
+
+
+def test_snapshot_mid_change_takes_the_latest_membership_instead_of_the_one_at_its_index() -> None:
+    """Thesis 4.1: a membership entry is in force once appended but may still be
+    undone; a snapshot of the applied state must hold the membership at its index."""
+    node = RaftNode(RaftConfig("1", Membership(frozenset({"1"})), random.Random(1)))
+    node.campaign()
+    node.advance(node.ready())
+    node.change_membership(Membership(frozenset({"1", "2"})))
+    st = node.status()
+    assert st.membership == Membership(frozenset({"1", "2"})) and st.commit == 1
+    assert node.membership_at(1) == Membership(frozenset({"1"}))
+    assert node.membership_at(2) == st.membership

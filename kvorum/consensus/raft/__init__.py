@@ -35,7 +35,9 @@ carry `.to` and `.frm`; `encode_message` / `decode_message` turn them into
 bytes and back.
 
 `compact(snapshot)` needs `snapshot.index <= status().applied`; the engine
-fills in the snapshot's membership itself. `Ready.snapshot` (a follower that
+fills in the snapshot's membership itself. A caller persisting a snapshot at
+`index` takes its membership from `membership_at(index)`: `status().membership`
+may already hold a later, uncommitted change. `Ready.snapshot` (a follower that
 was sent one) must be persisted and installed before `Ready.entries`.
 
 Deliberate bugs (`RaftConfig.bugs`, each one marked branch, for proving that

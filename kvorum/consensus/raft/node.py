@@ -270,6 +270,11 @@ class RaftNode:
         membership = self._confs.compact(snapshot.index)
         log.compact(Snapshot(snapshot.index, snapshot.term, membership, snapshot.data))
 
+    def membership_at(self, index: int) -> Membership:
+        log = self._log
+        assert log.snap_index <= index <= log.last_index(), (index, log.snap_index, log.last_index())
+        return self._confs.at(index)
+
     def has_ready(self) -> bool:
         self._flush()
         log = self._log
