@@ -1,0 +1,30 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import LocalCluster  # noqa: E402
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.failed_call = report.failed
+
+
+@pytest.fixture
+def cluster(tmp_path, request):
+    """A started 3-node cluster; node logs are printed when the test fails."""
+    c = LocalCluster(tmp_path / "cluster")
+    try:
+        c.start()
+        yield c
+    finally:
+        failed = getattr(request.node, "failed_call", False)
+        c.stop()
+        if failed:
+            print(c.logs())

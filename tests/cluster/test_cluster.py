@@ -1,0 +1,240 @@
+"""Black-box tests of a replicated 3-node cluster over real sockets (docs/cluster.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+import redis
+from redis.exceptions import MovedError
+
+from kvorum.cluster.slots import key_slot
+
+FAILOVER_S_MAX = 2.0
+
+
+def followers(cluster, leader):
+    return [n for n in cluster.nodes if n.id != leader.id]
+
+
+def readonly_client(node):
+    r = node.client(single_connection_client=True)
+    r.execute_command("READONLY")
+    return r
+
+
+def test_writes_replicate_to_every_node(cluster):
+    leader = cluster.leader()
+    r = leader.client()
+    for i in range(50):
+        assert r.set(f"k{i}", i)
+    assert r.incr("counter") == 1
+    index = int(leader.info()["raft_applied_index"])
+    cluster.wait_applied(index)
+    for node in cluster.nodes:
+        ro = readonly_client(node)
+        assert ro.get("k49") == b"49"
+        assert ro.get("counter") == b"1"
+        assert ro.dbsize() == 51
+
+
+def test_follower_redirects_writes_and_linearizable_reads(cluster):
+    leader = cluster.leader()
+    follower = followers(cluster, leader)[0]
+    r = follower.client()
+    with pytest.raises(MovedError) as moved:
+        r.set("foo", "bar")
+    assert str(moved.value) == f"{key_slot(b'foo')} 127.0.0.1:{leader.port}"
+    with pytest.raises(MovedError):
+        r.get("foo")
+    assert r.ping()
+    info = r.info()
+    assert info["cluster_enabled"] == 1
+    assert info["role"] == "slave" and info["raft_leader"] == leader.id
+
+
+def test_redis_cli_follows_moved(cluster):
+    leader = cluster.leader()
+    follower = followers(cluster, leader)[0]
+    run = lambda *args: subprocess.run(["redis-cli", "-c", "-p", str(follower.port), *args],  # noqa: E731
+                                       capture_output=True, text=True, timeout=10).stdout.strip()
+    assert run("SET", "cli-key", "hello").endswith("OK")
+    assert run("GET", "cli-key").endswith("hello")
+    assert leader.client().get("cli-key") == b"hello"
+
+
+def test_cluster_face(cluster):
+    leader = cluster.leader()
+    r = followers(cluster, leader)[0].client(decode_responses=True)
+    slots = r.execute_command("CLUSTER", "SLOTS")
+    assert len(slots) == 1 and slots[0][0] == 0 and slots[0][1] == 16383
+    assert slots[0][2][1] == leader.port and len(slots[0]) == 5
+    assert r.execute_command("CLUSTER", "KEYSLOT", "{user1}.name") == key_slot(b"user1")
+    assert r.execute_command("CLUSTER", "MYID") != leader.id
+    nodes = r.execute_command("CLUSTER", "NODES")
+    assert f"{leader.id} 127.0.0.1:{leader.port}@{leader.bus_port} master - " in str(nodes)
+    shards = r.execute_command("CLUSTER", "SHARDS")
+    assert len(shards) == 1
+    info = leader.info()
+    assert info["cluster_state"] == "ok" and info["cluster_slots_assigned"] == "16384"
+
+
+def test_redis_py_cluster_client_routes(cluster):
+    rc = cluster.cluster_client()
+    for i in range(30):
+        rc.set(f"user:{i}", i)
+    assert rc.get("user:7") == b"7"
+    assert rc.incr("hits") == 1
+    assert rc.mget("{t}a", "{t}b") == [None, None]
+    rc.mset({"{t}a": "1", "{t}b": "2"})
+    assert rc.mget("{t}a", "{t}b") == [b"1", b"2"]
+    pipe = rc.pipeline()
+    pipe.set("p1", 1).incr("p1").get("p1")
+    assert pipe.execute() == [True, 2, b"2"]
+    rc.close()
+
+
+def test_transactions_are_one_entry_and_watch_works(cluster):
+    r = cluster.leader().client()
+    with r.pipeline(transaction=True) as pipe:
+        pipe.set("a", 1).incr("a").get("a")
+        assert pipe.execute() == [True, 2, b"2"]
+    other = cluster.leader().client()
+    with r.pipeline(transaction=True) as pipe:
+        pipe.watch("a")
+        pipe.multi()
+        pipe.set("a", 10)
+        other.set("a", 5)
+        with pytest.raises(redis.WatchError):
+            pipe.execute()
+    assert r.get("a") == b"5"
+
+
+def test_ttl_expires_through_the_log_on_every_node(cluster):
+    leader = cluster.leader()
+    r = leader.client()
+    r.set("short", "v", px=300)
+    r.set("long", "v")
+    time.sleep(1.0)
+    index = int(leader.info()["raft_applied_index"])
+    cluster.wait_applied(index)
+    for node in cluster.nodes:
+        ro = readonly_client(node)
+        assert ro.dbsize() == 1
+        assert ro.get("short") is None
+
+
+def test_leader_kill_fails_over_fast_and_loses_nothing(cluster):
+    leader = cluster.leader()
+    r = leader.client()
+    acked = {}
+    for i in range(100):
+        r.set(f"k{i}", i)
+        acked[f"k{i}"] = str(i).encode()
+    leader.kill()
+    start = time.monotonic()
+    new_leader = cluster.wait_leader(exclude=leader.id)
+    rn = new_leader.client()
+    while True:
+        try:
+            rn.set("after-failover", 1)
+            break
+        except redis.ResponseError:
+            time.sleep(0.02)
+    elapsed = time.monotonic() - start
+    print(f"failover: new leader {new_leader.id} took a write {elapsed:.2f}s after the kill")
+    assert elapsed < FAILOVER_S_MAX
+    for key, value in acked.items():
+        assert rn.get(key) == value
+
+
+def test_restarted_node_catches_up(cluster):
+    leader = cluster.leader()
+    follower = followers(cluster, leader)[0]
+    follower.kill()
+    r = leader.client()
+    for i in range(200):
+        r.set(f"late{i}", i)
+    follower.start()
+    follower.wait_listening()
+    cluster.wait_applied(int(leader.info()["raft_applied_index"]), [follower])
+    ro = readonly_client(follower)
+    assert ro.get("late199") == b"199" and ro.dbsize() == 200
+
+
+def test_full_cluster_restart_keeps_every_acknowledged_write(cluster):
+    r = cluster.leader().client()
+    for i in range(100):
+        r.set(f"k{i}", i)
+    r.incrby("n", 41)
+    for node in cluster.nodes:
+        node.kill()
+    for node in cluster.nodes:
+        node.start()
+    for node in cluster.nodes:
+        node.wait_listening()
+    r = cluster.wait_leader().client()
+    assert r.incr("n") == 42
+    assert [r.get(f"k{i}") for i in (0, 42, 99)] == [b"0", b"42", b"99"]
+    assert r.dbsize() == 101
+
+
+def test_write_concerns(cluster):
+    leader = cluster.leader()
+    r = leader.client(single_connection_client=True, socket_timeout=1.5)
+    assert r.execute_command("CLIENT", "WRITECONCERN") == b"majority"
+    r.execute_command("CLIENT", "WRITECONCERN", "all")
+    assert r.set("w-all", 1)
+    index = int(leader.info()["raft_applied_index"])
+    for node in followers(cluster, leader):
+        assert int(node.info()["raft_last_index"]) >= index
+    slow = followers(cluster, leader)[0]
+    slow.pause()
+    try:
+        with pytest.raises(redis.TimeoutError):
+            r.set("w-all-2", 1)  # committed by the majority, but one voter is missing it
+        rm = leader.client(socket_timeout=5)
+        assert rm.set("w-majority", 1)
+        r1 = leader.client(single_connection_client=True, socket_timeout=5)
+        r1.execute_command("CLIENT", "WRITECONCERN", "one")
+        assert r1.set("w-one", 1)  # acknowledged from the leader's disk, before it commits
+        deadline = time.monotonic() + 2
+        while rm.get("w-one") != b"1":
+            assert time.monotonic() < deadline, "the w=one write never became visible"
+            time.sleep(0.01)
+    finally:
+        slow.resume()
+    with pytest.raises(redis.ResponseError):
+        leader.client().execute_command("CLIENT", "WRITECONCERN", "two")
+
+
+def test_snapshots_compact_the_log_and_bring_a_lagging_node_back(tmp_path):
+    from harness import LocalCluster
+
+    config = tmp_path / "kvorum.yaml"
+    config.write_text("snapshot-entries: 50\n")
+    c = LocalCluster(tmp_path / "c", extra_flags=("--config", str(config)))
+    try:
+        c.start()
+        leader = c.leader()
+        lagging = followers(c, leader)[0]
+        lagging.kill()
+        r = leader.client()
+        for i in range(300):
+            r.set(f"s{i}", i)
+        assert int(leader.info()["raft_snapshot_index"]) >= 250
+        lagging.start()
+        lagging.wait_listening()
+        c.wait_applied(int(leader.info()["raft_applied_index"]), [lagging])
+        ro = readonly_client(lagging)
+        assert ro.get("s299") == b"299" and ro.dbsize() == 300
+        for node in c.nodes:
+            node.kill()
+        for node in c.nodes:
+            node.start()
+        for node in c.nodes:
+            node.wait_listening()
+        assert c.wait_leader().client().dbsize() == 300
+    finally:
+        c.stop()
