@@ -181,6 +181,8 @@ class Client:
     # -- plumbing ------------------------------------------------------------------------------
 
     def __getattr__(self, name: str):
+        if name == "redis":  # only when __init__ failed before opening it
+            raise AttributeError(name)
         attr = getattr(self.redis, name)
         if self.near is None or not callable(attr):
             return attr

@@ -8,6 +8,7 @@ acknowledged must return it, and a key nobody wrote keeps its version across the
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -80,9 +81,18 @@ def failover_round(cluster, mode: str) -> None:
 
 def test_strict_near_cache_across_a_leader_failover(cluster):
     readers = failover_round(cluster, "strict")
-    # "other" was not written: its version survived the failover, so the check moved no value.
-    # One check before the failover ("cfg"), one after ("other").
+    # One check before the failover ("cfg"); one after it ("other", not written: its version
+    # survived the failover, so the check moved no value).
     assert [r.near_cache_stats()["not_modified"] for r in readers] == [2, 2]
+
+    async def async_reads():
+        async with kvorum.AsyncClient(cluster.url, near_cache="strict") as reader:
+            assert reader.cluster
+            assert await reader.get("cfg") == b"v3"
+            assert await reader.mget(["cfg", "other"]) == [b"v3", b"o1"]
+            return reader.near_cache_stats()["not_modified"]
+
+    assert asyncio.run(async_reads()) == 1
 
 
 def test_tracking_near_cache_across_a_leader_failover(cluster):
