@@ -1,0 +1,197 @@
+"""Fault suite: concurrent clients against a real 3-node cluster while a nemesis kills,
+restarts and pauses nodes; the recorded history must be linearizable.
+
+Clients are threads with plain redis-py connections (no retries of their own).
+Each op is one logical operation on one of a few keys: GET, SET of a fresh
+integer, or INCR. An op may be sent several times, but only after answers that
+prove it did not happen (-MOVED, -CLUSTERDOWN, -TRYAGAIN); a timeout, a lost
+connection or -TIMEOUT makes its outcome unknown, and that client continues
+under a new name (an unknown op stays concurrent with everything after it).
+
+The nemesis, in a loop: SIGKILL the leader and restart it after a while;
+SIGSTOP a random node (sometimes the leader) and SIGCONT it later. At the end
+every node runs again, and one final linearizable GET per key, which the
+checker holds to every acknowledged write, proves nothing acknowledged was lost.
+
+Duration: KVORUM_FAULT_SECONDS (default 20) of faults; the history is written to
+the test's temporary directory as history.jsonl for `python -m kvorum.sim.linearizability`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+
+import pytest
+import redis
+from redis.exceptions import ClusterDownError, TryAgainError
+
+from kvorum.sim.history import Recorder, dump_jsonl
+from kvorum.sim.linearizability import check
+
+FAULT_S = float(os.environ.get("KVORUM_FAULT_SECONDS", "20"))
+CLIENTS = 4
+KEYS = ("a", "b", "c", "d")
+OP_SOCKET_TIMEOUT_S = 1.5
+OP_RETRY_S_MAX = 5.0  # an op refused for this long is recorded as failed (it never happened)
+REDIRECT_PAUSE_S = 0.02
+NEMESIS_GAP_S = (0.5, 1.5)
+FAULT_LENGTH_S = (0.5, 2.5)
+
+
+class Worker(threading.Thread):
+    def __init__(self, index: int, cluster, recorder: Recorder, lock: threading.Lock, stop: threading.Event):
+        super().__init__(daemon=True)
+        self.index = index
+        self.cluster = cluster
+        self.recorder = recorder
+        self.lock = lock
+        self.stop_event = stop
+        self.rng = random.Random(index)
+        self.generation = 0
+        self.port = cluster.nodes[index % len(cluster.nodes)].port
+        self.conn: redis.Redis | None = None
+        self.seq = 0
+        self.counts = {"ok": 0, "unknown": 0, "fail": 0}
+
+    @property
+    def name(self) -> str:
+        return f"c{self.index}.{self.generation}"
+
+    def connect(self, port: int) -> redis.Redis:
+        if self.conn is None or self.port != port:
+            self.close()
+            self.port = port
+            self.conn = redis.Redis(host="127.0.0.1", port=port, socket_timeout=OP_SOCKET_TIMEOUT_S,
+                                    socket_connect_timeout=OP_SOCKET_TIMEOUT_S, retry=None,
+                                    single_connection_client=True, protocol=2)
+        return self.conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+            self.conn = None
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            self.one_op(self.rng.choice(KEYS), self.rng.choice(("get", "put", "incr")))
+        self.close()
+
+    def one_op(self, key: str, kind: str) -> str:
+        self.seq += 1
+        value = self.index * 1_000_000 + self.seq
+        args = {"get": (), "put": (value,), "incr": (1,)}[kind]
+        command = {"get": ("GET", key), "put": ("SET", key, value), "incr": ("INCR", key)}[kind]
+        with self.lock:
+            op = self.recorder.invoke(self.name, kind, key, args, time.monotonic())
+        deadline = time.monotonic() + OP_RETRY_S_MAX
+        status = "fail"
+        result = None
+        while time.monotonic() < deadline:
+            try:
+                reply = self.connect(self.port).execute_command(*command)
+            except redis.exceptions.MovedError as moved:
+                self.port = int(str(moved).split()[-1].rsplit(":", 1)[1])
+                time.sleep(REDIRECT_PAUSE_S)
+                continue
+            except (redis.ConnectionError, redis.TimeoutError):
+                status = "unknown"
+                self.close()
+                self.port = self.rng.choice(self.cluster.nodes).port
+                break
+            except redis.ResponseError as exc:
+                text = str(exc)
+                if isinstance(exc, (ClusterDownError, TryAgainError)):
+                    self.close()
+                    self.port = self.rng.choice(self.cluster.nodes).port
+                    time.sleep(REDIRECT_PAUSE_S)
+                    continue
+                if kind == "incr" and "not an integer" in text:
+                    status, result = "ok", "ERR"
+                    break
+                status = "unknown"
+                break
+            status = "ok"
+            result = {"get": reply, "put": None, "incr": reply}[kind]
+            break
+        with self.lock:
+            if status == "ok":
+                self.recorder.ok(op, result, time.monotonic())
+            elif status == "fail":
+                self.recorder.fail(op, time.monotonic())
+            else:
+                self.recorder.unknown(op)
+                self.generation += 1
+        self.counts[status] += 1
+        return status
+
+
+def nemesis(cluster, stop: threading.Event, rng: random.Random, log: list[str]) -> None:
+    while not stop.is_set():
+        time.sleep(rng.uniform(*NEMESIS_GAP_S))
+        leader = cluster.leader()
+        action = rng.choice(("kill-leader", "pause-random", "pause-leader"))
+        if leader is None or stop.is_set():
+            continue
+        length_s = rng.uniform(*FAULT_LENGTH_S)
+        if action == "kill-leader":
+            leader.kill()
+            log.append(f"{time.monotonic():.2f} kill {leader.id}")
+            time.sleep(length_s)
+            leader.start()
+            log.append(f"{time.monotonic():.2f} restart {leader.id}")
+        else:
+            victim = leader if action == "pause-leader" else rng.choice(cluster.nodes)
+            if not victim.alive:
+                continue
+            victim.pause()
+            log.append(f"{time.monotonic():.2f} pause {victim.id}")
+            time.sleep(length_s)
+            victim.resume()
+            log.append(f"{time.monotonic():.2f} resume {victim.id}")
+
+
+@pytest.mark.timeout(int(FAULT_S) + 240)
+def test_history_under_kills_and_pauses_is_linearizable(cluster, tmp_path):
+    recorder = Recorder()
+    lock = threading.Lock()
+    stop = threading.Event()
+    workers = [Worker(i, cluster, recorder, lock, stop) for i in range(CLIENTS)]
+    events: list[str] = []
+    for w in workers:
+        w.start()
+    nemesis_stop = threading.Event()
+    chaos = threading.Thread(target=nemesis, args=(cluster, nemesis_stop, random.Random(7), events), daemon=True)
+    chaos.start()
+    time.sleep(FAULT_S)
+    nemesis_stop.set()
+    chaos.join()
+    for node in cluster.nodes:
+        if not node.alive:
+            node.start()
+        elif node.paused:
+            node.resume()
+    for node in cluster.nodes:
+        node.wait_listening()
+    time.sleep(2.0)  # clients keep running against the healed cluster
+    stop.set()
+    for w in workers:
+        w.join(timeout=30)
+    cluster.wait_leader()
+    final = Worker(99, cluster, recorder, lock, threading.Event())
+    for key in KEYS:
+        assert final.one_op(key, "get") == "ok", f"final read of {key} failed"
+    final.close()
+
+    history = recorder.history()
+    dump_jsonl(history, str(tmp_path / "history.jsonl"))
+    counts = {s: sum(w.counts[s] for w in workers) for s in ("ok", "unknown", "fail")}
+    print(f"fault suite: {FAULT_S:.0f}s, {len(history)} ops {counts}, nemesis: {'; '.join(events)}")
+    assert counts["ok"] > 50, counts
+    result = check(history)
+    assert result.ok, result.explain()
