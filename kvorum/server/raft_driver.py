@@ -148,6 +148,7 @@ class RaftDriver:
         self._stopping = False
         # Time.
         self._ticked_at_s = 0.0
+        self._leader_heard_s = 0.0  # monotonic time of the last message from the current leader
         # Applying.
         self.applied_index = 0
         self.applied_term = 0
@@ -230,6 +231,8 @@ class RaftDriver:
         except MessageDecodeError as exc:
             log.warning("undecodable message from %s: %s", sender, exc)
             return
+        if sender == self.node.lead:
+            self._leader_heard_s = time.monotonic()
         self.node.step(message)
         self._wake.set()
 
@@ -428,3 +431,12 @@ class RaftDriver:
 
     def is_leader(self) -> bool:
         return self.node.lead == self.id
+
+    def leader_contact_age_s(self) -> float:
+        """Seconds since this follower last heard from its leader (0 on the leader, inf without one)."""
+        lead = self.node.lead
+        if lead == self.id:
+            return 0.0
+        if lead is None or not self._leader_heard_s:
+            return float("inf")
+        return time.monotonic() - self._leader_heard_s

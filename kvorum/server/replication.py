@@ -15,7 +15,9 @@ table's flags:
                                        each key's version; EXEC carries them
     write                           -> (leader) proposed as a log entry; the
                                        reply comes when it is applied
-    readonly, READONLY connection   -> served from the local keyspace at once
+    readonly, READONLY connection   -> served from the local keyspace at once,
+                                       unless no leader was heard from within
+                                       one election timeout (-TRYAGAIN)
     readonly                        -> (leader) after a read barrier (lease or
                                        ReadIndex) once applied >= its index
     anything else                   -> the single node's line (PING, CLIENT,
@@ -93,6 +95,9 @@ class ClusterNode:
         # Set by start_replication: the driver needs this node's apply/dump/load first.
         self.driver: RaftDriver = None  # type: ignore[assignment]
         self.stamper = state_machine.Stamper()
+        # READONLY reads on a follower are refused once it has not heard from a leader for
+        # this long: one election timeout, after which a new leader may be taking writes.
+        self.stale_read_s_max = state.settings.raft_tick_ms * state.settings.raft_election_ticks / 1000
         self._expire_pending = False
 
     # The state machine, as the driver calls it.
@@ -152,9 +157,15 @@ class ClusterNode:
             return self._propose(client, data, blind)
         if "readonly" in cmd.flags:
             if client.readonly_reads:
-                return dispatch.execute(client, argv, now_ms)
+                return self._stale_read(client, argv, now_ms)
             return self._after_barrier(client, cmd, argv,
                                        lambda: dispatch.execute(client, argv, int(time.time() * 1000)))
+        return dispatch.execute(client, argv, now_ms)
+
+    def _stale_read(self, client: ClusterClient, argv: list[bytes], now_ms: int) -> bytes:
+        """READONLY: the local keyspace, if this node heard from a leader within the staleness bound."""
+        if self.driver.leader_contact_age_s() > self.stale_read_s_max:
+            return error_line(f"TRYAGAIN no contact with a leader for over {self.stale_read_s_max:g}s")
         return dispatch.execute(client, argv, now_ms)
 
     def _propose(self, client: ClusterClient, data: bytes, blind: bool) -> bytes | asyncio.Future:

@@ -238,3 +238,48 @@ def test_snapshots_compact_the_log_and_bring_a_lagging_node_back(tmp_path):
         assert c.wait_leader().client().dbsize() == 300
     finally:
         c.stop()
+
+
+def test_isolated_leader_stops_serving_reads_when_its_lease_ends(cluster):
+    leader = cluster.leader()
+    r = leader.client(socket_timeout=3)
+    r.set("x", 1)
+    others = followers(cluster, leader)
+    for node in others:
+        node.pause()
+    try:
+        start = last_read_s = time.monotonic()
+        while time.monotonic() - start < 3:
+            try:
+                assert r.get("x") == b"1"
+                last_read_s = time.monotonic()
+            except (redis.ResponseError, redis.TimeoutError):
+                pass
+            time.sleep(0.02)
+        # The lease is election_tick - lease_drift_ticks = 8 ticks of 100 ms.
+        assert last_read_s - start < 1.2
+    finally:
+        for node in others:
+            node.resume()
+
+
+def test_readonly_follower_serves_locally_and_refuses_once_cut_off(cluster):
+    leader = cluster.leader()
+    leader.client().set("x", 1)
+    follower, other = followers(cluster, leader)
+    cluster.wait_applied(int(leader.info()["raft_applied_index"]), [follower])
+    ro = readonly_client(follower)
+    assert ro.get("x") == b"1"
+    ro.execute_command("READWRITE")
+    with pytest.raises(MovedError):
+        ro.get("x")
+    ro.execute_command("READONLY")
+    leader.pause()
+    other.pause()
+    try:
+        time.sleep(1.5)
+        with pytest.raises(redis.ResponseError, match="no contact with a leader"):
+            ro.get("x")
+    finally:
+        leader.resume()
+        other.resume()

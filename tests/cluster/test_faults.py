@@ -13,7 +13,8 @@ SIGSTOP a random node (sometimes the leader) and SIGCONT it later. At the end
 every node runs again, and one final linearizable GET per key, which the
 checker holds to every acknowledged write, proves nothing acknowledged was lost.
 
-Duration: KVORUM_FAULT_SECONDS (default 20) of faults; the history is written to
+Duration: KVORUM_FAULT_SECONDS (default 20) of faults, nemesis seed
+KVORUM_FAULT_SEED (default 7); the history is written to
 the test's temporary directory as history.jsonl for `python -m kvorum.sim.linearizability`.
 """
 
@@ -32,6 +33,7 @@ from kvorum.sim.history import Recorder, dump_jsonl
 from kvorum.sim.linearizability import check
 
 FAULT_S = float(os.environ.get("KVORUM_FAULT_SECONDS", "20"))
+FAULT_SEED = int(os.environ.get("KVORUM_FAULT_SEED", "7"))  # the nemesis' choices
 CLIENTS = 4
 KEYS = ("a", "b", "c", "d")
 OP_SOCKET_TIMEOUT_S = 1.5
@@ -166,7 +168,7 @@ def test_history_under_kills_and_pauses_is_linearizable(cluster, tmp_path):
     for w in workers:
         w.start()
     nemesis_stop = threading.Event()
-    chaos = threading.Thread(target=nemesis, args=(cluster, nemesis_stop, random.Random(7), events), daemon=True)
+    chaos = threading.Thread(target=nemesis, args=(cluster, nemesis_stop, random.Random(FAULT_SEED), events), daemon=True)
     chaos.start()
     time.sleep(FAULT_S)
     nemesis_stop.set()
@@ -191,7 +193,7 @@ def test_history_under_kills_and_pauses_is_linearizable(cluster, tmp_path):
     history = recorder.history()
     dump_jsonl(history, str(tmp_path / "history.jsonl"))
     counts = {s: sum(w.counts[s] for w in workers) for s in ("ok", "unknown", "fail")}
-    print(f"fault suite: {FAULT_S:.0f}s, {len(history)} ops {counts}, nemesis: {'; '.join(events)}")
+    print(f"fault suite: seed {FAULT_SEED}, {FAULT_S:.0f}s, {len(history)} ops {counts}, nemesis: {'; '.join(events)}")
     assert counts["ok"] > 50, counts
     result = check(history)
     assert result.ok, result.explain()
