@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
 
 from node_process import Node  # noqa: E402
 
 import kvorum  # noqa: E402
+from client_support import url_of  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -34,10 +34,6 @@ def node(session_node):
     return session_node
 
 
-def url_of(node) -> str:
-    return f"redis://{node.host}:{node.port}"
-
-
 @pytest.fixture
 def client_factory(node):
     clients = []
@@ -51,21 +47,3 @@ def client_factory(node):
     yield make
     for client in clients:
         client.close()
-
-
-def require(node, *commands: str) -> None:
-    """Skip when the node does not implement `commands` yet (the server side lands in steps).
-
-    Each command is sent with no arguments: a known one answers with an arity error, an
-    unknown one with "unknown command" (or "unknown subcommand" for CLIENT TRACKING).
-    """
-    missing = []
-    with node.client() as admin:
-        for command in commands:
-            try:
-                admin.execute_command(*command.split())
-            except redis.ResponseError as error:
-                if "unknown" in str(error).lower():
-                    missing.append(command)
-    if missing:
-        pytest.skip(f"this kvorum has no {', '.join(missing)} yet")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import require
+from client_support import require
 
 INTERVAL_S = 30.0
 

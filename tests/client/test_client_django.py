@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import require, url_of
+from client_support import require, url_of
 
 django = pytest.importorskip("django")
 from django.conf import settings  # noqa: E402

@@ -11,7 +11,7 @@ import redis
 from redis.cache import CacheConfig
 
 import kvorum
-from conftest import require, url_of
+from client_support import require, url_of
 
 READERS = 3
 

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from conftest import require
+from client_support import require
 
 sa = pytest.importorskip("sqlalchemy")
 from sqlalchemy import Column, Integer, String, create_engine  # noqa: E402
