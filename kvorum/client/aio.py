@@ -135,6 +135,7 @@ class AsyncClient:
         self._redis_kwargs = redis_kwargs
         self.cluster = cluster
         self.redis = None if cluster == "auto" else self._open(cluster)
+        self._ready = False  # set by initialize()
         self.mode = near_cache
         self.near = NearCache(near_cache_max_entries, near_cache_max_bytes) if near_cache else None
         self._health_check_interval_s = health_check_interval_s
@@ -154,10 +155,16 @@ class AsyncClient:
         return client
 
     async def initialize(self) -> "AsyncClient":
-        """Decide single node or cluster (when `cluster="auto"`); idempotent."""
+        """Decide single node or cluster (when `cluster="auto"`) and learn the slot map; idempotent."""
+        if self._ready:
+            return self
         if self.redis is None:
             self.cluster = await is_cluster(self._url, self._redis_kwargs)
             self.redis = self._open(self.cluster)
+        if self.cluster:
+            # Tracking mode picks a node by key before any command would have loaded the map.
+            await self.redis.initialize()
+        self._ready = True
         return self
 
     async def __aenter__(self):
@@ -174,7 +181,7 @@ class AsyncClient:
             await self.redis.aclose()
 
     def __getattr__(self, name: str):
-        if name == "redis":
+        if name in ("redis", "_ready"):  # only when __init__ failed before setting them
             raise AttributeError(name)
         if self.redis is None:
             raise RuntimeError("AsyncClient used before initialize() (or async with)")
