@@ -18,6 +18,7 @@ from kvorum.cluster.topology import TopologyError
 from kvorum.server import launcher
 from kvorum.server.app import run
 from kvorum.server.launcher import check_replicated
+from kvorum.storage import CorruptLogError, DirectoryLockedError
 from kvorum.server.config import LOG_LEVELS, LOG_LEVELS_PY, POLICIES, SETTINGS, SettingError, from_mapping
 
 _SETTINGS_HELP = "\n".join(
@@ -86,6 +87,8 @@ def server(config_file: str | None, **flags) -> None:
     logging.getLogger("kvorum").setLevel(LOG_LEVELS_PY[settings.loglevel])
     try:
         run(settings)
+    except (CorruptLogError, DirectoryLockedError) as exc:
+        raise click.ClickException(f"cannot use the data directory {settings.data_dir}: {exc}") from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {settings.bind} port {settings.port}: {exc}") from None
 

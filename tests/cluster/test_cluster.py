@@ -283,3 +283,43 @@ def test_readonly_follower_serves_locally_and_refuses_once_cut_off(cluster):
     finally:
         leader.resume()
         other.resume()
+
+
+def _segment(node):
+    segments = sorted(node.data_dir.glob("*.wal"))
+    assert segments
+    return segments[-1]
+
+
+def test_torn_wal_tail_is_cut_and_the_node_catches_up(cluster):
+    leader = cluster.leader()
+    r = leader.client()
+    for i in range(100):
+        r.set(f"k{i}", i)
+    victim = followers(cluster, leader)[0]
+    victim.kill()
+    segment = _segment(victim)
+    data = segment.read_bytes()
+    segment.write_bytes(data[:-7])  # a record cut short, as by a crash mid-write
+    victim.start()
+    victim.wait_listening()
+    cluster.wait_applied(int(leader.info()["raft_applied_index"]), [victim])
+    assert readonly_client(victim).dbsize() == 100
+    assert "storage repaired" in victim.log_path.read_text()
+
+
+def test_corrupted_wal_record_stops_the_node_with_a_clear_error(cluster):
+    leader = cluster.leader()
+    r = leader.client()
+    for i in range(100):
+        r.set(f"k{i}", "x" * 100)
+    victim = followers(cluster, leader)[0]
+    victim.kill()
+    segment = _segment(victim)
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # damage in the middle: valid records follow it
+    segment.write_bytes(bytes(data))
+    victim.start()
+    assert victim.process.wait(timeout=20) != 0
+    log = victim.log_path.read_text()
+    assert "cannot use the data directory" in log and segment.name in log
