@@ -6,8 +6,10 @@ from kvorum.commands import (  # noqa: F401  (imported to register their command
     introspection,
     keys,
     leases,
+    pubsub,
     server,
     strings,
+    tracking,
     transactions,
     versions,
 )

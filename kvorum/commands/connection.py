@@ -78,6 +78,8 @@ def reset(ctx: CommandContext, argv: list[bytes]):
     client.multi = None
     client.multi_failed = False
     ctx.server.unwatch_all(client)
+    ctx.server.tracking.disable(client)
+    ctx.server.pubsub.unsubscribe_all(client)
     client.db_index = 0
     client.resp3 = False
     client.name = b""
@@ -229,20 +231,31 @@ def client_flags(client) -> str:
         flags += "e"
     if client.close_after_reply:
         flags += "c"
+    if client.channels or client.patterns:
+        flags += "P"
+    tracking = client.tracking
+    if tracking is not None:
+        flags += "t"
+        if tracking.bcast:
+            flags += "B"
+        if tracking.redirect_broken:
+            flags += "R"
     return flags or "N"
 
 
 def client_line(client, now_ms: int) -> str:
     """One CLIENT LIST / CLIENT INFO line, in Redis 7's field order."""
     multi = -1 if client.multi is None else len(client.multi)
+    redirect = -1 if client.tracking is None else client.tracking.redirect
     return (
         f"id={client.id} addr={client.addr} laddr={client.laddr} fd={client.fd} "
         f"name={client.name.decode('utf-8', 'replace')} age={(now_ms - client.created_ms) // 1000} "
         f"idle={(now_ms - client.last_ms) // 1000} flags={client_flags(client)} db={client.db_index} "
-        f"sub=0 psub=0 ssub=0 multi={multi} qbuf={client.parser.buffered_bytes()} qbuf-free=0 "
+        f"sub={len(client.channels)} psub={len(client.patterns)} ssub=0 multi={multi} "
+        f"qbuf={client.parser.buffered_bytes()} qbuf-free=0 "
         f"argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={client.output_buffer_bytes()} "
         f"tot-mem=0 events=r cmd={client.last_command.decode('utf-8', 'replace').lower()} user=default "
-        f"redir=-1 resp={3 if client.resp3 else 2} lib-name={client.lib_name.decode('utf-8', 'replace')} "
+        f"redir={redirect} resp={3 if client.resp3 else 2} lib-name={client.lib_name.decode('utf-8', 'replace')} "
         f"lib-ver={client.lib_ver.decode('utf-8', 'replace')}\n"
     )
 
@@ -349,6 +362,7 @@ def client_help(ctx: CommandContext, argv: list[bytes]):
         SimpleString("CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:"),
         SimpleString("ID, SETNAME <name>, GETNAME, SETINFO <LIB-NAME|LIB-VER> <value>, INFO,"),
         SimpleString("LIST [TYPE <type>] [ID <id> ...], KILL <ip:port> | KILL <option> <value> ...,"),
-        SimpleString("NO-EVICT <ON|OFF>, HELP"),
+        SimpleString("NO-EVICT <ON|OFF>, TRACKING <ON|OFF> [REDIRECT <id>] [PREFIX <prefix> ...] [BCAST]"),
+        SimpleString("[OPTIN] [OPTOUT] [NOLOOP], CACHING <YES|NO>, GETREDIR, TRACKINGINFO, HELP"),
     ]
 

@@ -108,6 +108,11 @@ class Client(asyncio.Protocol):
         # WATCH: key -> whether it existed at WATCH time; dirty once one changed.
         self.watched: dict[bytes, bool] = {}
         self.watch_dirty = False
+        # CLIENT TRACKING options (kvorum.server.tracking.ClientTracking), None while off.
+        self.tracking = None
+        # Pub/sub subscriptions (kvorum.server.pubsub).
+        self.channels: set[bytes] = set()
+        self.patterns: set[bytes] = set()
         # Closing: after the replies already produced (QUIT, protocol error, CLIENT KILL).
         self.close_after_reply = False
         self.closed = False
@@ -278,6 +283,8 @@ class Client(asyncio.Protocol):
             server = self.server
             server.clients.pop(self.id, None)
             server.unwatch_all(self)
+            server.tracking.disable(self)
+            server.pubsub.unsubscribe_all(self)
 
     # Used by commands and the server cron.
 
@@ -308,6 +315,11 @@ class Client(asyncio.Protocol):
             self.output_soft_since_ms = now_ms
         elif now_ms - self.output_soft_since_ms >= limit.soft_s * 1000:
             self.drop_for_output_limit()
+
+    def write_push(self, out: bytes) -> None:
+        """Write a message the client did not ask for (pub/sub, invalidation) now."""
+        if not self.closed:
+            self._write(out)
 
     def output_buffer_bytes(self) -> int:
         return 0 if self.closed else self.transport.get_write_buffer_size()

@@ -87,16 +87,17 @@ def execute(client: Client, argv: list[bytes], now_ms: int) -> bytes:
     """Run one request; the encoded reply.
 
     The common case, a plain command (no subcommands) with the right arity from an
-    authenticated client outside MULTI, passes the lookup, arity, auth and MULTI
-    gates with one dict lookup and one test; everything else takes the full line
-    of gates in `execute_gated`.
+    authenticated client outside MULTI and without CLIENT TRACKING, passes the
+    lookup, arity, auth and MULTI gates with one dict lookup and one test;
+    everything else takes the full line of gates in `execute_gated`.
     """
     entry = _PLAIN.get(argv[0])
     if entry is None:
         return execute_gated(client, argv, now_ms)
     cmd, handler, arity, writes, denyoom = entry
     argc = len(argv)
-    if (argc != arity if arity > 0 else argc < -arity) or client.multi is not None or not client.authenticated:
+    if ((argc != arity if arity > 0 else argc < -arity) or client.multi is not None or not client.authenticated
+            or client.tracking is not None):
         return execute_gated(client, argv, now_ms)
     if denyoom and client.db.maxmemory and not memory_ok(client, now_ms):
         return reject(client, OOM)
@@ -132,7 +133,11 @@ def execute_gated(client: Client, argv: list[bytes], now_ms: int) -> bytes:
         return queue(client, cmd, argv, now_ms)
     if client.db.maxmemory and "denyoom" in cmd.flags and not memory_ok(client, now_ms):
         return reject(client, OOM)
+    tracking = client.server.tracking
+    tracking.writer = client
     reply = call(client, cmd, argv, now_ms)
+    tracking.writer = None
+    tracking.command_done(client, cmd)
     if reply.__class__ is CommandError:
         client.server.stats.error_replies += 1
         return error_line(reply.message)
@@ -180,6 +185,8 @@ def call(client: Client, cmd: Command, argv: list[bytes], now_ms: int):
         return exc
     except Exception:
         return internal_error(cmd)
+    if client.tracking is not None and "readonly" in cmd.flags:
+        client.server.tracking.remember(client, cmd, argv)
     if "write" in cmd.flags:
         server = client.server
         server.dirty += 1

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Callable
 from kvorum.server import dispatch
 from kvorum.server.config import LOG_LEVELS_PY, Settings
 from kvorum.server.leases import TOKEN_MAX, LeaseTable
+from kvorum.server.pubsub import PubSub
+from kvorum.server.tracking import Tracking
 from kvorum.store import Keyspace
 
 if TYPE_CHECKING:
@@ -81,6 +83,9 @@ class ServerState:
         self.watchers: dict[bytes, set[Client]] = {}
         # LEASEGET / LEASESET tokens, held by this node only (never replicated).
         self.leases = LeaseTable(self.db, token_base=int.from_bytes(os.urandom(8)) % TOKEN_MAX)
+        # CLIENT TRACKING (client-side caching) and pub/sub of this node.
+        self.tracking = Tracking(self)
+        self.pubsub = PubSub()
         self.event_loop_name = "asyncio"
         self.port = settings.port
         self.shutting_down = False
