@@ -14,6 +14,13 @@ import pytest
 import redis
 from redis.cache import CacheConfig
 
+import kvorum.commands  # noqa: F401  (registers every command in the table)
+from kvorum.commands.table import TABLE
+from kvorum.protocol.encoder import encode
+from kvorum.protocol.values import Push
+from kvorum.server.tracking import ClientTracking, Tracking
+from kvorum.store import Keyspace
+
 INVALIDATE_FLUSH = b">2\r\n$10\r\ninvalidate\r\n_\r\n"
 QUIET_S = 0.15
 
@@ -393,3 +400,79 @@ def test_redis_py_client_side_cache(kvorum_node):
         time.sleep(0.01)
     cached.close()
     other.close()
+
+
+# The tracking table alone, with stand-ins for the node and its connections.
+
+
+class FakeClient:
+    def __init__(self, client_id: int):
+        self.id = client_id
+        self.resp3 = True
+        self.tracking = None
+        self.multi = None
+        self.channels: set[bytes] = set()
+        self.patterns: set[bytes] = set()
+        self.out: list[bytes] = []
+
+    def write_push(self, data: bytes) -> None:
+        self.out.append(data)
+
+
+class FakeServer:
+    def __init__(self):
+        self.db = Keyspace()
+        self.clients: dict[int, FakeClient] = {}
+
+    def connect(self, client_id: int) -> FakeClient:
+        client = self.clients[client_id] = FakeClient(client_id)
+        return client
+
+
+def invalidation(*keys: bytes) -> bytes:
+    return encode(Push(["invalidate", list(keys)]), True)
+
+
+def test_table_is_bounded_and_evicting_a_key_invalidates_it():
+    server = FakeServer()
+    tracking = Tracking(server, table_keys_max=2)
+    a = server.connect(1)
+    tracking.enable(a, ClientTracking(0, False, False, False, False, []))
+    get = TABLE["get"]
+    for key in (b"k1", b"k2", b"k3"):
+        tracking.remember(a, get, [b"GET", key])
+    assert list(tracking.table) == [b"k2", b"k3"]
+    assert a.out == [invalidation(b"k1")]
+    server.db.set(b"k3", b"v", 0)
+    assert a.out[-1] == invalidation(b"k3") and list(tracking.table) == [b"k2"]
+
+
+def test_listener_is_installed_only_while_someone_tracks():
+    server = FakeServer()
+    tracking = Tracking(server)
+    a, b = server.connect(1), server.connect(2)
+    assert server.db.on_key_modified is None
+    tracking.enable(a, ClientTracking(0, True, False, False, False, [b"x"]))
+    tracking.enable(b, ClientTracking(0, False, False, False, True, []))
+    assert server.db.has_key_listener(tracking.key_modified)
+    server.db.set(b"x1", b"v", 0)
+    assert a.out == [invalidation(b"x1")]
+    tracking.disable(a)
+    assert tracking.prefixes == {}
+    tracking.disable(b)
+    tracking.disable(b)
+    assert server.db.on_key_modified is None
+    server.db.set(b"x2", b"v", 0)
+    assert a.out == [invalidation(b"x1")]
+
+
+def test_noloop_skips_the_writer_but_not_other_trackers():
+    server = FakeServer()
+    tracking = Tracking(server)
+    a, b = server.connect(1), server.connect(2)
+    tracking.enable(a, ClientTracking(0, True, False, False, True, []))
+    tracking.enable(b, ClientTracking(0, True, False, False, False, []))
+    tracking.writer = a
+    server.db.set(b"k", b"v", 0)
+    tracking.writer = None
+    assert a.out == [] and b.out == [invalidation(b"k")]
