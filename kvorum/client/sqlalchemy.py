@@ -36,6 +36,7 @@ PENDING_MAX = 100_000  # cache writes one transaction may record
 class CacheSync:
     """Records cache writes during a transaction and applies them after commit.
 
+    `client` is a blocking `kvorum.Client` (SQLAlchemy's session events are synchronous).
     `target` is anything SQLAlchemy session events accept: a `Session`, a `sessionmaker`, the
     `Session` class (every session).
     """
