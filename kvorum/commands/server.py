@@ -67,7 +67,7 @@ def _section_clients(server, now_ms: int) -> dict:
         "connected_clients": len(server.clients),
         "maxclients": server.settings.maxclients,
         "blocked_clients": 0,
-        "tracking_clients": 0,
+        "tracking_clients": len(server.tracking.clients),
         "watching_clients": sum(1 for c in server.clients.values() if c.watched),
         "total_watched_keys": len(server.watchers),
     }
@@ -117,8 +117,10 @@ def _section_stats(server, now_ms: int) -> dict:
         "evicted_keys": db.evicted_keys,
         "keyspace_hits": db.keyspace_hits,
         "keyspace_misses": db.keyspace_misses,
-        "pubsub_channels": 0,
-        "pubsub_patterns": 0,
+        "pubsub_channels": len(server.pubsub.channels),
+        "pubsub_patterns": len(server.pubsub.patterns),
+        "tracking_total_keys": len(server.tracking.table),
+        "tracking_total_prefixes": len(server.tracking.prefixes),
         "total_error_replies": stats.error_replies,
     }
 

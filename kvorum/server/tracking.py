@@ -152,6 +152,8 @@ class Tracking:
         self.pending.pop(client.id, None)
         self.clients.discard(client)
         if not self.clients:
+            # Nobody is told of changes any more: the entries would only go stale.
+            self.table.clear()
             self.server.db.remove_key_listener(self.key_modified)
 
     def _drop_prefixes(self, client: Client) -> None:

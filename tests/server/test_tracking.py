@@ -459,9 +459,10 @@ def test_listener_is_installed_only_while_someone_tracks():
     assert a.out == [invalidation(b"x1")]
     tracking.disable(a)
     assert tracking.prefixes == {}
+    tracking.remember(b, TABLE["get"], [b"GET", b"k"])
     tracking.disable(b)
     tracking.disable(b)
-    assert server.db.on_key_modified is None
+    assert server.db.on_key_modified is None and tracking.table == {}
     server.db.set(b"x2", b"v", 0)
     assert a.out == [invalidation(b"x1")]
 
@@ -476,3 +477,20 @@ def test_noloop_skips_the_writer_but_not_other_trackers():
     server.db.set(b"k", b"v", 0)
     tracking.writer = None
     assert a.out == [] and b.out == [invalidation(b"k")]
+
+
+def test_info_counts_trackers_and_subscriptions(conns):
+    open_, writer = conns
+    a = open_()
+    b = open_()
+    listener = open_(protocol=2)
+    a.call("CLIENT", "TRACKING", "ON")
+    a.call("MGET", "k1", "k2")
+    b.call("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", "p")
+    listener.call("SUBSCRIBE", "__redis__:invalidate")
+    listener.call("PSUBSCRIBE", "news.*")
+    info = writer.info()
+    assert info["tracking_clients"] == 2
+    assert info["tracking_total_keys"] == 2
+    assert info["tracking_total_prefixes"] == 1
+    assert info["pubsub_channels"] == 1 and info["pubsub_patterns"] == 1
