@@ -111,3 +111,4 @@ class LeaseTable:
             self.db.add_key_listener(self.void)
         elif not self.outstanding and installed:
             self.db.remove_key_listener(self.void)
+        assert self.db.has_key_listener(self.void) == bool(self.outstanding)

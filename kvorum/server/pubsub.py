@@ -38,7 +38,9 @@ class PubSub:
         if channel in mine:
             return False
         mine.add(channel)
-        (self.patterns if pattern else self.channels).setdefault(channel, set()).add(client)
+        subscribers = (self.patterns if pattern else self.channels).setdefault(channel, set())
+        assert client not in subscribers
+        subscribers.add(client)
         return True
 
     def unsubscribe(self, client: Client, channel: bytes, pattern: bool) -> bool:
@@ -49,6 +51,7 @@ class PubSub:
         mine.discard(channel)
         index = self.patterns if pattern else self.channels
         subscribers = index[channel]
+        assert client in subscribers
         subscribers.discard(client)
         if not subscribers:
             del index[channel]

@@ -142,6 +142,7 @@ class Tracking:
         if not self.clients:
             self.server.db.add_key_listener(self.key_modified)
         self.clients.add(client)
+        assert self.server.db.has_key_listener(self.key_modified)
 
     def disable(self, client: Client) -> None:
         """Tracking off (CLIENT TRACKING OFF, RESET, disconnect); its table entries go lazily."""
@@ -155,6 +156,7 @@ class Tracking:
             # Nobody is told of changes any more: the entries would only go stale.
             self.table.clear()
             self.server.db.remove_key_listener(self.key_modified)
+        assert self.server.db.has_key_listener(self.key_modified) == bool(self.clients)
 
     def _drop_prefixes(self, client: Client) -> None:
         options = client.tracking
