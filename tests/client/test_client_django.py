@@ -52,6 +52,21 @@ def test_django_cache_close_keeps_the_near_cache(node, make_cache):
     assert cache.get("k") == "v" and client.near_cache_stats()["not_modified"] == 1
 
 
+def test_django_cache_with_tracking_near_cache(node, make_cache):
+    require(node, "CLIENT TRACKING")
+    writer, reader = make_cache(), make_cache(near_cache="tracking")
+    writer.set("user:1", {"name": "ada"})
+    assert reader.get("user:1") == {"name": "ada"}
+    assert reader.get("user:1") == {"name": "ada"}
+    client = reader._cache.get_client()
+    assert client.near_cache_stats()["hits"] == 1
+    writer.set("user:1", {"name": "grace"})
+    client.sync()
+    assert reader.get("user:1") == {"name": "grace"}
+    reader.set_many({"user:1": "mine"})
+    assert reader.get("user:1") == "mine"  # its own write, without waiting for the push
+
+
 def test_django_plain_backend_without_near_cache(node, make_cache):
     cache = make_cache()
     cache.set("k", "v", timeout=30)

@@ -134,6 +134,36 @@ def test_get_or_load_waiter_reads_what_the_lease_holder_stored(node, client_fact
     assert loads == []
 
 
+def test_get_or_load_many_threads_one_load(node, client_factory):
+    require(node, "LEASEGET", "LEASESET")
+    loading, release = threading.Event(), threading.Event()
+    loads = []
+
+    def slow_source():
+        loads.append(1)
+        loading.set()
+        assert release.wait(STEP_TIMEOUT_S)
+        return "loaded"
+
+    clients = [client_factory() for _ in range(4)]
+    results = [None] * len(clients)
+
+    def read(i):
+        results[i] = clients[i].get_or_load("hot", slow_source)
+
+    holder = threading.Thread(target=read, args=(0,))
+    holder.start()
+    assert loading.wait(STEP_TIMEOUT_S)  # client 0 holds the lease and is inside the source
+    others = [threading.Thread(target=read, args=(i,)) for i in range(1, len(clients))]
+    for t in others:
+        t.start()  # each is told to WAIT, or finds the value if it comes after the set
+    release.set()
+    for t in [holder, *others]:
+        t.join(STEP_TIMEOUT_S)
+    assert loads == [1]
+    assert results == ["loaded", b"loaded", b"loaded", b"loaded"]
+
+
 # -- 2. writer/writer: two writers reach the cache in the opposite order to the database ---------
 
 def writer_writer_race(db, write_cache):
