@@ -323,6 +323,7 @@ class AsyncClient:
         ex: float | None = None,
         px: int | None = None,
         use_stale: bool = False,
+        stale_ms: int | None = None,
         wait_s_max: float = WAIT_S_MAX_DEFAULT,
     ):
         """As `Client.get_or_load`; `loader` may be a plain function or a coroutine function."""
@@ -333,7 +334,7 @@ class AsyncClient:
         deadline = time.monotonic() + wait_s_max
         backoff_s = WAIT_BACKOFF_S_MIN
         while True:
-            found = await self.lease_get(key, lease_ms=lease_ms)
+            found = await self.lease_get(key, lease_ms=lease_ms, stale_ms=stale_ms)
             if found.hit:
                 return found.value
             if found.lease:

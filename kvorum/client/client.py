@@ -360,13 +360,15 @@ class Client:
         ex: float | None = None,
         px: int | None = None,
         use_stale: bool = False,
+        stale_ms: int | None = None,
         wait_s_max: float = WAIT_S_MAX_DEFAULT,
     ):
         """The value of `key`, loading it with `loader()` under a lease on a miss.
 
         Exactly one caller per miss gets the lease, loads and sets; the others wait with a
         bounded, doubling back-off (from WAIT_BACKOFF_S_MIN to WAIT_BACKOFF_S_MAX) and read
-        again, or return the stale value at once when `use_stale` is set and one is offered.
+        again, or return the stale value at once when `use_stale` is set and the server offers
+        one (asked for with `stale_ms`, LEASEGET's STALE window).
         After `wait_s_max` a waiter loads for itself and returns without storing, so a lease
         holder that died delays readers by at most that long. `loader()` returning None is not
         stored.
@@ -378,7 +380,7 @@ class Client:
         deadline = time.monotonic() + wait_s_max
         backoff_s = WAIT_BACKOFF_S_MIN
         while True:
-            found = self.lease_get(key, lease_ms=lease_ms)
+            found = self.lease_get(key, lease_ms=lease_ms, stale_ms=stale_ms)
             if found.hit:
                 return found.value
             if found.lease:
