@@ -72,6 +72,10 @@ EXPIRE_KEYS_PER_CYCLE = state_machine.EXPIRE_KEYS_PER_ENTRY_MAX
 _BLIND_ARGC = {"set": (3,), "setex": (4,), "psetex": (4,)}
 
 
+# Commands after which a connection watches nothing (its WATCH versions are dropped).
+_UNWATCHING = frozenset({"discard", "unwatch", "reset"})
+
+
 def _blind(cmd: Command, argv: list[bytes]) -> bool:
     if cmd.name == "mset":
         return len(argv) % 2 == 1
@@ -140,6 +144,8 @@ class ClusterNode:
         if client.multi is not None:
             if name == "exec":
                 return self._exec(client)
+            if name in _UNWATCHING:
+                client.watch_versions = {}
             if _is_data(cmd) and name not in dispatch.MULTI_DIRECT:
                 moved = self.redirect(cmd, argv)
                 if moved is not None:
@@ -148,6 +154,8 @@ class ClusterNode:
             return dispatch.execute(client, argv, now_ms)
         if name == "watch":
             return self._after_barrier(client, cmd, argv, lambda: self._watch(client, argv))
+        if name in _UNWATCHING:
+            client.watch_versions = {}
         if "write" in cmd.flags:
             moved = self.redirect(cmd, argv)
             if moved is not None:

@@ -109,6 +109,13 @@ def test_transactions_are_one_entry_and_watch_works(cluster):
         with pytest.raises(redis.WatchError):
             pipe.execute()
     assert r.get("a") == b"5"
+    conn = cluster.leader().client(single_connection_client=True)
+    conn.execute_command("WATCH", "a")
+    conn.execute_command("UNWATCH")
+    other.set("a", 6)
+    conn.execute_command("MULTI")
+    conn.execute_command("INCR", "a")
+    assert conn.execute_command("EXEC") == [7]
 
 
 def test_ttl_expires_through_the_log_on_every_node(cluster):
