@@ -355,21 +355,27 @@ class AsyncClient:
             raise ValueError("refresh_every must be positive")
         await self.initialize()
         k = key_bytes(key)
-        now = self._clock_s()
-        if now >= self._refresh_due.get(k, 0.0):
-            self._refresh_due.pop(k, None)
-            self._refresh_due[k] = now + refresh_every
-            while len(self._refresh_due) > REFRESH_KEYS_MAX:
-                del self._refresh_due[next(iter(self._refresh_due))]
+        px = None if ttl is None else max(1, int(ttl * 1000))
+        if self._refresh_turn(k, refresh_every):
             won = await self.redis.set(refresh_key(k), secrets.token_hex(8), nx=True,
                                        px=max(1, int(refresh_every * 1000)))
             if won:
                 value = await _call(loader)
                 self.refreshes += 1
-                await self.set(key, value, ex=None if ttl is None else max(1, int(ttl)))
+                await self.set(key, value, px=px)
                 return value
-        px = None if ttl is None else max(1, int(ttl * 1000))
         return await self.get_or_load(key, loader, px=px)
+
+    def _refresh_turn(self, k: bytes, refresh_every: float) -> bool:
+        """Whether this process's timer for `k` is due; if so, restart it."""
+        now = self._clock_s()
+        if now < self._refresh_due.get(k, 0.0):
+            return False
+        self._refresh_due.pop(k, None)
+        self._refresh_due[k] = now + refresh_every
+        while len(self._refresh_due) > REFRESH_KEYS_MAX:
+            del self._refresh_due[next(iter(self._refresh_due))]
+        return True
 
     # -- versions ------------------------------------------------------------------------------
 

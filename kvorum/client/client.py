@@ -175,6 +175,7 @@ class Client:
         self._links_lock = threading.Lock()
         self._clock_s = clock_s  # cached() intervals; tests pass a fake one
         self._refresh_due: dict[bytes, float] = {}  # key -> time.monotonic() of next refresh try
+        self._refresh_lock = threading.Lock()
         self.refreshes = 0  # loads this process made for cached()
         self.not_modified = 0  # strict-mode reads answered "still current" (no payload moved)
 
@@ -415,24 +416,28 @@ class Client:
         if refresh_every <= 0:
             raise ValueError("refresh_every must be positive")
         k = key_bytes(key)
-        now = self._clock_s()
-        if now >= self._refresh_due.get(k, 0.0):
-            self._remember_refresh(k, now + refresh_every)
+        px = None if ttl is None else max(1, int(ttl * 1000))
+        if self._refresh_turn(k, refresh_every):
             won = self.redis.set(refresh_key(k), secrets.token_hex(8), nx=True,
                                  px=max(1, int(refresh_every * 1000)))
             if won:
                 value = loader()
                 self.refreshes += 1
-                self.set(key, value, ex=None if ttl is None else max(1, int(ttl)))
+                self.set(key, value, px=px)
                 return value
-        px = None if ttl is None else max(1, int(ttl * 1000))
         return self.get_or_load(key, loader, px=px)
 
-    def _remember_refresh(self, k: bytes, due: float) -> None:
-        self._refresh_due.pop(k, None)
-        self._refresh_due[k] = due
-        while len(self._refresh_due) > REFRESH_KEYS_MAX:
-            del self._refresh_due[next(iter(self._refresh_due))]
+    def _refresh_turn(self, k: bytes, refresh_every: float) -> bool:
+        """Whether this process's timer for `k` is due; if so, restart it (one thread wins)."""
+        with self._refresh_lock:
+            now = self._clock_s()
+            if now < self._refresh_due.get(k, 0.0):
+                return False
+            self._refresh_due.pop(k, None)
+            self._refresh_due[k] = now + refresh_every
+            while len(self._refresh_due) > REFRESH_KEYS_MAX:
+                del self._refresh_due[next(iter(self._refresh_due))]
+            return True
 
     # -- versions ------------------------------------------------------------------------------
 

@@ -7,9 +7,12 @@ it by deleting the lease key, which is what its expiry does.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from client_support import require
+import kvorum
+from client_support import require, url_of
 
 INTERVAL_S = 30.0
 
@@ -86,3 +89,25 @@ def test_a_missing_key_is_loaded_once_under_a_miss_lease(node, fleet):
     assert source.loads == 2 and clients[1].refreshes == 0
     assert clients[2].cached("cfg", source, refresh_every=INTERVAL_S) == b"s1"
     assert source.loads == 2
+
+
+def test_async_cached_loads_once_per_interval(node):
+    require(node, "VGET", "LEASEGET")
+
+    async def run():
+        clock = FakeClock(7.0)
+        source = Source("s1")
+
+        async def load():
+            return source()
+
+        async with kvorum.AsyncClient(url_of(node), near_cache="strict", clock_s=clock) as c:
+            assert await c.cached("cfg", load, refresh_every=INTERVAL_S) == "s1"
+            assert await c.cached("cfg", load, refresh_every=INTERVAL_S) == b"s1"
+            clock.now_s += INTERVAL_S
+            await c.delete(b"{cfg}:refresh")
+            source.value = "s2"
+            assert await c.cached("cfg", load, refresh_every=INTERVAL_S) == "s2"
+        return source.loads
+
+    assert asyncio.run(run()) == 2
