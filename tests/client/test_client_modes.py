@@ -5,6 +5,7 @@ redis-py's own client-side cache."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 import redis
@@ -42,6 +43,32 @@ def test_strict_readers_see_every_acknowledged_write(node, client_factory):
     for r in readers:
         stats = r.near_cache_stats()
         assert stats["not_modified"] == 20  # the second read of each round moved no value
+
+
+def test_strict_reads_never_older_than_the_last_write_acknowledged_before_them(node, client_factory):
+    """A writer thread counts up; each strict read returns at least the count acknowledged when
+    the read began (DESIGN.md section 3), with the writer running concurrently."""
+    require(node, "VGET")
+    writer, reader = client_factory(), client_factory("strict")
+    writer.set("counter", 0)
+    acked = [0]
+    done = threading.Event()
+
+    def write():
+        for i in range(1, 301):
+            writer.set("counter", i)
+            acked[0] = i
+        done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    reads = 0
+    while not done.is_set() or reads < 10:
+        floor = acked[0]
+        assert int(reader.get("counter")) >= floor
+        reads += 1
+    thread.join()
+    assert int(reader.get("counter")) == 300
 
 
 def test_strict_sees_deletes_and_recreations(node, client_factory):
