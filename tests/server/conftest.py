@@ -7,8 +7,6 @@ them at the end of the test.
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from node_process import Node
@@ -50,42 +48,3 @@ def raw(kvorum_node):
     sock = kvorum_node.connect()
     yield sock
     sock.close()
-
-
-def read_reply(sock: socket.socket, size: int = 65536) -> bytes:
-    """Bytes until at least one full line arrives (or the peer closes)."""
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = sock.recv(size)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def call(client, *args):
-    """Send a command and return the raw reply, without redis-py's reply callbacks."""
-    conn = client.connection_pool.get_connection()
-    try:
-        conn.send_command(*args)
-        return conn.read_response()
-    finally:
-        client.connection_pool.release(conn)
-
-
-def text(value) -> str:
-    """A reply as str, whichever way redis-py decoded it."""
-    return value.decode() if isinstance(value, bytes) else value

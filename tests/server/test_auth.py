@@ -7,7 +7,7 @@ import socket
 import pytest
 import redis
 
-from conftest import read_reply, read_until_closed
+from server_wire import read_reply, read_until_closed
 
 PASSWORD = "s3cret"
 

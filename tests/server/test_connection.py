@@ -7,7 +7,7 @@ import re
 import pytest
 import redis
 
-from conftest import call, text
+from server_wire import call, text
 
 
 def test_ping_echo(r):

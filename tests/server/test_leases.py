@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from conftest import call as cmd
+from server_wire import call as cmd
 from kvorum.server.leases import LeaseTable
 from kvorum.store import Keyspace
 

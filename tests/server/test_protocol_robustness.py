@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from conftest import read_reply, read_until_closed
+from server_wire import read_reply, read_until_closed
 
 
 def assert_still_serving(node):

@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from conftest import call, text
+from server_wire import call, text
 
 
 def test_config_get_patterns(r):

@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from conftest import read_reply
+from server_wire import read_reply
 
 
 def test_multi_exec(r):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from conftest import call as cmd
+from server_wire import call as cmd
 
 OK = (b"OK", "OK")
 
