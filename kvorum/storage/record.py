@@ -37,8 +37,18 @@ What happens next depends on where it is:
   the next one is created, so their content is complete by construction;
 - in the last segment, the rest of the file is searched for any valid record.
   If one exists, the failure is damage in the middle of the log and the reader
-  raises `CorruptLogError`; if none exists, the bad bytes are the torn tail of
-  a write that a crash interrupted, and the caller truncates them.
+  raises `CorruptLogError`; if none exists, the records end there. When the
+  rest is all zeros it is the segment's preallocated space, not yet written;
+  otherwise the non-zero bytes (up to the last one) are the torn tail of a
+  write that a crash interrupted, and the caller cuts them.
+
+Why zeros are unambiguous: the last segment is preallocated with zeros (see
+wal.py), so the records end where the zeros start. A zero header cannot be
+mistaken for a record (its magic is wrong), so the end of the records is
+the first offset that does not parse. A torn record followed by zeros, or
+zeros followed by a fragment of a record whose start was lost, hold no valid
+record past the end and are a torn tail; a valid record anywhere after the
+end is corruption, as it was before preallocation.
 """
 
 from __future__ import annotations
@@ -141,11 +151,18 @@ def _valid_record_after(data: bytes, offset: int) -> int | None:
     return None
 
 
+def _nonzero_end(data: bytes, offset: int) -> int:
+    """One past the last non-zero byte at or after `offset`; `offset` when all of them are zero."""
+    return offset + len(data[offset:].rstrip(b"\0"))
+
+
 @dataclass(frozen=True, slots=True)
 class SegmentRead:
     records: tuple[Record, ...]
-    valid_bytes: int  # length of the good prefix; less than the file size when the tail is torn
-    torn_reason: str | None  # why the tail was cut, None when the file is whole
+    valid_bytes: int  # length of the good prefix: where the records end
+    torn_reason: str | None  # why the tail must be cut; None when only zeros follow the records
+    torn_bytes: int  # from valid_bytes to the last non-zero byte; 0 when not torn
+    # Invariant: torn_reason is None exactly when torn_bytes == 0.
 
 
 def read_segment(path: str, data: bytes, last: bool) -> SegmentRead:
@@ -161,11 +178,14 @@ def read_segment(path: str, data: bytes, last: bool) -> SegmentRead:
                 raise CorruptLogError(
                     path, offset, f"{parsed}, followed by a valid record at offset {later}"
                 )
-            return SegmentRead(tuple(records), offset, parsed)
+            torn_bytes = _nonzero_end(data, offset) - offset
+            torn_reason = parsed if torn_bytes else None
+            assert (torn_reason is None) == (torn_bytes == 0)
+            return SegmentRead(tuple(records), offset, torn_reason, torn_bytes)
         record, offset = parsed
         records.append(record)
     assert offset == len(data)
-    return SegmentRead(tuple(records), offset, None)
+    return SegmentRead(tuple(records), offset, None, 0)
 
 
 # Record bodies. Each encoder has its decoder next to it; a decoder that meets a

@@ -126,9 +126,9 @@ class SegmentFile:
 class Replay:
     model: LogModel[Entry]
     segments: list[SegmentFile]  # every segment with at least its SEGMENT record, oldest first
-    last_valid_bytes: int  # good prefix of the last segment file
-    torn_reason: str | None  # why the last segment's tail is cut; None when intact
-    torn_bytes: int  # how many bytes the cut removes
+    last_valid_bytes: int  # good prefix of the last segment file: where its records end
+    torn_reason: str | None  # why the last segment's tail is cut; None when only zeros follow
+    torn_bytes: int  # how many damaged bytes the cut removes (the zeros after them not counted)
     empty_tail: str | None  # path of a last segment that holds no valid record at all
     empty_tail_seq: int | None
 
@@ -225,5 +225,5 @@ def replay(dir_path: str) -> Replay:
                 segments.append(SegmentFile(seq, path, next_index))
         result.last_valid_bytes = read.valid_bytes
         result.torn_reason = read.torn_reason
-        result.torn_bytes = len(data) - read.valid_bytes
+        result.torn_bytes = read.torn_bytes
     return result

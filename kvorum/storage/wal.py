@@ -7,12 +7,12 @@ contract demands (kvorum/consensus/replicated_log.py):
 
     if rd.snapshot: storage.save_snapshot(rd.snapshot)   # durable on return
     storage.append(rd.entries, rd.hard_state)            # buffered
-    storage.sync()                                       # one write + one fsync
+    storage.sync()                                       # one write + one fdatasync
     ... only now send rd.messages ...
 
 Group commit. `append` only validates the call, applies it to an in-memory
 `LogModel` and encodes its records into a pending buffer. `sync` writes the
-whole buffer with one `write` and makes it durable with one fsync. A driver
+whole buffer with one `pwrite` and makes it durable with one fdatasync. A driver
 that gathers several Readies calls `append` for each and `sync` once, before
 sending any of their messages. `sync` may run in a worker thread while the
 event loop keeps calling `append`: records appended during an fsync wait for
@@ -36,12 +36,33 @@ Fsync modes (what each can lose is stated in docs/storage.md as well):
   must then be rebuilt from its peers). Snapshot files are fsynced even here.
 
 Segments. Records go to the current segment until the next record would take
-it past `segment_bytes_max`; then the segment is cut: the old file is fsynced
-(so every segment but the last is complete, which recovery relies on), a new
-file is created starting with SEGMENT, HARD_STATE and SNAPSHOT records that
-restate the state at the cut, and the directory is fsynced. The decision to
-cut is taken in `append`, where the model state at that point is known; the
-pending buffer carries it to `sync` as a `_Cut`.
+it past `segment_bytes_max`; then the segment is cut: the old file is trimmed
+to its records and fsynced (so every segment but the last is exactly its
+records, complete, which recovery relies on), a new file is created starting
+with SEGMENT, HARD_STATE and SNAPSHOT records that restate the state at the
+cut, and the directory is fsynced. The decision to cut is taken in `append`,
+where the model state at that point is known; the pending buffer carries it
+to `sync` as a `_Cut`.
+
+Preallocation, and why the per-batch sync is an fdatasync. A new segment is
+preallocated to `segment_bytes_max` with zeros (posix_fallocate; where the
+filesystem cannot, ftruncate makes a sparse file of that size), its header
+records are written, and the file is fsynced once: from then on its size and
+its block map are durable. Records are written with `pwrite` at a tracked
+offset inside that space, so a write never changes the file's size, and
+fdatasync (which skips metadata that reading the data back does not need,
+such as timestamps) has no size change to commit. Appending to a growing
+file instead changes the size on every write, so every sync must also commit
+the inode to the filesystem journal. (On ext4 and XFS the first write into a
+fallocated block still marks its extent written, a smaller metadata update;
+filling segments by writing zeros would avoid even that, at the price of
+writing every segment twice, and measured no faster in bench/wal_bench.)
+The reader finds the end of the records where the zeros start (see
+record.py). The last segment stays preallocated across restarts: trimming it
+at recovery would make every sync until the next cut pay for the size change
+again. Only a torn tail is cut, and the space after it zeroed again
+(truncate, then preallocate), so no fragment of it is left behind the
+records written next.
 
 Snapshots and compaction. `save_snapshot` writes the snapshot file atomically,
 appends a SNAPSHOT record (preceded by TRUNCATE when the snapshot conflicts
@@ -69,6 +90,7 @@ recovers from what is really on disk.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
@@ -91,6 +113,11 @@ MiB = 1024 * 1024
 _ENTRY_OVERHEAD_BYTES_MAX = 1 + 9 + 2 + 5
 # The ENTRIES record body's own framing: outer array, first index, rows array header.
 _ENTRIES_FRAMING_BYTES_MAX = 1 + 9 + 5
+# posix_fallocate errors meaning "this filesystem cannot preallocate", as
+# opposed to ENOSPC, which is a full disk and must fail the segment's creation.
+_FALLOCATE_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
+# macOS has neither fdatasync nor posix_fallocate; there fsync and a sparse file stand in.
+_fdatasync: FsyncFn = getattr(os, "fdatasync", os.fsync)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +172,15 @@ class _Cut:
 class Storage:
     """The WAL and snapshots of one consensus group in one directory."""
 
-    def __init__(self, dir_path: str, config: StorageConfig, fsync_fn: FsyncFn) -> None:
+    def __init__(
+        self, dir_path: str, config: StorageConfig, fsync_fn: FsyncFn, fdatasync_fn: FsyncFn
+    ) -> None:
         """Use `Storage.open`; this only sets fields."""
         # Fixed for the lifetime of the object.
         self.dir_path = dir_path
         self.config = config
-        self._fsync_fn = fsync_fn
+        self._fsync_fn = fsync_fn  # files whose size or directory entries change
+        self._fdatasync_fn = fdatasync_fn  # the per-batch sync of records in preallocated space
         self._durable = config.fsync != "never"
         self._io_lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -168,7 +198,8 @@ class Storage:
         self._next_seq = 0
         # On-disk state; guarded by _io_lock.
         self._segments: list[SegmentFile] = []
-        self._fd = -1  # the last segment, open for appending
+        self._fd = -1  # the last segment, open for writing
+        self._offset = 0  # where the next record goes in the last segment: the end of its records
         self._lock_fd = -1  # holds an exclusive flock on LOCK_FILE while open
         self._dir_dirty = False  # a segment was created since the directory was last fsynced
         # Bytes were written to the last segment without fsync (pending buffer
@@ -184,12 +215,14 @@ class Storage:
         dir_path: str,
         config: StorageConfig | None = None,
         fsync_fn: FsyncFn = os.fsync,
+        fdatasync_fn: FsyncFn = _fdatasync,
     ) -> Storage:
         """Recover the directory (creating it if needed) and return storage ready to append.
 
         `restored` holds what recovery found. Raises CorruptLogError when the
-        directory is damaged beyond a torn tail."""
-        storage = cls(dir_path, config or StorageConfig(), fsync_fn)
+        directory is damaged beyond a torn tail. `fsync_fn` and `fdatasync_fn`
+        are injected by tests and benchmarks to count or skip syncs."""
+        storage = cls(dir_path, config or StorageConfig(), fsync_fn, fdatasync_fn)
         os.makedirs(dir_path, exist_ok=True)
         with storage._io_lock:
             try:
@@ -285,18 +318,23 @@ class Storage:
             self._start_first_segment()
             return
         last = self._segments[-1]
+        self._fd = os.open(last.path, os.O_WRONLY)
+        self._offset = found.last_valid_bytes
         if found.torn_reason is not None:
-            with open(last.path, "r+b") as f:
-                f.truncate(found.last_valid_bytes)
-                if self._durable:
-                    self._fsync_fn(f.fileno())
+            # Zero the space after the records again, so that no fragment of the
+            # torn write survives behind the records written next.
+            os.ftruncate(self._fd, self._offset)
             self.repairs.append(
                 f"cut a torn tail of {found.torn_bytes} bytes from {last.path} at offset "
                 f"{found.last_valid_bytes} ({found.torn_reason})"
             )
-        self._fd = os.open(last.path, os.O_WRONLY | os.O_APPEND)
+        if os.fstat(self._fd).st_size < self.config.segment_bytes_max:
+            # After a cut, or a segment written before segments were preallocated.
+            self._preallocate(self._fd)
+            if self._durable:
+                self._fsync_fn(self._fd)
         with self._state_lock:
-            self._segment_bytes = os.fstat(self._fd).st_size
+            self._segment_bytes = self._offset
             self._segment_has_records = True
             self._next_seq = last.seq + 1
 
@@ -304,12 +342,8 @@ class Storage:
         """Create the first segment of an empty directory, durably."""
         with self._state_lock:
             cut = self._new_cut()
-        fd = self._create_segment(cut)
-        self._write_all(fd, cut.header)
-        if self._durable:
-            self._fsync_fn(fd)
-            self._fsync_dir()
-        self._fd = fd
+        self._create_segment(cut)
+        self._fsync_dir()
 
     def _check_snapshot(self, model: LogModel[Entry], newest: Snapshot | None) -> bool:
         """Check the newest snapshot file against the WAL; True if the WAL does not record it yet."""
@@ -493,36 +527,72 @@ class Storage:
             if isinstance(item, bytes):
                 chunk.append(item)
                 continue
-            self._write_all(self._fd, b"".join(chunk))
-            chunk = [item.header]
-            # Every segment but the last must be complete on disk before the
-            # next one exists: recovery treats damage in it as corruption.
-            if self._durable:
-                self._fsync_fn(self._fd)
-            os.close(self._fd)
-            self._fd = self._create_segment(item)
-        self._write_all(self._fd, b"".join(chunk))
+            self._write_records(b"".join(chunk))
+            chunk = []
+            self._seal_segment()
+            self._create_segment(item)
+        self._write_records(b"".join(chunk))
         self._unsynced = True
         if fsync:
-            self._fsync_fn(self._fd)
+            # The size and block map were made durable when the segment was
+            # created; the records' data is all that is left to flush.
+            self._fdatasync_fn(self._fd)
             self._unsynced = False
             # A segment created by an earlier write without fsync (pending buffer
             # full) still needs its directory entry made durable.
             if self._dir_dirty:
                 self._fsync_dir()
 
-    def _create_segment(self, cut: _Cut) -> int:
-        path = os.path.join(self.dir_path, segment_name(cut.seq))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        self._segments.append(SegmentFile(cut.seq, path, cut.next_index))
-        self._dir_dirty = True
-        return fd
-
-    @staticmethod
-    def _write_all(fd: int, data: bytes) -> None:
+    def _write_records(self, data: bytes) -> None:
+        """Write `data` at the end of the last segment's records."""
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view) :]
+            written = os.pwrite(self._fd, view, self._offset)
+            self._offset += written
+            view = view[written:]
+
+    def _seal_segment(self) -> None:
+        """Trim the last segment to its records and make it complete on disk.
+
+        Every segment but the last must be complete before the next one
+        exists: recovery treats any damage in it, its preallocated zeros
+        included, as corruption."""
+        os.ftruncate(self._fd, self._offset)
+        if self._durable:
+            self._fsync_fn(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+
+    def _create_segment(self, cut: _Cut) -> None:
+        """Create segment `cut.seq`, preallocated, holding its header records; make it the last.
+
+        Durable modes fsync it once here, which makes its size and block map
+        durable together with the header; the directory entry is fsynced by the
+        caller (at once for the first segment, at the end of the batch for a cut)."""
+        path = os.path.join(self.dir_path, segment_name(cut.seq))
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._offset = 0
+        self._segments.append(SegmentFile(cut.seq, path, cut.next_index))
+        self._dir_dirty = True
+        self._preallocate(self._fd)
+        self._write_records(cut.header)
+        if self._durable:
+            self._fsync_fn(self._fd)
+
+    def _preallocate(self, fd: int) -> None:
+        """Give the segment its full size in zeros, so that writing records never changes it."""
+        size = self.config.segment_bytes_max
+        if hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(fd, 0, size)
+                return
+            except OSError as exc:
+                if exc.errno not in _FALLOCATE_UNSUPPORTED:
+                    raise
+        # A sparse file: its blocks are allocated as records are written, but
+        # its size is already final, and holes read as zeros all the same.
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
 
     def _fsync_dir(self) -> None:
         if self._durable:
@@ -600,10 +670,13 @@ class Storage:
 
 
 def load(
-    dir_path: str, config: StorageConfig | None = None, fsync_fn: FsyncFn = os.fsync
+    dir_path: str,
+    config: StorageConfig | None = None,
+    fsync_fn: FsyncFn = os.fsync,
+    fdatasync_fn: FsyncFn = _fdatasync,
 ) -> RestoreState:
-    """Recover `dir_path` (truncating a torn tail) and return what a restarted node loads.
+    """Recover `dir_path` (cutting a torn tail) and return what a restarted node loads.
 
     Raises CorruptLogError when the directory is damaged beyond a torn tail."""
-    with Storage.open(dir_path, config, fsync_fn) as storage:
+    with Storage.open(dir_path, config, fsync_fn, fdatasync_fn) as storage:
         return storage.restored

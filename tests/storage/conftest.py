@@ -14,8 +14,8 @@ def open_storage(tmp_path):
     opened: list[Storage] = []
     path = str(tmp_path / "wal")
 
-    def _open(config: StorageConfig = SMALL, fsync_fn=no_fsync) -> Storage:
-        storage = Storage.open(path, config, fsync_fn)
+    def _open(config: StorageConfig = SMALL, fsync_fn=no_fsync, fdatasync_fn=no_fsync) -> Storage:
+        storage = Storage.open(path, config, fsync_fn, fdatasync_fn)
         opened.append(storage)
         return storage
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from wal_helpers import crash, make_entries, make_snapshot, no_fsync
+from wal_helpers import crash, data_end, make_entries, make_snapshot, no_fsync, write_at
 
 from kvorum.consensus.replicated_log import Entry, HardState, RestoreState, Snapshot
 from kvorum.storage import Storage, StorageConfig
@@ -78,7 +78,7 @@ class StorageMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.path = tempfile.mkdtemp(prefix="kvorum-wal-")
-        self.storage = Storage.open(self.path, CONFIG, no_fsync)
+        self.storage = Storage.open(self.path, CONFIG, no_fsync, no_fsync)
         self.model = Model()
         self.durable = Model()
         self.term = 1
@@ -137,7 +137,7 @@ class StorageMachine(RuleBasedStateMachine):
     def reopen(self):
         self.storage.close()
         self.durable = copy.deepcopy(self.model)
-        self.storage = Storage.open(self.path, CONFIG, no_fsync)
+        self.storage = Storage.open(self.path, CONFIG, no_fsync, no_fsync)
         assert self.storage.restored == self.model.restore_state()
 
     @rule()
@@ -146,19 +146,22 @@ class StorageMachine(RuleBasedStateMachine):
         self.recover()
 
     def recover(self):
-        self.storage = Storage.open(self.path, CONFIG, no_fsync)
+        self.storage = Storage.open(self.path, CONFIG, no_fsync, no_fsync)
         self.model = copy.deepcopy(self.durable)
         assert self.storage.restored == self.model.restore_state()
 
-    @rule(kept=st.integers(0, 60))
-    def crash_during_a_write(self, kept):
-        """The crash tore the next record: only its first `kept` bytes reached the file."""
+    @rule(kept=st.integers(0, 60), hole=st.integers(0, 20))
+    def crash_during_a_write(self, kept, hole):
+        """The crash tore the next record: only its first `kept` bytes reached the
+        preallocated file, and the first `hole` of those stayed zero (pages that
+        did not reach the disk)."""
         segment = self.storage.segment_paths()[-1]
         crash(self.storage)
         torn = make_entries(self.durable.last_index + 1, 1, self.term, 30)
-        with open(segment, "ab") as f:
-            record = rec.encode_record(rec.RecordType.ENTRIES, rec.encode_entries(torn))
-            f.write(record[: min(kept, len(record) - 1)])
+        record = rec.encode_record(rec.RecordType.ENTRIES, rec.encode_entries(torn))
+        written = record[: min(kept, len(record) - 1)]
+        hole = min(hole, len(written))
+        write_at(segment, data_end(self.path), bytes(hole) + written[hole:])
         self.recover()
 
     @rule(offset=st.integers(0, 40))

@@ -15,7 +15,7 @@ from wal_helpers import SMALL, make_entries, make_snapshot, no_fsync
 
 
 def reload(path: str, config: StorageConfig = SMALL) -> RestoreState:
-    return load(path, config, no_fsync)
+    return load(path, config, no_fsync, no_fsync)
 
 
 def test_empty_directory_restores_nothing(open_storage):
@@ -296,7 +296,7 @@ def test_a_failed_fsync_poisons_the_storage(open_storage):
         if not disk_ok:
             raise OSError(5, "Input/output error")
 
-    storage = open_storage(fsync_fn=fsync)
+    storage = open_storage(fsync_fn=fsync, fdatasync_fn=fsync)
     storage.append(make_entries(1, 1, term=1), None)
     disk_ok = False
     with pytest.raises(OSError):
@@ -337,6 +337,6 @@ def test_bad_limits_are_refused_when_the_config_is_built(limits):
 def test_a_directory_has_one_writer_at_a_time(open_storage):
     storage = open_storage()
     with pytest.raises(DirectoryLockedError):
-        Storage.open(open_storage.path, SMALL, no_fsync)
+        Storage.open(open_storage.path, SMALL, no_fsync, no_fsync)
     storage.close()
     open_storage().close()
