@@ -330,3 +330,34 @@ def test_corrupted_wal_record_stops_the_node_with_a_clear_error(cluster):
     assert victim.process.wait(timeout=20) != 0
     log = victim.log_path.read_text()
     assert "cannot use the data directory" in log and segment.name in log
+
+
+def test_cluster_up_starts_a_cluster_and_status_shows_it(tmp_path):
+    import os
+    import signal
+    import sys
+
+    from harness import REPO, free_ports
+
+    base = next(p for p in free_ports(20) if p < 55000)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    up = subprocess.Popen([sys.executable, "-m", "kvorum", "cluster", "up", "--nodes", "3", "--base-port", str(base),
+                           "--data-dir", str(tmp_path / "c")], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        table = ""
+        roles: list[str] = []
+        while time.monotonic() < deadline and roles.count("leader") != 1:
+            time.sleep(0.3)
+            table = subprocess.run([sys.executable, "-m", "kvorum", "cluster", "status", "--nodes", "3",
+                                    "--base-port", str(base)], cwd=REPO, env=env, capture_output=True,
+                                   text=True, timeout=20).stdout
+            roles = sorted(line.split()[2] for line in table.splitlines()[1:])
+        lines = table.splitlines()
+        assert lines[0].split() == ["node", "address", "role", "term", "leader", "commit", "applied", "last", "lag"]
+        assert sorted(line.split()[2] for line in lines[1:]) == ["follower", "follower", "leader"]
+    finally:
+        up.send_signal(signal.SIGINT)
+        out, _ = up.communicate(timeout=30)
+    assert up.returncode == 0, out

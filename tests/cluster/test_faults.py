@@ -29,6 +29,7 @@ import pytest
 import redis
 from redis.exceptions import ClusterDownError, TryAgainError
 
+from kvorum.server.launcher import status_table
 from kvorum.sim.history import Recorder, dump_jsonl
 from kvorum.sim.linearizability import check
 
@@ -36,6 +37,10 @@ FAULT_S = float(os.environ.get("KVORUM_FAULT_SECONDS", "20"))
 FAULT_SEED = int(os.environ.get("KVORUM_FAULT_SEED", "7"))  # the nemesis' choices
 CLIENTS = 4
 KEYS = ("a", "b", "c", "d")
+# Every KEY_EPOCH_S the clients move to fresh keys (a1, b1, ... then a2, ...): keys are
+# independent, so the checker searches many short histories instead of a few long ones
+# whose unknown outcomes would make the search exponential.
+KEY_EPOCH_S = 5.0
 OP_SOCKET_TIMEOUT_S = 1.5
 OP_RETRY_S_MAX = 5.0  # an op refused for this long is recorded as failed (it never happened)
 REDIRECT_PAUSE_S = 0.02
@@ -44,8 +49,10 @@ FAULT_LENGTH_S = (0.5, 2.5)
 
 
 class Worker(threading.Thread):
-    def __init__(self, index: int, cluster, recorder: Recorder, lock: threading.Lock, stop: threading.Event):
+    def __init__(self, index: int, cluster, recorder: Recorder, lock: threading.Lock, stop: threading.Event,
+                 start_s: float = 0.0):
         super().__init__(daemon=True)
+        self.start_s = start_s
         self.index = index
         self.cluster = cluster
         self.recorder = recorder
@@ -57,6 +64,7 @@ class Worker(threading.Thread):
         self.conn: redis.Redis | None = None
         self.seq = 0
         self.counts = {"ok": 0, "unknown": 0, "fail": 0}
+        self.last_refusal = ""
 
     @property
     def name(self) -> str:
@@ -81,7 +89,8 @@ class Worker(threading.Thread):
 
     def run(self) -> None:
         while not self.stop_event.is_set():
-            self.one_op(self.rng.choice(KEYS), self.rng.choice(("get", "put", "incr")))
+            epoch = int((time.monotonic() - self.start_s) // KEY_EPOCH_S)
+            self.one_op(f"{self.rng.choice(KEYS)}{epoch}", self.rng.choice(("get", "put", "incr")))
         self.close()
 
     def one_op(self, key: str, kind: str) -> str:
@@ -98,6 +107,7 @@ class Worker(threading.Thread):
             try:
                 reply = self.connect(self.port).execute_command(*command)
             except redis.exceptions.MovedError as moved:
+                self.last_refusal = f"MOVED {moved}"
                 self.port = int(str(moved).split()[-1].rsplit(":", 1)[1])
                 time.sleep(REDIRECT_PAUSE_S)
                 continue
@@ -109,6 +119,7 @@ class Worker(threading.Thread):
             except redis.ResponseError as exc:
                 text = str(exc)
                 if isinstance(exc, (ClusterDownError, TryAgainError)):
+                    self.last_refusal = f"{type(exc).__name__} {exc} (port {self.port})"
                     self.close()
                     self.port = self.rng.choice(self.cluster.nodes).port
                     time.sleep(REDIRECT_PAUSE_S)
@@ -163,7 +174,8 @@ def test_history_under_kills_and_pauses_is_linearizable(cluster, tmp_path):
     recorder = Recorder()
     lock = threading.Lock()
     stop = threading.Event()
-    workers = [Worker(i, cluster, recorder, lock, stop) for i in range(CLIENTS)]
+    start_s = time.monotonic()
+    workers = [Worker(i, cluster, recorder, lock, stop, start_s) for i in range(CLIENTS)]
     events: list[str] = []
     for w in workers:
         w.start()
@@ -186,8 +198,10 @@ def test_history_under_kills_and_pauses_is_linearizable(cluster, tmp_path):
         w.join(timeout=30)
     cluster.wait_leader()
     final = Worker(99, cluster, recorder, lock, threading.Event())
-    for key in KEYS:
-        assert final.one_op(key, "get") == "ok", f"final read of {key} failed"
+    for key in sorted({op.key for op in recorder.history()}):
+        assert final.one_op(key, "get") == "ok", (
+            f"final read of {key} failed: {final.last_refusal}\n"
+            + status_table([(n.id, "127.0.0.1", n.port) for n in cluster.nodes]))
     final.close()
 
     history = recorder.history()
