@@ -293,9 +293,11 @@ def test_readonly_follower_serves_locally_and_refuses_once_cut_off(cluster):
 
 
 def _segment(node):
+    """The last WAL segment and its bytes, and where its records end (segments are preallocated with zeros)."""
     segments = sorted(node.data_dir.glob("*.wal"))
     assert segments
-    return segments[-1]
+    data = bytearray(segments[-1].read_bytes())
+    return segments[-1], data, len(data.rstrip(b"\0"))
 
 
 def test_torn_wal_tail_is_cut_and_the_node_catches_up(cluster):
@@ -305,9 +307,9 @@ def test_torn_wal_tail_is_cut_and_the_node_catches_up(cluster):
         r.set(f"k{i}", i)
     victim = followers(cluster, leader)[0]
     victim.kill()
-    segment = _segment(victim)
-    data = segment.read_bytes()
-    segment.write_bytes(data[:-7])  # a record cut short, as by a crash mid-write
+    segment, data, end = _segment(victim)
+    data[end - 7:end] = bytes(7)  # the last record cut short, as by a crash mid-write
+    segment.write_bytes(bytes(data))
     victim.start()
     victim.wait_listening()
     cluster.wait_applied(int(leader.info()["raft_applied_index"]), [victim])
@@ -322,9 +324,8 @@ def test_corrupted_wal_record_stops_the_node_with_a_clear_error(cluster):
         r.set(f"k{i}", "x" * 100)
     victim = followers(cluster, leader)[0]
     victim.kill()
-    segment = _segment(victim)
-    data = bytearray(segment.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # damage in the middle: valid records follow it
+    segment, data, end = _segment(victim)
+    data[end // 2] ^= 0xFF  # damage in the middle: valid records follow it
     segment.write_bytes(bytes(data))
     victim.start()
     assert victim.process.wait(timeout=20) != 0

@@ -108,6 +108,7 @@ class Worker(threading.Thread):
                 reply = self.connect(self.port).execute_command(*command)
             except redis.exceptions.MovedError as moved:
                 self.last_refusal = f"MOVED {moved}"
+                self.close()
                 self.port = int(str(moved).split()[-1].rsplit(":", 1)[1])
                 time.sleep(REDIRECT_PAUSE_S)
                 continue
