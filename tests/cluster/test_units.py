@@ -1,0 +1,77 @@
+"""The cluster's pure parts, no sockets: hash slots, --peers parsing, the replicated state machine."""
+
+from __future__ import annotations
+
+import pytest
+
+import kvorum.commands  # noqa: F401  (registers every command)
+from kvorum.cluster import state_machine as sm
+from kvorum.cluster.slots import crc16, hash_tag, key_slot
+from kvorum.cluster.topology import TopologyError, parse_peers
+from kvorum.protocol.values import CommandError, NullArray
+from kvorum.store import Keyspace
+
+
+def test_key_slots_match_redis():
+    # Values from Redis' cluster tests and the cluster spec.
+    assert crc16(b"123456789") == 0x31C3
+    assert key_slot(b"foo") == 12182
+    assert key_slot(b"bar") == 5061
+    assert key_slot(b"{user1000}.following") == key_slot(b"{user1000}.followers") == key_slot(b"user1000")
+    assert hash_tag(b"foo{}{bar}") == b"foo{}{bar}"  # an empty tag hashes the whole key
+    assert hash_tag(b"foo{{bar}}zap") == b"{bar"
+    assert hash_tag(b"foo{bar}{zap}") == b"bar"
+
+
+def test_parse_peers():
+    nodes = parse_peers("n1@127.0.0.1:7001,n2@127.0.0.1:7002@9999", node_id="n1")
+    assert nodes["n1"].bus_port == 17001 and nodes["n2"].bus_port == 9999
+    assert parse_peers("n1@h:7001", bus_port_self=5000, node_id="n1")["n1"].bus_port == 5000
+    for bad in ("n1@h", "n1@h:x", "@h:1", "n1@h:1,n1@h:2", "n1@h:70000"):
+        with pytest.raises(TopologyError):
+            parse_peers(bad)
+    with pytest.raises(TopologyError):
+        parse_peers("n1@h:7001", node_id="n9")
+
+
+def _replay(entries: list[bytes]) -> tuple[Keyspace, list]:
+    db = Keyspace()
+    stamper = sm.Stamper()
+    return db, [sm.apply(db, data, stamper) for data in entries]
+
+
+def test_every_replica_applying_the_same_entries_ends_identical():
+    entries = [
+        sm.encode_command(1000, [b"SET", b"a", b"1"]),
+        sm.encode_command(1001, [b"INCR", b"a"]),
+        sm.encode_command(1002, [b"SET", b"t", b"x", b"PX", b"100"]),
+        sm.encode_command(1003, [b"HSET", b"h", b"f", b"v"]),
+        sm.encode_exec(1004, [], [[b"INCR", b"a"], [b"INCR", b"h"]]),
+        sm.encode_expire(1200, [b"t", b"a"]),
+    ]
+    first, replies = _replay(entries)
+    second, again = _replay(entries)
+    assert first.dump() == second.dump()
+    assert replies[1] == 2
+    assert replies[4][0] == 3 and isinstance(replies[4][1], CommandError)  # EXEC keeps per-command errors
+    assert first.get(b"t", 1200) is None  # expired by the EXPIRE entry at its stamp
+    assert first.get(b"a", 1200) == b"3"  # not expired: it has no deadline
+
+
+def test_exec_with_a_changed_watched_version_applies_nothing():
+    db = Keyspace()
+    stamper = sm.Stamper()
+    sm.apply(db, sm.encode_command(1, [b"SET", b"k", b"1"]), stamper)
+    version = db.version_of(b"k", 1)
+    sm.apply(db, sm.encode_command(2, [b"SET", b"k", b"2"]), stamper)
+    reply = sm.apply(db, sm.encode_exec(3, [(b"k", version)], [[b"SET", b"k", b"3"]]), stamper)
+    assert reply is NullArray and db.get(b"k", 3) == b"2"
+    reply = sm.apply(db, sm.encode_exec(4, [(b"k", db.version_of(b"k", 4))], [[b"SET", b"k", b"3"]]), stamper)
+    assert db.get(b"k", 4) == b"3"
+
+
+def test_stamps_never_go_back():
+    stamper = sm.Stamper()
+    stamper.observe(10**15)
+    assert stamper.next_ms() == 10**15
+    assert stamper.next_ms() >= 10**15
