@@ -154,6 +154,7 @@ class RaftDriver:
         self.applied_term = 0
         self.snapshot_index = 0
         self.restored_entries = 0
+        self._synced_term_vote: tuple[int, str | None] = (0, None)  # last term and vote made durable
         # Clients waiting: writes by log index, reads by barrier context.
         self._writes: dict[int, _Write] = {}
         self._held: list[_Held] = []
@@ -174,6 +175,7 @@ class RaftDriver:
             self.applied_term = restored.snapshot.term
         fresh = restored.hard_state.term == 0 and restored.snapshot is None and not restored.entries
         self.restored_entries = len(restored.entries)
+        self._synced_term_vote = (restored.hard_state.term, restored.hard_state.vote)
         config = RaftConfig(
             id=self.id,
             membership=Membership(voters=frozenset(self.nodes)),
@@ -297,8 +299,9 @@ class RaftDriver:
                     self._install(rd.snapshot)
                 if rd.entries or rd.hard_state is not None:
                     storage.append(rd.entries, rd.hard_state)
-                    await asyncio.to_thread(storage.sync)
-                    self._acknowledge_durable(rd.entries)
+                    if self._must_sync(rd):
+                        await asyncio.to_thread(storage.sync)
+                        self._acknowledge_durable(rd.entries)
                 send = self.transport.send
                 for message in rd.messages:
                     send(message.to, encode_message(message))
@@ -318,6 +321,21 @@ class RaftDriver:
                     self._release_held()
                 if self.applied_index - self.snapshot_index >= self.snapshot_entries:
                     await self._take_snapshot()
+
+    def _must_sync(self, rd) -> bool:
+        """Whether this Ready must be durable before its messages go out (etcd's MustSync).
+
+        Entries, a term and a vote must: a message may promise them. A commit
+        index alone need not: a node that forgets how far the log was committed
+        learns it again from the leader, and every committed entry is durable on
+        a majority already. It is written with the next group that syncs.
+        """
+        hs = rd.hard_state
+        if rd.entries or (hs is not None and (hs.term, hs.vote) != self._synced_term_vote):
+            if hs is not None:
+                self._synced_term_vote = (hs.term, hs.vote)
+            return True
+        return False
 
     def _install(self, snapshot: Snapshot) -> None:
         """A leader's snapshot replaces the state machine; writes it covers have unknown outcomes."""

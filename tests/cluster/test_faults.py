@@ -4,7 +4,7 @@ restarts and pauses nodes; the recorded history must be linearizable.
 Clients are threads with plain redis-py connections (no retries of their own).
 Each op is one logical operation on one of a few keys: GET, SET of a fresh
 integer, or INCR. An op may be sent several times, but only after answers that
-prove it did not happen (-MOVED, -CLUSTERDOWN, -TRYAGAIN); a timeout, a lost
+prove it did not happen (-MOVED, -CLUSTERDOWN, -TRYAGAIN, a refused dial); a timeout, a lost
 connection or -TIMEOUT makes its outcome unknown, and that client continues
 under a new name (an unknown op stays concurrent with everything after it).
 
@@ -77,6 +77,7 @@ class Worker(threading.Thread):
             self.conn = redis.Redis(host="127.0.0.1", port=port, socket_timeout=OP_SOCKET_TIMEOUT_S,
                                     socket_connect_timeout=OP_SOCKET_TIMEOUT_S, retry=None,
                                     single_connection_client=True, protocol=2)
+        self.conn.connection.connect()  # a refused dial sends nothing: the op is simply retried
         return self.conn
 
     def close(self) -> None:
@@ -105,7 +106,15 @@ class Worker(threading.Thread):
         result = None
         while time.monotonic() < deadline:
             try:
-                reply = self.connect(self.port).execute_command(*command)
+                conn = self.connect(self.port)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self.last_refusal = f"cannot connect to port {self.port}: {exc}"
+                self.close()
+                self.port = self.rng.choice(self.cluster.nodes).port
+                time.sleep(REDIRECT_PAUSE_S)
+                continue
+            try:
+                reply = conn.execute_command(*command)
             except redis.exceptions.MovedError as moved:
                 self.last_refusal = f"MOVED {moved}"
                 self.close()
