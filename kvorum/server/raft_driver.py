@@ -75,7 +75,7 @@ LEASE_DRIFT_TICKS = 2  # the lease lasts election_tick - this, from the quorum's
 TICKS_CATCH_UP_MAX = 64  # ticks fed at once after a pause (anything past 2 * election_tick is moot)
 SNAPSHOT_ENTRIES_DEFAULT = 10_000  # applied entries between two snapshots of the keyspace
 PENDING_WRITES_MAX = 100_000  # proposals waiting for their entry to apply
-PENDING_READS_MAX = 4096  # read barriers waiting (the engine's max_pending_reads)
+PENDING_READS_MAX = 4096  # reads waiting for a barrier or for its index to apply (also the engine's limit)
 WAIT_S_MAX = 10.0  # a client waiting longer for a write or read gets an unknown-outcome error
 EXIT_STORAGE_FAILED = 70  # process exit status when persisting failed (EX_SOFTWARE)
 
@@ -160,7 +160,7 @@ class RaftDriver:
         self._held: list[_Held] = []
         self._read_ctx_last = 0
         self._reads_waiting: dict[bytes, tuple[asyncio.Future, float]] = {}
-        self._reads_ready: list[tuple[int, asyncio.Future]] = []
+        self._reads_ready: list[tuple[int, asyncio.Future, float]] = []  # (index, future, deadline_s)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -275,6 +275,8 @@ class RaftDriver:
         """A future done once a linearizable read may be served from the local keyspace.
 
         Raises ProposalDropped when this node is not the leader."""
+        if len(self._reads_waiting) + len(self._reads_ready) >= PENDING_READS_MAX:
+            raise ProposalDropped("too many reads waiting")
         self._catch_up_ticks()
         self._read_ctx_last += 1
         ctx = self._read_ctx_last.to_bytes(8, "big")
@@ -310,7 +312,7 @@ class RaftDriver:
                 for read in rd.read_states:
                     waiting = self._reads_waiting.pop(read.ctx, None)
                     if waiting is not None:
-                        self._reads_ready.append((read.index, waiting[0]))
+                        self._reads_ready.append((read.index, waiting[0], waiting[1]))
                 for ctx in rd.dropped:
                     waiting = self._reads_waiting.pop(ctx, None)
                     if waiting is not None and not waiting[0].done():
@@ -377,12 +379,13 @@ class RaftDriver:
             return
         applied = self.applied_index
         waiting = []
-        for index, future in self._reads_ready:
+        for item in self._reads_ready:
+            index, future, _ = item
             if index <= applied:
                 if not future.done():
                     future.set_result(None)
             else:
-                waiting.append((index, future))
+                waiting.append(item)
         self._reads_ready = waiting
 
     def _release_held(self) -> None:
@@ -424,6 +427,9 @@ class RaftDriver:
         self._held = [h for h in self._held if h.deadline_s > now_s]
         for ctx in [c for c, (_, d) in self._reads_waiting.items() if d <= now_s]:
             self._fail(self._reads_waiting.pop(ctx)[0], "TRYAGAIN no read point within %.0fs" % WAIT_S_MAX)
+        for _, future, _ in [r for r in self._reads_ready if r[2] <= now_s]:
+            self._fail(future, "TRYAGAIN the read point was not applied within %.0fs" % WAIT_S_MAX)
+        self._reads_ready = [r for r in self._reads_ready if r[2] > now_s]
 
     def _fail_all(self, message: str) -> None:
         for write in self._writes.values():
@@ -432,7 +438,7 @@ class RaftDriver:
             self._fail(item.future, message)
         for future, _ in self._reads_waiting.values():
             self._fail(future, message)
-        for _, future in self._reads_ready:
+        for _, future, _ in self._reads_ready:
             self._fail(future, message)
         self._writes.clear()
         self._held.clear()
