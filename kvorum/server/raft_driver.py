@@ -74,7 +74,7 @@ HEARTBEAT_TICK_DEFAULT = 1
 LEASE_DRIFT_TICKS = 2  # the lease lasts election_tick - this, from the quorum's last heartbeat
 TICKS_CATCH_UP_MAX = 64  # ticks fed at once after a pause (anything past 2 * election_tick is moot)
 SNAPSHOT_ENTRIES_DEFAULT = 10_000  # applied entries between two snapshots of the keyspace
-PENDING_WRITES_MAX = 100_000  # proposals waiting for their entry to apply
+PENDING_WRITES_MAX = 100_000  # proposals waiting for their entry to apply (or, for `all`, to reach every voter)
 PENDING_READS_MAX = 4096  # reads waiting for a barrier or for its index to apply (also the engine's limit)
 WAIT_S_MAX = 10.0  # a client waiting longer for a write or read gets an unknown-outcome error
 EXIT_STORAGE_FAILED = 70  # process exit status when persisting failed (EX_SOFTWARE)
@@ -153,7 +153,6 @@ class RaftDriver:
         self.applied_index = 0
         self.applied_term = 0
         self.snapshot_index = 0
-        self.restored_entries = 0
         self._synced_term_vote: tuple[int, str | None] = (0, None)  # last term and vote made durable
         # Clients waiting: writes by log index, reads by barrier context.
         self._writes: dict[int, _Write] = {}
@@ -174,7 +173,6 @@ class RaftDriver:
             self.applied_index = self.snapshot_index = restored.snapshot.index
             self.applied_term = restored.snapshot.term
         fresh = restored.hard_state.term == 0 and restored.snapshot is None and not restored.entries
-        self.restored_entries = len(restored.entries)
         self._synced_term_vote = (restored.hard_state.term, restored.hard_state.vote)
         config = RaftConfig(
             id=self.id,
@@ -263,7 +261,7 @@ class RaftDriver:
         """Propose `data`; the future gets the reply value of its entry, or an Unavailable error.
 
         Raises ProposalDropped when this node cannot take it now (not the leader)."""
-        if len(self._writes) >= PENDING_WRITES_MAX:
+        if len(self._writes) + len(self._held) >= PENDING_WRITES_MAX:
             raise ProposalDropped("too many writes in flight")
         index, term = self.node.propose(data)
         future = asyncio.get_running_loop().create_future()
