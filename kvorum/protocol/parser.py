@@ -61,9 +61,24 @@ QUERY_BUFFER_EXCEEDED = "query buffer limit exceeded"
 # Aggregate headers (array, map, set, push, attribute) with a count of 7+ digits.
 BIG_AGGREGATE_COUNT_MIN = 1_000_000
 _BIG_AGGREGATE = re.compile(rb"[*%~>|]\d{7}")
+# Every chunk is screened for such headers. `_BIG_AGGREGATE.search` walks it
+# byte by byte in the regex engine (about 60 CPU instructions per byte: 2,700
+# per pipelined `SET key:012345678901 xxx`, 55,000 with a 1 KiB value), so the
+# screen instead maps digits to b"0" and aggregate type bytes to b"*" with one
+# `bytes.translate` and looks for b"*0000000" with one substring search: the
+# same answer as `_BIG_AGGREGATE.search(data) is not None`, several times
+# cheaper. `_BIG_AGGREGATE` stays for `_feed_guarded`, which needs the positions.
+_SCREEN_TABLE = bytes(48 if 48 <= b <= 57 else 42 if b in b"*%~>|" else 120 for b in range(256))
+_SCREEN_MARK = b"*" + b"0" * len(str(BIG_AGGREGATE_COUNT_MIN))
+assert _BIG_AGGREGATE.pattern.endswith(b"{%d}" % (len(_SCREEN_MARK) - 1))
 # What an unfinished aggregate header line can look like; longer is never a valid count.
 _AGGREGATE_HEAD = re.compile(rb"[*%~>|]-?\d{0,20}")
 HELD_BYTES_MAX = 22
+
+
+def _has_big_aggregate(data) -> bool:
+    """Whether `_BIG_AGGREGATE` matches somewhere in `data`."""
+    return _SCREEN_MARK in data.translate(_SCREEN_TABLE)
 
 
 class _HiredisProtocolError(Exception):
@@ -218,7 +233,7 @@ class RequestParser:
                 self._held = b""
             at_boundary = self._line_ended and not self._reader.has_data()
             if not at_boundary or data[0] == 42 or data[0] == 36:
-                if data[-1] == 10 and _BIG_AGGREGATE.search(data) is None:
+                if data[-1] == 10 and not _has_big_aggregate(data):
                     # What `_fast_entry` would decide for a chunk that ends a line, in one call less.
                     return self._feed_fast(self._reader, data, at_boundary)
                 return self._fast_entry(data, at_boundary)
@@ -243,7 +258,7 @@ class RequestParser:
     def _parse_exact_then_fast(self) -> list[list[bytes]]:
         requests = self._parse_exact()
         if (self.error is None and self.authenticated and self._at_boundary and _fast_start(self._buf)
-                and _BIG_AGGREGATE.search(self._buf) is None):
+                and not _has_big_aggregate(self._buf)):
             rest = bytes(self._buf)
             self._buf.clear()
             self._fast = True
@@ -269,7 +284,7 @@ class RequestParser:
                 data = data[:cut]
                 if not data:
                     return []
-        if _BIG_AGGREGATE.search(data) is None:
+        if not _has_big_aggregate(data):
             return self._feed_fast(self._reader, data, at_boundary)
         return self._feed_guarded(data, at_boundary)
 
