@@ -54,9 +54,11 @@ fdatasync (which skips metadata that reading the data back does not need,
 such as timestamps) has no size change to commit. Appending to a growing
 file instead changes the size on every write, so every sync must also commit
 the inode to the filesystem journal. (On ext4 and XFS the first write into a
-fallocated block still marks its extent written, a smaller metadata update;
-filling segments by writing zeros would avoid even that, at the price of
-writing every segment twice, and measured no faster in bench/wal_bench.)
+fallocated block still converts its extent from unwritten to written, a
+metadata update that fdatasync must commit. Small syncs reach a new block only
+every few dozen syncs; a sync of several kilobytes reaches one every time and
+gains little. Filling a segment by writing zeros would avoid the conversion,
+at the price of writing every segment twice.)
 The reader finds the end of the records where the zeros start (see
 record.py). The last segment stays preallocated across restarts: trimming it
 at recovery would make every sync until the next cut pay for the size change
