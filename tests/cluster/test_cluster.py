@@ -308,7 +308,10 @@ def test_torn_wal_tail_is_cut_and_the_node_catches_up(cluster):
     victim = followers(cluster, leader)[0]
     victim.kill()
     segment, data, end = _segment(victim)
-    data[end - 7:end] = bytes(7)  # the last record cut short, as by a crash mid-write
+    # A crash in the middle of writing a record that was never synced (so never acknowledged):
+    # the start of a record header and some of its body, then nothing.
+    torn = b"kv\x02\x40\x00\x00\x00" + bytes(range(1, 20))
+    data[end:end + len(torn)] = torn
     segment.write_bytes(bytes(data))
     victim.start()
     victim.wait_listening()
@@ -338,26 +341,39 @@ def test_cluster_up_starts_a_cluster_and_status_shows_it(tmp_path):
     import signal
     import sys
 
-    from harness import REPO, free_ports
+    import random
+    import socket
 
-    base = next(p for p in free_ports(20) if p < 55000)
+    from harness import REPO
+
+    def bindable(port):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
+    # cluster up takes ports base..base+2 and their bus ports base+10000..base+10002.
+    base = next(b for b in (random.randrange(20000, 30000) for _ in range(100))
+                if all(bindable(b + d) for d in (0, 1, 2, 10000, 10001, 10002)))
     env = dict(os.environ, PYTHONPATH=str(REPO))
     up = subprocess.Popen([sys.executable, "-m", "kvorum", "cluster", "up", "--nodes", "3", "--base-port", str(base),
                            "--data-dir", str(tmp_path / "c")], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         table = ""
         roles: list[str] = []
-        while time.monotonic() < deadline and roles.count("leader") != 1:
+        while time.monotonic() < deadline and roles != ["follower", "follower", "leader"]:
             time.sleep(0.3)
             table = subprocess.run([sys.executable, "-m", "kvorum", "cluster", "status", "--nodes", "3",
                                     "--base-port", str(base)], cwd=REPO, env=env, capture_output=True,
                                    text=True, timeout=20).stdout
             roles = sorted(line.split()[2] for line in table.splitlines()[1:])
         lines = table.splitlines()
+        assert roles == ["follower", "follower", "leader"], table
         assert lines[0].split() == ["node", "address", "role", "term", "leader", "commit", "applied", "last", "lag"]
-        assert sorted(line.split()[2] for line in lines[1:]) == ["follower", "follower", "leader"]
     finally:
         up.send_signal(signal.SIGINT)
         out, _ = up.communicate(timeout=30)
