@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 `data_received` is the whole hot path: feed the bytes to the parser, take the
 clock once for the batch, run every complete request in order through
-`dispatch.execute` (pipelining), and write all replies of the batch with one
+`dispatch.execute` (`dispatch.execute_batch` for a pipelined batch), and write all replies of the batch with one
 `transport.write`. A batch stops once its replies pass the pause mark; the rest
 of it waits in `backlog`, with reading paused, and runs when the transport has
 room again. A request that closes the connection (QUIT, CLIENT KILL of itself)
@@ -34,7 +34,7 @@ import time
 from kvorum.commands.table import CommandContext
 from kvorum.protocol.encoder import error_line
 from kvorum.protocol.parser import QUERY_BUFFER_EXCEEDED, RequestParser
-from kvorum.server.dispatch import execute
+from kvorum.server.dispatch import execute, execute_batch
 from kvorum.server.state import ServerState
 
 log = logging.getLogger("kvorum.server")
@@ -207,16 +207,7 @@ class Client(asyncio.Protocol):
         stats = self.server.stats
         now_ms = int(time.time() * 1000)
         self.last_ms = now_ms
-        batch_bytes_max = self.server.settings.client_output_pause_bytes
-        parts = []
-        append = parts.append
-        out_bytes = 0
-        for argv in requests:
-            reply = execute(self, argv, now_ms)
-            append(reply)
-            out_bytes += len(reply)
-            if out_bytes > batch_bytes_max or self.close_after_reply:
-                break
+        parts = execute_batch(self, requests, now_ms, self.server.settings.client_output_pause_bytes)
         done = len(parts)
         if done < len(requests) and not self.close_after_reply:
             self.backlog = requests[done:]

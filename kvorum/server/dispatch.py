@@ -15,6 +15,13 @@ are plain commands from authenticated clients outside MULTI, for which the
 lookup, arity, auth and MULTI gates reduce to one dict lookup (`_PLAIN`, built
 from the command table) and one test; any other request goes through the
 whole line in `execute_gated`. `call` is the same handler step for EXEC.
+
+`execute_batch` runs a pipelined batch. Data commands (flags `write` or
+`readonly`) only read and write the keyspace, so running one cannot change what
+the auth, MULTI, tracking and memory gates decide for the connection: the batch
+decides those gates once, runs data commands straight from `_DATA` while they
+pass, and decides them again after any other command, which goes through
+`execute`.
 """
 
 from __future__ import annotations
@@ -38,12 +45,17 @@ _QUEUED = encode(QUEUED, False)
 
 # Filled by `prepare()` once every command family is imported.
 _PLAIN: dict[bytes, tuple] = {}
+_DATA: dict[bytes, tuple] = {}
+# What `execute_batch` looks data commands up in while the gates do not pass: nothing.
+_NO_DATA: dict[bytes, tuple] = {}
 
 
 def prepare() -> None:
-    """Build the fast-path table from the command table (call after registering commands)."""
+    """Build the fast-path tables from the command table (call after registering commands)."""
     _PLAIN.clear()
     _PLAIN.update(_plain_commands())
+    _DATA.clear()
+    _DATA.update(_data_commands(_PLAIN))
 
 
 def decode_arg(arg: bytes) -> str:
@@ -122,6 +134,72 @@ def execute(client: Client, argv: list[bytes], now_ms: int) -> bytes:
     return encode(reply, client.resp3)
 
 
+def execute_batch(client: Client, requests: list[list[bytes]], now_ms: int, out_bytes_max: int) -> list[bytes]:
+    """Run a pipelined batch in order; the encoded replies, one per request run.
+
+    Stops after the reply that takes the batch's output past `out_bytes_max`,
+    or after a request that closes the connection. Each reply equals what
+    `execute` would return: the loop body for data commands is `execute`'s fast
+    path without the gates that `_data_gates_pass` has already decided (arity
+    is still checked per request); keep the two equal.
+    """
+    ctx = client.ctx
+    server = client.server
+    leases = server.leases
+    parts: list[bytes] = []
+    append = parts.append
+    out_bytes = 0
+    data = _DATA if _data_gates_pass(client) else _NO_DATA
+    for argv in requests:
+        entry = data.get(argv[0])
+        if entry is not None:
+            cmd, handler, arity, writes = entry
+            argc = len(argv)
+            if argc != arity if arity > 0 else argc < -arity:
+                entry = None
+        if entry is None:
+            reply = execute(client, argv, now_ms)
+            data = _DATA if _data_gates_pass(client) else _NO_DATA
+            append(reply)
+            out_bytes += len(reply)
+            if out_bytes > out_bytes_max or client.close_after_reply:
+                break
+            continue
+        ctx.now_ms = now_ms
+        try:
+            value = handler(ctx, argv)
+        except CommandError as exc:
+            server.stats.error_replies += 1
+            reply = error_line(exc.message)
+        except Exception:
+            reply = error_line(internal_error(cmd).message)
+        else:
+            if writes:
+                server.dirty += 1
+                if leases.outstanding:
+                    leases.void_keys(cmd, argv)
+            if value.__class__ is bytes:
+                reply = b"$%d\r\n%s\r\n" % (len(value), value)
+            elif value is OK:
+                reply = OK_REPLY
+            else:
+                reply = encode(value, client.resp3)
+        append(reply)
+        out_bytes += len(reply)
+        # A data command never closes the connection, so only the size is checked.
+        if out_bytes > out_bytes_max:
+            break
+    return parts
+
+
+def _data_gates_pass(client: Client) -> bool:
+    """Whether `execute` runs a data command of the right arity straight from its
+    `_PLAIN` entry without a memory check: authenticated, outside MULTI, without
+    CLIENT TRACKING, no maxmemory."""
+    return (client.authenticated and client.multi is None and client.tracking is None
+            and not client.db.maxmemory)
+
+
 def execute_gated(client: Client, argv: list[bytes], now_ms: int) -> bytes:
     """The full line of gates, in Redis' order."""
     cmd = resolve(argv)
@@ -151,6 +229,16 @@ def _plain_commands() -> dict[bytes, tuple]:
         if cmd.handler is not None and not cmd.subcommands:
             plain[name] = (cmd, cmd.handler, cmd.arity, "write" in cmd.flags, "denyoom" in cmd.flags)
     return plain
+
+
+def _data_commands(plain: dict[bytes, tuple]) -> dict[bytes, tuple]:
+    """The `_PLAIN` entries of data commands (flags write or readonly), as
+    name -> (command, handler, arity, writes)."""
+    return {
+        name: (cmd, handler, arity, writes)
+        for name, (cmd, handler, arity, writes, _denyoom) in plain.items()
+        if writes or "readonly" in cmd.flags
+    }
 
 
 def reject(client: Client, message: str) -> bytes:
