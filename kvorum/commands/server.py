@@ -286,6 +286,8 @@ def lastsave(ctx: CommandContext, argv: list[bytes]):
 @command("role", arity=1, flags="noscript loading stale fast", group="server",
          summary="Returns the replication role.", since="2.8.12")
 def role(ctx: CommandContext, argv: list[bytes]):
+    if ctx.server.cluster is not None:
+        return ctx.server.cluster.role_reply()
     return [b"master", 0, []]
 
 

@@ -267,6 +267,19 @@ class ClusterNode:
         info["master_repl_offset"] = self.driver.applied_index
         return info
 
+    def role_reply(self) -> list:
+        """ROLE: Redis' master form on the leader, its replica form elsewhere (offsets are log indexes)."""
+        status = self.driver.status()
+        applied = self.driver.applied_index
+        if status.leader == self.id:
+            replicas = [[self.nodes[nid].host, str(self.nodes[nid].port), str(progress.match)]
+                        for nid, progress in sorted(status.progress.items()) if nid != self.id]
+            return [b"master", applied, replicas]
+        if status.leader is None or status.leader not in self.nodes:
+            return [b"slave", "?", -1, b"connect", applied]
+        leader = self.nodes[status.leader]
+        return [b"slave", leader.host, leader.port, b"connected", applied]
+
     def cluster_info(self) -> dict:
         status = self.driver.status()
         ok = status.leader is not None

@@ -49,6 +49,8 @@ def test_follower_redirects_writes_and_linearizable_reads(cluster):
     with pytest.raises(MovedError):
         r.get("foo")
     assert r.ping()
+    assert r.execute_command("ROLE")[:4] == [b"slave", b"127.0.0.1", leader.port, b"connected"]
+    assert leader.client().execute_command("ROLE")[0] == b"master"
     info = r.info()
     assert info["cluster_enabled"] == 1
     assert info["role"] == "slave" and info["raft_leader"] == leader.id
