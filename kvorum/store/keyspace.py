@@ -8,14 +8,30 @@ clock on a single node, the leader's stamp in a log entry on a replica), so
 replaying the same calls with the same times yields the same keyspace, the same
 versions and the same random choices (the RNG is seeded).
 
-Each key's state is spread over parallel dicts keyed by the key: its value
-(`bytes` for strings, a `dict` of bytes -> bytes for hashes), its version, its
-last access time, its slot in the scan order, and, for keys with a TTL only,
-its absolute expiry time (so `expires_count` is one len()). Keeping only bytes
-and ints in them means no per-key object is tracked by Python's cyclic garbage
-collector: a keyspace of millions of keys costs the collector nothing, where
-one object per key would make every full collection walk them all (hundreds of
+Each key's state is one tuple in `_entries`, (value, version, lru_clock): its
+value (`bytes` for strings; for hashes `HASH_VALUE`, the `dict` of bytes ->
+bytes being in `_hashes`), its version, and the time of its last access in
+ticks of `LRU_CLOCK_RESOLUTION_MS`. A read or a write of a key thereby touches
+one dict entry, where parallel dicts cost a cache miss each on a large
+keyspace. Rarer state lives in dicts of its own: the key's slot in the scan
+order and, for keys with a TTL only, its absolute expiry time (so
+`expires_count` is one len()).
+
+No per-key object stays tracked by Python's cyclic garbage collector. A tuple
+starts tracked, but the collector's first pass over the youngest generation
+untracks every tuple whose items are atomic (bytes, ints, str; not a dict, even
+an untracked one, which is why hash fields sit in `_hashes`), so entries never
+reach the older generations nor count towards the growth that triggers a full
+collection. One tracked object per key would make every full collection
+traverse all keys, and the key count itself would trigger them (hundreds of
 milliseconds per million keys, each time the key count grows by a quarter).
+What a full collection still visits is the items of the `_entries` dict and of
+the scan-order list (tens of milliseconds per million keys).
+
+Access times are an LRU clock that ticks once a second, as Redis' does: LRU
+eviction and OBJECT IDLETIME (whole seconds) need no finer time, and a read
+rewrites its key's entry only when the clock has ticked since the key's last
+access, so reading a hot key mostly writes nothing.
 
 Versions: every write to a key draws the next number from one keyspace-wide
 counter, so a key's version only grows, and a key deleted and created again
@@ -69,9 +85,9 @@ from typing import Callable, Iterable
 
 import msgpack
 
-# Approximate bytes a key costs beyond its key and value bytes (its slots in
-# the parallel dicts and the scan order), and a hash field beyond its field
-# and value bytes.
+# Approximate bytes a key costs beyond its key and value bytes (its entry and
+# tuple, its slot in the scan order), and a hash field beyond its field and
+# value bytes.
 ENTRY_OVERHEAD_BYTES = 64
 FIELD_OVERHEAD_BYTES = 32
 
@@ -80,6 +96,14 @@ FIELD_OVERHEAD_BYTES = 32
 # between evictions (Redis' EVPOOL_SIZE).
 EVICTION_SAMPLES = 5
 EVICTION_POOL_MAX = 16
+
+# One tick of the access clock kept per key (Redis' LRU_CLOCK_RESOLUTION).
+LRU_CLOCK_RESOLUTION_MS = 1000
+
+# What a hash's entry holds in place of its fields (see the module docstring):
+# atomic, so that the entry stays untracked by the garbage collector, and
+# neither bytes nor dict, so that no type test takes it for a value.
+HASH_VALUE = "hash: fields in Keyspace._hashes"
 
 # Tries to find a live key with a TTL by sampling the expiry heap before
 # falling back to the nearest deadline.
@@ -146,11 +170,12 @@ class Keyspace:
         self._reset()
 
     def _reset(self) -> None:
-        # Invariant: _versions, _access and _slots have exactly the keys of
-        # _data; _expires, _hash_bytes and _ext_versions a subset of them.
-        self._data: dict[bytes, bytes | dict] = {}
-        self._versions: dict[bytes, int] = {}
-        self._access: dict[bytes, int] = {}  # last read or write, ms
+        # Invariant: _slots has exactly the keys of _entries; _hashes and
+        # _hash_bytes exactly those whose entry holds HASH_VALUE; _expires and
+        # _ext_versions a subset of them.
+        # key -> (value, version, lru_clock); see the module docstring.
+        self._entries: dict[bytes, tuple[bytes | str, int, int]] = {}
+        self._hashes: dict[bytes, dict[bytes, bytes]] = {}  # fields of each hash
         self._slots: dict[bytes, int] = {}  # index in _order_keys
         self._expires: dict[bytes, int] = {}  # absolute deadline, ms; keys with a TTL only
         self._hash_bytes: dict[bytes, int] = {}  # accounted field bytes of each hash
@@ -209,7 +234,7 @@ class Keyspace:
         return self._used_bytes
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self._entries)
 
     def expires_count(self) -> int:
         return len(self._expires)
@@ -218,8 +243,9 @@ class Keyspace:
 
     def get(self, key: bytes, now_ms: int):
         """The value of a live key for a read (counts a hit or a miss), or None."""
-        value = self._data.get(key)
-        if value is None:
+        entries = self._entries
+        entry = entries.get(key)
+        if entry is None:
             self.keyspace_misses += 1
             return None
         expires = self._expires
@@ -229,16 +255,22 @@ class Keyspace:
                 self._expire(key)
                 self.keyspace_misses += 1
                 return None
-        self._access[key] = now_ms
+        value = entry[0]
+        clock = now_ms // LRU_CLOCK_RESOLUTION_MS
+        if entry[2] != clock:
+            entries[key] = (value, entry[1], clock)
         self.keyspace_hits += 1
+        if value is HASH_VALUE:
+            return self._hashes[key]
         return value
 
     def get_for_write(self, key: bytes, now_ms: int):
         """The value of a live key about to be written (no hit/miss stats), or None."""
-        value = self._live(key, now_ms)
-        if value is not None:
-            self._access[key] = now_ms
-        return value
+        entry = self._live_entry(key, now_ms)
+        if entry is None:
+            return None
+        self._entries[key] = (entry[0], entry[1], now_ms // LRU_CLOCK_RESOLUTION_MS)
+        return self._value(key, entry)
 
     def peek(self, key: bytes, now_ms: int):
         """The value of a live key without touching stats or access time, or None."""
@@ -248,9 +280,8 @@ class Keyspace:
         return self._live(key, now_ms) is not None
 
     def version_of(self, key: bytes, now_ms: int) -> int:
-        if self._live(key, now_ms) is None:
-            return 0
-        return self._versions[key]
+        entry = self._live_entry(key, now_ms)
+        return 0 if entry is None else entry[1]
 
     def ext_version_of(self, key: bytes, now_ms: int) -> int | None:
         """The external version stored with a live key, None if absent or without one."""
@@ -266,24 +297,26 @@ class Keyspace:
 
     def idle_ms(self, key: bytes, now_ms: int) -> int | None:
         """Milliseconds since the key was last read or written, None if absent."""
-        if self._live(key, now_ms) is None:
+        entry = self._live_entry(key, now_ms)
+        if entry is None:
             return None
-        return max(0, now_ms - self._access[key])
+        return max(0, now_ms - entry[2] * LRU_CLOCK_RESOLUTION_MS)
 
     def touch(self, key: bytes, now_ms: int) -> bool:
         """Mark a key as just accessed (TOUCH); False if absent."""
-        if self._live(key, now_ms) is None:
+        entry = self._live_entry(key, now_ms)
+        if entry is None:
             return False
-        self._access[key] = now_ms
+        self._entries[key] = (entry[0], entry[1], now_ms // LRU_CLOCK_RESOLUTION_MS)
         return True
 
     def keys(self, now_ms: int) -> list[bytes]:
         """All live keys, expiring the dead ones met on the way."""
         expires = self._expires
         if not expires:
-            return list(self._data)
+            return list(self._entries)
         out = []
-        for key in list(self._data):
+        for key in list(self._entries):
             at = expires.get(key)
             if at is not None and at <= now_ms:
                 self._expire(key)
@@ -293,7 +326,7 @@ class Keyspace:
 
     def random_key(self, now_ms: int) -> bytes | None:
         expires = self._expires
-        while self._data:
+        while self._entries:
             key = self._random_slot_key()
             at = expires.get(key)
             if at is not None and at <= now_ms:
@@ -353,9 +386,7 @@ class Keyspace:
             self._add(key, value, now_ms)
         else:
             self._used_bytes -= self._size(key, old)
-            self._store(key, value)
-            self._versions[key] = self._version_last
-            self._access[key] = now_ms
+            self._store(key, value, self._version_last, now_ms // LRU_CLOCK_RESOLUTION_MS)
             if not keep_ttl:
                 self._expires.pop(key, None)
         if ext_version is None:
@@ -367,22 +398,26 @@ class Keyspace:
         self._modified(key)
 
     def set_plain(self, key: bytes, value: bytes, now_ms: int) -> None:
-        """`set(key, value, now_ms)` for a string without TTL options: the SET hot path."""
-        data = self._data
-        old = data.get(key)
+        """`set(key, value, now_ms)` for a string without TTL options: the SET hot path.
+
+        Must leave the keyspace as `set` does; it takes `set` itself for a key
+        that holds a hash or has a TTL.
+        """
+        entries = self._entries
+        old = entries.get(key)
         if old is None:
             self._version_last += 1
             self._add(key, value, now_ms)
-        elif old.__class__ is not bytes or key in self._expires:
-            self.set(key, value, now_ms)
-            return
         else:
-            self._used_bytes += len(value) - len(old)
-            data[key] = value
+            old_value = old[0]
+            if old_value.__class__ is not bytes or (self._expires and key in self._expires):
+                self.set(key, value, now_ms)
+                return
+            self._used_bytes += len(value) - len(old_value)
             if self._ext_versions:
                 self._ext_versions.pop(key, None)
-            self._version_last = self._versions[key] = self._version_last + 1
-            self._access[key] = now_ms
+            self._version_last = version = self._version_last + 1
+            entries[key] = (value, version, now_ms // LRU_CLOCK_RESOLUTION_MS)
         cb = self.on_key_modified
         if cb is not None:
             cb(key)
@@ -440,8 +475,7 @@ class Keyspace:
             fields[field] = value
         self._hash_bytes[key] += delta
         self._used_bytes += delta
-        self._versions[key] = self._version_last
-        self._access[key] = now_ms
+        self._entries[key] = (HASH_VALUE, self._version_last, now_ms // LRU_CLOCK_RESOLUTION_MS)
         self._modified(key)
         return added
 
@@ -542,9 +576,9 @@ class Keyspace:
         (keys are written oldest first). Not kept: access times (LRU restarts),
         stats, and the limits, which belong to the node's settings.
         """
-        data, versions, expires, ext = self._data, self._versions, self._expires, self._ext_versions
+        entries, expires, ext = self._entries, self._expires, self._ext_versions
         items = [
-            [key, data[key], versions[key], expires.get(key, 0), ext.get(key)]
+            [key, self._value(key, entries[key]), entries[key][1], expires.get(key, 0), ext.get(key)]
             for key in self._order_keys
             if key is not None
         ]
@@ -557,15 +591,14 @@ class Keyspace:
             raise ValueError(f"keyspace dump format {fmt} is not {DUMP_FORMAT}")
         self._reset()
         for key, value, version, expire_at_ms, ext_version in items:
-            self._add(key, value, 0)
-            self._versions[key] = version
+            self._add(key, value, 0, version)
             if expire_at_ms:
                 self._set_deadline(key, expire_at_ms)
             if ext_version is not None:
                 self._ext_versions[key] = ext_version
         self._version_last = version_last
         # Invariant: every key's version <= _version_last.
-        assert all(v <= version_last for v in self._versions.values())
+        assert all(entry[1] <= version_last for entry in self._entries.values())
         cb = self.on_key_modified
         if cb is not None:
             cb(None)
@@ -596,11 +629,11 @@ class Keyspace:
         if policy == "volatile-ttl":
             return self._nearest_deadline_key()
         if policy == "allkeys-random":
-            return self._random_slot_key() if self._data else None
+            return self._random_slot_key() if self._entries else None
         if policy == "volatile-random":
             return self._random_volatile_key()
         if policy == "allkeys-lru":
-            return self._lru_victim(self._random_slot_key if self._data else None)
+            return self._lru_victim(self._random_slot_key if self._entries else None)
         assert policy == "volatile-lru", policy
         return self._lru_victim(self._random_volatile_key if self._expires else None)
 
@@ -608,12 +641,12 @@ class Keyspace:
         """Redis' approximated LRU: sample keys into a small pool, evict the idlest."""
         if sample is None:
             return None
-        access = self._access
-        pool = [(access_ms, key) for access_ms, key in self._eviction_pool if access.get(key) == access_ms]
+        entries = self._entries
+        pool = [(clock, key) for clock, key in self._eviction_pool if key in entries and entries[key][2] == clock]
         for _ in range(EVICTION_SAMPLES):
             key = sample()
             if key is not None:
-                pool.append((access[key], key))
+                pool.append((entries[key][2], key))
         if not pool:
             return None
         pool = sorted(set(pool))[:EVICTION_POOL_MAX]
@@ -649,49 +682,61 @@ class Keyspace:
 
     def _live(self, key: bytes, now_ms: int):
         """The value of key, expiring it first if its deadline has passed; None if absent."""
-        value = self._data.get(key)
-        if value is not None:
+        entry = self._live_entry(key, now_ms)
+        return None if entry is None else self._value(key, entry)
+
+    def _value(self, key: bytes, entry: tuple):
+        """The value an entry stands for: its bytes, or its hash's fields."""
+        value = entry[0]
+        return self._hashes[key] if value is HASH_VALUE else value
+
+    def _live_entry(self, key: bytes, now_ms: int) -> tuple | None:
+        """The entry of key, expiring it first if its deadline has passed; None if absent."""
+        entry = self._entries.get(key)
+        if entry is not None:
             expires = self._expires
             if expires:
                 at = expires.get(key)
                 if at is not None and at <= now_ms:
                     self._expire(key)
                     return None
-        return value
+        return entry
 
     def _size(self, key: bytes, value) -> int:
         if value.__class__ is bytes:
             return len(key) + len(value) + ENTRY_OVERHEAD_BYTES
         return len(key) + self._hash_bytes[key] + ENTRY_OVERHEAD_BYTES
 
-    def _store(self, key: bytes, value) -> None:
+    def _store(self, key: bytes, value, version: int, lru_clock: int) -> None:
         """Put a value in place and account for it (the old one already unaccounted)."""
-        self._data[key] = value
         if value.__class__ is bytes:
-            self._hash_bytes.pop(key, None)
+            self._entries[key] = (value, version, lru_clock)
+            if self._hashes:
+                self._hashes.pop(key, None)
+                self._hash_bytes.pop(key, None)
             self._used_bytes += len(key) + len(value) + ENTRY_OVERHEAD_BYTES
         else:
+            self._entries[key] = (HASH_VALUE, version, lru_clock)
+            self._hashes[key] = value
             field_bytes = hash_fields_size(value)
             self._hash_bytes[key] = field_bytes
             self._used_bytes += len(key) + field_bytes + ENTRY_OVERHEAD_BYTES
 
-    def _add(self, key: bytes, value, now_ms: int) -> None:
-        """Create a key at version _version_last."""
+    def _add(self, key: bytes, value, now_ms: int, version: int | None = None) -> None:
+        """Create a key at `version`, by default _version_last."""
         self._seq_last += 1
         self._slots[key] = len(self._order_keys)
         self._order_seqs.append(self._seq_last)
         self._order_keys.append(key)
-        self._store(key, value)
-        self._versions[key] = self._version_last
-        self._access[key] = now_ms
+        self._store(key, value, self._version_last if version is None else version,
+                    now_ms // LRU_CLOCK_RESOLUTION_MS)
 
     def _remove(self, key: bytes) -> None:
-        self._used_bytes -= self._size(key, self._data.pop(key))
+        self._used_bytes -= self._size(key, self._entries.pop(key)[0])
+        self._hashes.pop(key, None)
         self._hash_bytes.pop(key, None)
         self._expires.pop(key, None)
         self._ext_versions.pop(key, None)
-        del self._versions[key]
-        del self._access[key]
         self._order_keys[self._slots.pop(key)] = None
         self._order_holes += 1
         if self._order_holes > ORDER_HOLES_MIN and self._order_holes * 2 > len(self._order_keys):
@@ -711,7 +756,7 @@ class Keyspace:
         self._order_holes = 0
 
     def _random_slot_key(self) -> bytes:
-        assert self._data
+        assert self._entries
         keys = self._order_keys
         while True:
             key = keys[self.random.randrange(len(keys))]
@@ -733,8 +778,10 @@ class Keyspace:
             self._expire_heap = heap
 
     def _bump(self, key: bytes) -> None:
+        """Give a key the next version, keeping its value and access time."""
         self._version_last += 1
-        self._versions[key] = self._version_last
+        value, _, lru_clock = self._entries[key]
+        self._entries[key] = (value, self._version_last, lru_clock)
 
     def _modified(self, key: bytes) -> None:
         cb = self.on_key_modified

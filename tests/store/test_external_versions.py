@@ -4,7 +4,7 @@ from kvorum.store import Keyspace
 
 
 def check_ext_subset(ks: Keyspace) -> None:
-    assert set(ks._ext_versions) <= set(ks._data)
+    assert set(ks._ext_versions) <= set(ks._entries)
 
 
 def test_set_stores_and_overwrite_without_one_clears():

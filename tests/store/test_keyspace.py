@@ -6,31 +6,37 @@ import random
 import pytest
 
 from kvorum.store import Keyspace
-from kvorum.store.keyspace import ENTRY_OVERHEAD_BYTES, FIELD_OVERHEAD_BYTES, value_size
+from kvorum.store.keyspace import ENTRY_OVERHEAD_BYTES, FIELD_OVERHEAD_BYTES, HASH_VALUE, value_size
 
 
 def check_invariants(ks: Keyspace) -> None:
-    """Accounting and the parallel dicts match a recomputation from scratch."""
-    data = ks._data
+    """Accounting, entries and the side dicts match a recomputation from scratch."""
+    data = {key: ks._value(key, entry) for key, entry in ks._entries.items()}
     assert ks.used_memory() == sum(len(k) + value_size(v) + ENTRY_OVERHEAD_BYTES for k, v in data.items())
-    assert set(ks._versions) == set(ks._access) == set(ks._slots) == set(data)
+    assert set(ks._slots) == set(data)
     assert set(ks._expires) <= set(data)
-    assert set(ks._hash_bytes) == {k for k, v in data.items() if isinstance(v, dict)}
+    hashes = {k for k, entry in ks._entries.items() if entry[0] is HASH_VALUE}
+    assert set(ks._hash_bytes) == set(ks._hashes) == hashes == {k for k, v in data.items() if isinstance(v, dict)}
     live_slots = [k for k in ks._order_keys if k is not None]
     assert sorted(live_slots) == sorted(data)
     assert all(ks._order_keys[slot] == k for k, slot in ks._slots.items())
     assert ks._order_seqs == sorted(ks._order_seqs)
-    assert all(v <= ks._version_last for v in ks._versions.values())
+    assert all(0 < entry[1] <= ks._version_last for entry in ks._entries.values())
 
 
 def test_no_per_key_objects_for_the_garbage_collector():
     ks = Keyspace()
     ks.set(b"s", b"v", 0, expire_at_ms=100)
     ks.hash_set(b"h", [(b"f", b"v")], 0)
-    for d in (ks._versions, ks._access, ks._slots, ks._expires, ks._hash_bytes):
+    ks.set(b"x", b"v", 0)
+    ks.get(b"x", 5000)
+    for d in (ks._slots, ks._expires, ks._hash_bytes):
         assert not gc.is_tracked(d)
-    # _data itself is tracked once it holds a hash, but no value in it is.
-    assert not any(gc.is_tracked(v) for v in ks._data.values())
+    # Entry tuples start tracked; the youngest generation's first collection
+    # untracks them all, so none reaches an older generation.
+    gc.collect(0)
+    assert not any(gc.is_tracked(entry) for entry in ks._entries.values())
+    assert not any(gc.is_tracked(fields) for fields in ks._hashes.values())
 
 
 class Recorder:
