@@ -9,11 +9,12 @@ a peer message, a proposal, a read barrier) runs on the event loop and then
 sets `_wake`; one task, `_pump`, turns each Ready into work:
 
     1. a snapshot from the leader: persist it (worker thread), load it into the keyspace
-    2. append entries and hard state, then fsync them in a worker thread
-    3. only then send the messages (persist BEFORE send)
-    4. apply committed entries in order, answer the clients waiting on them
-    5. answer read barriers once applied >= their index
-    6. advance; take a snapshot every `snapshot_entries` applied entries
+    2. append entries and hard state, and start their fsync in a worker thread
+    3. meanwhile apply committed entries in order (committed means durable on a
+       majority already), answer the clients waiting on them, and answer read
+       barriers once applied >= their index
+    4. once the fsync is done, send the messages (persist BEFORE send)
+    5. advance; take a snapshot every `snapshot_entries` applied entries
 
 Group commit falls out of step 2: while one fsync runs in its thread, new
 proposals and acknowledgements pile up in the engine, and the next Ready
@@ -297,14 +298,13 @@ class RaftDriver:
                 if rd.snapshot is not None:
                     await asyncio.to_thread(storage.save_snapshot, rd.snapshot)
                     self._install(rd.snapshot)
+                sync = None
                 if rd.entries or rd.hard_state is not None:
                     storage.append(rd.entries, rd.hard_state)
                     if self._must_sync(rd):
-                        await asyncio.to_thread(storage.sync)
-                        self._acknowledge_durable(rd.entries)
-                send = self.transport.send
-                for message in rd.messages:
-                    send(message.to, encode_message(message))
+                        sync = asyncio.ensure_future(asyncio.to_thread(storage.sync))
+                # Committed entries are durable on a majority already: they are applied
+                # (and their clients answered) while this node's own fsync runs.
                 for entry in rd.committed_entries:
                     self._apply(entry)
                 for read in rd.read_states:
@@ -315,8 +315,14 @@ class RaftDriver:
                     waiting = self._reads_waiting.pop(ctx, None)
                     if waiting is not None and not waiting[0].done():
                         waiting[0].set_exception(Unavailable("TRYAGAIN leadership changed during the read"))
-                node.advance(rd)
                 self._serve_reads()
+                if sync is not None:
+                    await sync
+                    self._acknowledge_durable(rd.entries)
+                send = self.transport.send
+                for message in rd.messages:
+                    send(message.to, encode_message(message))
+                node.advance(rd)
                 if self._held:
                     self._release_held()
                 if self.applied_index - self.snapshot_index >= self.snapshot_entries:
