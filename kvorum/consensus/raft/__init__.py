@@ -54,37 +54,9 @@ the simulator catches them):
   what lies beyond its last index, yet acknowledges the whole append.
 """
 
+from kvorum.consensus.raft import messages
 from kvorum.consensus.raft.config import KNOWN_BUGS, RaftConfig
-from kvorum.consensus.raft.messages import (
-    AppendEntries,
-    AppendResponse,
-    Heartbeat,
-    HeartbeatResponse,
-    InstallSnapshot,
-    Message,
-    MessageDecodeError,
-    RequestVote,
-    TimeoutNow,
-    VoteResponse,
-    decode_message,
-    encode_message,
-)
+from kvorum.consensus.raft.messages import *  # noqa: F403  (the wire vocabulary, listed in messages.__all__)
 from kvorum.consensus.raft.node import RaftNode
 
-__all__ = [
-    "KNOWN_BUGS",
-    "RaftConfig",
-    "RaftNode",
-    "AppendEntries",
-    "AppendResponse",
-    "Heartbeat",
-    "HeartbeatResponse",
-    "InstallSnapshot",
-    "Message",
-    "MessageDecodeError",
-    "RequestVote",
-    "TimeoutNow",
-    "VoteResponse",
-    "encode_message",
-    "decode_message",
-]
+__all__ = ["KNOWN_BUGS", "RaftConfig", "RaftNode", *messages.__all__]
