@@ -409,7 +409,10 @@ class RaftDriver:
         self._held = held
 
     async def _take_snapshot(self) -> None:
-        snapshot = Snapshot(self.applied_index, self.applied_term, self.node.status().membership, self._dump())
+        # The membership in force at the applied index: status() may already hold a
+        # later, uncommitted membership entry that a new leader could still undo.
+        membership = self.node.membership_at(self.applied_index)
+        snapshot = Snapshot(self.applied_index, self.applied_term, membership, self._dump())
         await asyncio.to_thread(self.storage.save_snapshot, snapshot)
         self.node.compact(snapshot)
         self.snapshot_index = snapshot.index

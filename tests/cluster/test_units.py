@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
+
 import pytest
 
 import kvorum.commands  # noqa: F401  (registers every command)
 from kvorum.cluster import state_machine as sm
 from kvorum.cluster.slots import crc16, hash_tag, key_slot
 from kvorum.cluster.topology import TopologyError, parse_peers
+from kvorum.consensus.replicated_log import Membership
 from kvorum.protocol.values import CommandError, NullArray
+from kvorum.server.raft_driver import RaftDriver
 from kvorum.store import Keyspace
 
 
@@ -75,3 +80,18 @@ def test_stamps_never_go_back():
     stamper.observe(10**15)
     assert stamper.next_ms() == 10**15
     assert stamper.next_ms() >= 10**15
+
+
+def test_snapshot_recorded_an_uncommitted_membership(tmp_path):
+    """The driver's snapshot holds the membership at its applied index, not the engine's latest."""
+    applied = Membership(voters=frozenset({"n1", "n2", "n3"}))
+    uncommitted = Membership(voters=frozenset({"n1", "n2", "n3", "n4"}))
+    saved = []
+    driver = RaftDriver("n1", parse_peers("n1@127.0.0.1:7001", node_id="n1"), str(tmp_path), "never", "c",
+                        apply=lambda data: None, dump=lambda: b"keys", load=lambda blob: None)
+    driver.applied_index, driver.applied_term = 7, 2
+    driver.node = SimpleNamespace(status=lambda: SimpleNamespace(membership=uncommitted),
+                                  membership_at={7: applied}.__getitem__, compact=lambda snapshot: None)
+    driver.storage = SimpleNamespace(save_snapshot=saved.append)
+    asyncio.run(driver._take_snapshot())
+    assert saved[0].membership == applied and saved[0].index == 7
