@@ -3,7 +3,9 @@
 `LocalCluster(tmp_path, size)` starts `python -m kvorum server --node-id nI
 --peers ... --data-dir ...` per node, each with its own free client and bus
 port. Nodes can be killed (SIGKILL), stopped (SIGTERM), paused (SIGSTOP),
-resumed and restarted on the same ports and data directory. Node logs go to
+resumed and restarted on the same ports and data directory. A node given its
+own `peers` list is started with it (netproxy.py routes peer links through a
+proxy that way). Node logs go to
 files in the cluster's directory, printed by `logs()` when a test fails.
 """
 
@@ -50,12 +52,14 @@ class ClusterNode:
         self.log_path = cluster.dir / f"{node_id}.log"
         self.process: subprocess.Popen | None = None
         self.paused = False
+        self.peers: str | None = None  # this node's own --peers list, instead of the cluster's
 
     def start(self) -> None:
         assert self.process is None or self.process.poll() is not None
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         cmd = [sys.executable, "-m", "kvorum", "server", "--node-id", self.id, "--port", str(self.port),
-               "--peers", self.cluster.peers, "--data-dir", str(self.data_dir), "--fsync", self.cluster.fsync,
+               "--peers", self.peers or self.cluster.peers, "--data-dir", str(self.data_dir),
+               "--fsync", self.cluster.fsync,
                "--log-level", "verbose", *self.cluster.extra_flags]
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

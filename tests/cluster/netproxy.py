@@ -1,0 +1,248 @@
+"""A fault-injecting TCP proxy for cutting traffic between cluster nodes without a packet filter.
+
+One `NetProxy` runs an asyncio loop in a background thread of the test
+process. Each directed link (`src`, `dst`) gets its own loopback listener that
+forwards to `dst`'s real address; node `src` is told (through its `--peers`
+list) that `dst`'s bus port is that listener, so everything `src` dials to
+`dst` goes through the link and nothing else does.
+
+kvorum's peer transport sends a node's messages only on connections that node
+dialed (the reverse direction of such a connection carries just the WELCOME
+or REFUSE of the handshake), so cutting link (A, B) cuts exactly what A sends
+to B, and cutting both (A, B) and (B, A) separates the two nodes.
+
+Per link:
+
+- `pass`: bytes flow both ways.
+- `drop`: every open connection of the link is aborted at once, and new ones
+  are black-holed (accepted, read and discarded, never forwarded: the dialer
+  sees a peer that never answers its handshake) or, with `how="reset"`,
+  closed as soon as they are accepted. Once `drop` returns, no byte crosses
+  the link.
+- `heal`: back to `pass`; black-holed connections are closed so the dialer
+  redials at once.
+
+Control calls come from any thread and return when the loop has applied
+them. `close()` (also on leaving the `with` block) stops the listeners,
+aborts every connection and joins the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+HOST = "127.0.0.1"
+CONTROL_TIMEOUT_S = 10.0
+READ_BYTES = 64 * 1024
+DIAL_TIMEOUT_S = 2.0
+
+PASS, DROP = "pass", "drop"
+BLACKHOLE, RESET = "blackhole", "reset"
+
+
+class _Link:
+    def __init__(self, src: str, dst: str, target: tuple[str, int]) -> None:
+        self.src = src
+        self.dst = dst
+        self.target = target
+        self.state = PASS
+        self.how = BLACKHOLE
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.writers: set[asyncio.StreamWriter] = set()  # both ends of forwarded connections
+        self.holes: set[asyncio.StreamWriter] = set()  # black-holed connections
+        self.connections = 0  # accepted, for tests
+        self.cuts = 0  # times this link went from pass to drop
+
+    def abort(self, writers: set[asyncio.StreamWriter]) -> None:
+        for writer in list(writers):
+            writer.transport.abort()
+        writers.clear()
+
+
+class NetProxy:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.links: dict[tuple[str, str], _Link] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._thread = threading.Thread(target=self._run, name="netproxy", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(CONTROL_TIMEOUT_S)
+
+    def __enter__(self) -> NetProxy:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # Links.
+
+    def add_link(self, src: str, dst: str, target: tuple[str, int]) -> int:
+        """Listen for link (src, dst), forwarding to `target`; returns the listener's port."""
+        assert (src, dst) not in self.links, (src, dst)
+        link = self.links[(src, dst)] = _Link(src, dst, target)
+        return self._call(self._listen(link))
+
+    async def _listen(self, link: _Link) -> int:
+        link.server = await asyncio.start_server(lambda r, w: self._accepted(link, r, w), HOST, 0)
+        link.port = link.server.sockets[0].getsockname()[1]
+        return link.port
+
+    def port(self, src: str, dst: str) -> int:
+        return self.links[(src, dst)].port
+
+    # Faults.
+
+    def drop(self, pairs: Iterable[tuple[str, str]], how: str = BLACKHOLE) -> None:
+        """Cut the directed links `pairs` (see the module doc for `how`)."""
+        assert how in (BLACKHOLE, RESET), how
+        self._call(self._set([self.links[p] for p in pairs], DROP, how))
+
+    def heal(self, pairs: Iterable[tuple[str, str]] | None = None) -> None:
+        """Let traffic pass again on `pairs`, or on every link."""
+        links = list(self.links.values()) if pairs is None else [self.links[p] for p in pairs]
+        self._call(self._set(links, PASS, BLACKHOLE))
+
+    async def _set(self, links: list[_Link], state: str, how: str) -> None:
+        for link in links:
+            if state == DROP and link.state == PASS:
+                link.cuts += 1
+            link.state, link.how = state, how
+            link.abort(link.writers if state == DROP else link.holes)
+
+    def isolate(self, node: str, how: str = BLACKHOLE) -> None:
+        """Cut `node` from every other node, both ways."""
+        self.drop([p for p in self.links if node in p], how)
+
+    def split(self, *groups: Iterable[str], how: str = BLACKHOLE) -> None:
+        """Cut every link between nodes of different groups, both ways."""
+        side = {node: i for i, group in enumerate(groups) for node in group}
+        self.drop([(a, b) for a, b in self.links if side.get(a) != side.get(b)], how)
+
+    def cut_links(self) -> list[tuple[str, str]]:
+        return sorted(p for p, link in self.links.items() if link.state == DROP)
+
+    # Forwarding.
+
+    def _accepted(self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        link.connections += 1
+        task = self.loop.create_task(self._serve(link, reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if link.state == DROP:
+            await self._hole(link, reader, writer)
+            return
+        link.writers.add(writer)
+        try:
+            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(*link.target), DIAL_TIMEOUT_S)
+        except (OSError, asyncio.TimeoutError):
+            link.writers.discard(writer)
+            writer.transport.abort()
+            return
+        if writer not in link.writers:  # the link was cut while dialing
+            up_writer.transport.abort()
+            return
+        link.writers.add(up_writer)
+        await asyncio.gather(self._pump(link, reader, up_writer), self._pump(link, up_reader, writer))
+        for w in (writer, up_writer):
+            link.writers.discard(w)
+            w.transport.abort()
+
+    async def _pump(self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(READ_BYTES):
+                if writer not in link.writers:
+                    return
+                writer.write(data)
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        if writer in link.writers and writer.can_write_eof():
+            with contextlib.suppress(OSError):
+                writer.write_eof()
+
+    async def _hole(self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if link.how == RESET:
+            writer.transport.abort()
+            return
+        link.holes.add(writer)
+        try:
+            while await reader.read(READ_BYTES):
+                if writer not in link.holes:
+                    break
+        except OSError:
+            pass
+        link.holes.discard(writer)
+        writer.transport.abort()
+
+    # Teardown.
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._call(self._shutdown())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(CONTROL_TIMEOUT_S)
+            self.loop.close()
+
+    async def _shutdown(self) -> None:
+        for link in self.links.values():
+            link.server.close()
+            link.abort(link.writers)
+            link.abort(link.holes)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=CONTROL_TIMEOUT_S)
+        for link in self.links.values():
+            await link.server.wait_closed()
+
+
+def proxied_peers(cluster, proxy: NetProxy) -> None:
+    """Route every peer link of `cluster` through `proxy`, before its nodes start.
+
+    Each node keeps its own entry (its real bus port, which it listens on); the
+    other nodes' bus ports in its --peers list are the listeners of its
+    outgoing links. Client ports are untouched, so -MOVED still names them.
+    """
+    for src, dst in itertools.permutations(cluster.nodes, 2):
+        proxy.add_link(src.id, dst.id, (HOST, dst.bus_port))
+    for node in cluster.nodes:
+        node.peers = ",".join(
+            f"{n.id}@{HOST}:{n.port}@{n.bus_port if n is node else proxy.port(node.id, n.id)}"
+            for n in cluster.nodes)
+
+
+@contextlib.contextmanager
+def partitionable_cluster(directory: Path, **kwargs) -> Iterator[tuple[object, NetProxy]]:
+    """A started 3-node `LocalCluster` whose peer links all go through one `NetProxy`.
+
+    Nodes and proxy are torn down on exit, also when the body or the start fails.
+    """
+    from harness import LocalCluster
+
+    with NetProxy() as proxy:
+        cluster = LocalCluster(directory, **kwargs)
+        try:
+            proxied_peers(cluster, proxy)
+            cluster.start()
+            yield cluster, proxy
+        finally:
+            cluster.stop()

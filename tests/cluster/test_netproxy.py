@@ -1,0 +1,149 @@
+"""The fault-injecting proxy itself, with plain sockets: pass, drop (black hole and reset), heal."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from netproxy import RESET, NetProxy
+
+TIMEOUT_S = 2.0
+
+
+@pytest.fixture
+def echo():
+    """A threaded echo server on a free loopback port; closed with every connection at the end."""
+    server = socket.create_server(("127.0.0.1", 0))
+    conns: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            try:
+                while data := conn.recv(4096):
+                    conn.sendall(data)
+            except OSError:
+                pass
+
+    def accept() -> None:
+        threads = []
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                break
+            conns.append(conn)
+            t = threading.Thread(target=serve, args=(conn,))
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join(TIMEOUT_S)
+
+    acceptor = threading.Thread(target=accept)
+    acceptor.start()
+    try:
+        yield server.getsockname()
+    finally:
+        stop.set()
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        acceptor.join(TIMEOUT_S)
+        assert not acceptor.is_alive()
+
+
+@pytest.fixture
+def proxy():
+    with NetProxy() as p:
+        yield p
+    assert not p._thread.is_alive()
+
+
+def dial(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S)
+
+
+def echoes(sock: socket.socket, data: bytes = b"ping") -> bool:
+    """True if `data` comes back; False on a timeout, EOF or reset."""
+    try:
+        sock.sendall(data)
+        got = b""
+        while len(got) < len(data):
+            chunk = sock.recv(len(data) - len(got))
+            if not chunk:
+                return False
+            got += chunk
+        return got == data
+    except OSError:
+        return False
+
+
+def test_pass_forwards_both_ways(proxy, echo):
+    port = proxy.add_link("a", "b", echo)
+    with dial(port) as s:
+        assert echoes(s, b"x" * 200_000)
+    assert proxy.links[("a", "b")].connections == 1
+
+
+def test_drop_closes_open_connections_and_blackholes_new_ones(proxy, echo):
+    port = proxy.add_link("a", "b", echo)
+    with dial(port) as old:
+        assert echoes(old)
+        proxy.drop([("a", "b")])
+        assert proxy.cut_links() == [("a", "b")]
+        assert not echoes(old)
+    with dial(port) as new:  # accepted, but nothing comes back
+        new.settimeout(0.3)
+        assert not echoes(new)
+        proxy.heal()
+        new.settimeout(TIMEOUT_S)
+        assert new.recv(1) == b""  # healing closes black-holed connections: the dialer redials
+    with dial(port) as healed:
+        assert echoes(healed)
+    assert proxy.cut_links() == []
+
+
+def test_drop_with_reset_closes_new_connections_at_once(proxy, echo):
+    port = proxy.add_link("a", "b", echo)
+    proxy.drop([("a", "b")], how=RESET)
+    with dial(port) as s:
+        assert not echoes(s)
+    proxy.heal([("a", "b")])
+    with dial(port) as s:
+        assert echoes(s)
+
+
+def test_links_are_directed(proxy, echo):
+    ab = proxy.add_link("a", "b", echo)
+    ba = proxy.add_link("b", "a", echo)
+    proxy.drop([("a", "b")])
+    with dial(ba) as s:
+        assert echoes(s)
+    with dial(ab) as s:
+        s.settimeout(0.3)
+        assert not echoes(s)
+    proxy.split({"a"}, {"b"})
+    assert proxy.cut_links() == [("a", "b"), ("b", "a")]
+    proxy.heal()
+    proxy.isolate("b")
+    assert proxy.cut_links() == [("a", "b"), ("b", "a")]
+    assert proxy.links[("a", "b")].cuts == 2 and proxy.links[("b", "a")].cuts == 2
+
+
+def test_close_stops_listeners_and_thread(echo):
+    proxy = NetProxy()
+    port = proxy.add_link("a", "b", echo)
+    open_conn = dial(port)
+    assert echoes(open_conn)
+    proxy.close()
+    assert not proxy._thread.is_alive()
+    assert not echoes(open_conn)
+    open_conn.close()
+    with pytest.raises(OSError):
+        dial(port).close()
