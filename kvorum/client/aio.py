@@ -11,34 +11,32 @@ client's.
 from __future__ import annotations
 
 import asyncio
-import secrets
+import contextlib
 import time
 from typing import Any, Awaitable, Callable
 
 import redis.asyncio as aredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ConnectionError
 
-from kvorum.client.client import (
+from kvorum.client.core import (
     HEALTH_CHECK_INTERVAL_S_DEFAULT,
-    REFRESH_KEYS_MAX,
     TRACKING_ERRORS,
-    WAIT_BACKOFF_S_MAX,
-    WAIT_BACKOFF_S_MIN,
     WAIT_S_MAX_DEFAULT,
-    refresh_key,
+    ClientCore,
+    LeaseWait,
+    TrackingLinkState,
+    cached_px,
+    check_options,
+    check_tracking_on,
+    leaseget_args,
+    mget_keys,
+    refresh_lease,
+    tracking_connection,
+    vget_args,
+    vget_result,
 )
-from kvorum.client.near_cache import MAX_BYTES_DEFAULT, MAX_ENTRIES_DEFAULT, NearCache
-from kvorum.client.replies import (
-    NEAR_CACHE_MODES,
-    LeaseResult,
-    expiry_args,
-    invalidated_keys,
-    key_bytes,
-    parse_leaseget,
-    parse_vget,
-    written_keys,
-)
+from kvorum.client.near_cache import MAX_BYTES_DEFAULT, MAX_ENTRIES_DEFAULT
+from kvorum.client.replies import LeaseResult, expiry_args, key_bytes, parse_leaseget, written_keys
 
 
 async def is_cluster(url: str, redis_kwargs: dict) -> bool:
@@ -50,18 +48,13 @@ async def is_cluster(url: str, redis_kwargs: dict) -> bool:
         await probe.aclose()
 
 
-class _TrackingLink:
+class _TrackingLink(TrackingLinkState):
     """One RESP3 connection to one node with CLIENT TRACKING ON, and the lock that serializes it."""
 
-    def __init__(self, pool, client: "AsyncClient", health_check_interval_s: float):
-        kwargs = dict(pool.connection_kwargs)
-        kwargs.update(protocol=3, health_check_interval=health_check_interval_s)
-        self.conn = pool.connection_class(**kwargs)
+    def __init__(self, pool, client: "AsyncClient"):
+        super().__init__(client, asyncio.Lock())
+        self.conn = tracking_connection(pool, client._health_check_interval_s)
         self.conn.register_connect_callback(self._on_connect)
-        self.lock = asyncio.Lock()
-        self._client = client
-        self.resets = 0
-        self.probe_key = None  # the last key read through this link
 
     async def _on_connect(self, conn) -> None:
         # Every connect, first or re-: invalidations sent while we were away are lost.
@@ -69,20 +62,14 @@ class _TrackingLink:
         conn._parser.set_invalidation_push_handler(self._on_push)
         try:
             await conn.send_command("CLIENT", "TRACKING", "ON", check_health=False)
-            reply = await conn.read_response()
-            if reply not in (b"OK", "OK"):
-                raise ConnectionError(f"CLIENT TRACKING ON refused: {reply!r}")
+            check_tracking_on(await conn.read_response())
         except BaseException:
             # An open connection without tracking must never serve (see client.py).
             await conn.disconnect(nowait=True)
             raise
 
     async def _on_push(self, push) -> None:
-        self._client._invalidate(invalidated_keys(push))
-
-    def reset(self) -> None:
-        self.resets += 1
-        self._client._invalidate(None)
+        self.handle_push(push)
 
     async def drain(self) -> None:
         conn = self.conn
@@ -93,13 +80,8 @@ class _TrackingLink:
         while await conn.can_read():
             await conn.read_response(push_request=True)
 
-    def probe(self) -> list:
-        # As in client.py: a linearizable read that fails on a node that no longer leads.
-        return ["PING"] if self.probe_key is None else ["VERSION", self.probe_key]
-
     async def call(self, *args):
-        if args[0] == "GET":
-            self.probe_key = args[1]
+        self.note_request(args)
         await self.conn.send_command(*args, check_health=False)
         return await self.conn.read_response()
 
@@ -111,7 +93,7 @@ class _TrackingLink:
         await self.conn.disconnect()
 
 
-class AsyncClient:
+class AsyncClient(ClientCore):
     """The asyncio kvorum client; `await AsyncClient.connect(url, ...)` or construct and `await
     client.initialize()`. Same arguments and methods as `kvorum.Client`, as coroutines."""
 
@@ -127,23 +109,15 @@ class AsyncClient:
         clock_s: Callable[[], float] = time.monotonic,
         **redis_kwargs: Any,
     ):
-        if near_cache not in NEAR_CACHE_MODES:
-            raise ValueError(f"near_cache must be one of {NEAR_CACHE_MODES}, not {near_cache!r}")
-        if cluster not in ("auto", True, False):
-            raise ValueError("cluster must be 'auto', True or False")
+        check_options(near_cache, cluster)
         self._url = url
         self._redis_kwargs = redis_kwargs
         self.cluster = cluster
         self.redis = None if cluster == "auto" else self._open(cluster)
         self._ready = False  # set by initialize()
-        self.mode = near_cache
-        self.near = NearCache(near_cache_max_entries, near_cache_max_bytes) if near_cache else None
-        self._health_check_interval_s = health_check_interval_s
-        self._links: dict[str, _TrackingLink] = {}
-        self._clock_s = clock_s  # cached() intervals; tests pass a fake one
-        self._refresh_due: dict[bytes, float] = {}
-        self.refreshes = 0
-        self.not_modified = 0
+        # No locks: this state is touched only between awaits, on the loop that owns the client.
+        super().__init__(near_cache, near_cache_max_entries, near_cache_max_bytes,
+                         health_check_interval_s, clock_s, contextlib.nullcontext)
 
     def _open(self, cluster: bool):
         return (RedisCluster if cluster else aredis.Redis).from_url(self._url, **self._redis_kwargs)
@@ -174,9 +148,8 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        for link in self._links.values():
+        for link in self._take_links():
             await link.close()
-        self._links.clear()
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -194,18 +167,9 @@ class AsyncClient:
             try:
                 return await attr(*args, **kwargs)
             finally:
-                if keys is None or keys:
-                    self._invalidate(keys)
+                self._forget_written(keys)
 
         return call
-
-    def _invalidate(self, keys: list[bytes] | None) -> None:
-        if self.near is None:
-            return
-        if keys is None:
-            self.near.clear()
-        else:
-            self.near.invalidate_many(keys)
 
     # -- near-cache reads ----------------------------------------------------------------------
 
@@ -215,37 +179,25 @@ class AsyncClient:
             return await self.redis.get(key)
         if self.mode == "strict":
             k = key_bytes(key)
-            entry, token = self.near.get(k), self.near.fill_token()
-            reply = await self.redis.execute_command(*_vget_args(key, entry))
+            entry, token = self._lookup(k)
+            reply = await self.redis.execute_command(*vget_args(key, entry))
             return self._apply_vget(k, entry, token, reply)
         return await self._get_tracking(key)
 
     async def mget(self, keys, *args):
         await self.initialize()
-        keys = list(keys) + list(args) if not isinstance(keys, (str, bytes)) else [keys, *args]
+        keys = mget_keys(keys, args)
         if self.mode is None:
             return await self.redis.mget(keys)
         if self.mode == "tracking":
             return [await self._get_tracking(k) for k in keys]
-        looked = [(self.near.get(key_bytes(k)), self.near.fill_token()) for k in keys]
+        looked = [self._lookup(key_bytes(k)) for k in keys]
         pipe = self.redis.pipeline(transaction=False)
         for k, (entry, _) in zip(keys, looked):
-            pipe.execute_command(*_vget_args(k, entry))
+            pipe.execute_command(*vget_args(k, entry))
         replies = await pipe.execute()
         return [self._apply_vget(key_bytes(k), entry, token, reply)
                 for k, (entry, token), reply in zip(keys, looked, replies)]
-
-    def _apply_vget(self, k: bytes, entry, token: int, reply):
-        vget = parse_vget(reply)
-        if vget.missing:
-            self._invalidate([k])
-            return None
-        if vget.not_modified:
-            assert entry is not None and entry.version == vget.version
-            self.not_modified += 1
-            return entry.value
-        self.near.fill(k, vget.value, vget.version, token)
-        return vget.value
 
     def _link_for(self, key) -> _TrackingLink:
         if self.cluster:
@@ -253,10 +205,7 @@ class AsyncClient:
             name, pool = node.name, _NodePool(node)
         else:
             name, pool = "", self.redis.connection_pool
-        link = self._links.get(name)
-        if link is None:
-            link = self._links[name] = _TrackingLink(pool, self, self._health_check_interval_s)
-        return link
+        return self._link_named(name, pool, _TrackingLink)
 
     async def _get_tracking(self, key):
         k = key_bytes(key)
@@ -272,7 +221,7 @@ class AsyncClient:
         async with link.lock:
             try:
                 await link.drain()
-                entry, token = self.near.get(k), self.near.fill_token()
+                entry, token = self._lookup(k)
                 if entry is not None:
                     return entry.value
                 value = await link.call("GET", key)
@@ -280,12 +229,12 @@ class AsyncClient:
                 await link.fail()
                 raise
             if value is not None:
-                self.near.fill(k, value, 0, token)
+                self._fill(k, value, 0, token)
             return value
 
     async def sync(self) -> None:
         """As `Client.sync`: one PING on each tracking connection."""
-        for link in list(self._links.values()):
+        for link in self._all_links():
             async with link.lock:
                 try:
                     await link.call("PING")
@@ -297,11 +246,7 @@ class AsyncClient:
     async def lease_get(self, key, *, lease_ms: int | None = None,
                         stale_ms: int | None = None) -> LeaseResult:
         await self.initialize()
-        args = ["LEASEGET", key]
-        if lease_ms is not None:
-            args += ["LEASE", int(lease_ms)]
-        if stale_ms is not None:
-            args += ["STALE", int(stale_ms)]
+        args = leaseget_args(key, lease_ms, stale_ms)
         return parse_leaseget(await self.redis.execute_command(*args))
 
     async def lease_set(self, key, value, token, *, ex: float | None = None,
@@ -331,34 +276,29 @@ class AsyncClient:
             value = await self.get(key)
             if value is not None:
                 return value
-        deadline = time.monotonic() + wait_s_max
-        backoff_s = WAIT_BACKOFF_S_MIN
+        wait = LeaseWait(use_stale, wait_s_max)
         while True:
             found = await self.lease_get(key, lease_ms=lease_ms, stale_ms=stale_ms)
-            if found.hit:
+            step = wait.next_step(found)
+            if step == LeaseWait.SERVE:
                 return found.value
-            if found.lease:
+            if step == LeaseWait.LOAD_AND_STORE:
                 value = await _call(loader)
                 if value is not None:
                     await self.lease_set(key, value, found.token, ex=ex, px=px)
                 return value
-            if use_stale and found.value is not None:
-                return found.value
-            if time.monotonic() + backoff_s > deadline:
+            if step == LeaseWait.LOAD:
                 return await _call(loader)
-            await asyncio.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, WAIT_BACKOFF_S_MAX)
+            await asyncio.sleep(wait.sleep_s)
 
     async def cached(self, key, loader, *, refresh_every: float, ttl: float | None = None):
         """As `Client.cached`."""
-        if refresh_every <= 0:
-            raise ValueError("refresh_every must be positive")
+        px = cached_px(refresh_every, ttl)
         await self.initialize()
         k = key_bytes(key)
-        px = None if ttl is None else max(1, int(ttl * 1000))
         if self._refresh_turn(k, refresh_every):
-            won = await self.redis.set(refresh_key(k), secrets.token_hex(8), nx=True,
-                                       px=max(1, int(refresh_every * 1000)))
+            lease_key, token, lease_px = refresh_lease(k, refresh_every)
+            won = await self.redis.set(lease_key, token, nx=True, px=lease_px)
             if won:
                 value = await _call(loader)
                 self.refreshes += 1
@@ -366,23 +306,11 @@ class AsyncClient:
                 return value
         return await self.get_or_load(key, loader, px=px)
 
-    def _refresh_turn(self, k: bytes, refresh_every: float) -> bool:
-        """Whether this process's timer for `k` is due; if so, restart it."""
-        now = self._clock_s()
-        if now < self._refresh_due.get(k, 0.0):
-            return False
-        self._refresh_due.pop(k, None)
-        self._refresh_due[k] = now + refresh_every
-        while len(self._refresh_due) > REFRESH_KEYS_MAX:
-            del self._refresh_due[next(iter(self._refresh_due))]
-        return True
-
     # -- versions ------------------------------------------------------------------------------
 
     async def vget(self, key):
         await self.initialize()
-        reply = parse_vget(await self.redis.execute_command("VGET", key))
-        return None if reply.missing else (reply.version, reply.value)
+        return vget_result(await self.redis.execute_command("VGET", key))
 
     async def versions(self, *keys) -> list[int]:
         await self.initialize()
@@ -398,13 +326,6 @@ class AsyncClient:
             self._invalidate([key_bytes(key)])
         return reply is not None
 
-    def near_cache_stats(self) -> dict:
-        if self.near is None:
-            return {}
-        n = self.near
-        return {"entries": len(n), "bytes": n.bytes_used, "hits": n.hits, "misses": n.misses,
-                "evictions": n.evictions, "not_modified": self.not_modified}
-
 
 class _NodePool:
     """The connection class and arguments of one asyncio cluster node, shaped like a pool."""
@@ -412,12 +333,6 @@ class _NodePool:
     def __init__(self, node):
         self.connection_class = node.connection_class
         self.connection_kwargs = node.connection_kwargs
-
-
-def _vget_args(key, entry) -> list:
-    if entry is None:
-        return ["VGET", key]
-    return ["VGET", key, "IFNOTVERSION", entry.version]
 
 
 async def _call(loader):

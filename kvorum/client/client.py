@@ -27,44 +27,40 @@ to it, so the whole Redis API is there. It overrides the reads the near cache co
   leadership (and so clears the near cache), or a PING before any key was read.
 
 Both modes share `NearCache` under one lock (`_near_lock`); the tracking connection has its own
-lock, held for a whole read so that pushes and replies on it are handled in order.
+lock, held for a whole read so that pushes and replies on it are handled in order. Everything
+that does no I/O (argument checks, near-cache bookkeeping, reply interpretation, refresh timers,
+lease decisions) lives in core.py and is shared with the asyncio client; this file sends and
+receives.
 """
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from typing import Any, Callable
 
 import redis
 from redis.cluster import RedisCluster
-from redis.exceptions import ClusterDownError, ConnectionError, MovedError, TimeoutError
 
-from kvorum.client.near_cache import MAX_BYTES_DEFAULT, MAX_ENTRIES_DEFAULT, NearCache
-from kvorum.client.replies import (
-    NEAR_CACHE_MODES,
-    LeaseResult,
-    expiry_args,
-    invalidated_keys,
-    key_bytes,
-    parse_leaseget,
-    parse_vget,
-    written_keys,
+from kvorum.client.core import (
+    HEALTH_CHECK_INTERVAL_S_DEFAULT,
+    TRACKING_ERRORS,
+    WAIT_S_MAX_DEFAULT,
+    ClientCore,
+    LeaseWait,
+    TrackingLinkState,
+    cached_px,
+    check_options,
+    check_tracking_on,
+    leaseget_args,
+    mget_keys,
+    refresh_lease,
+    tracking_connection,
+    vget_args,
+    vget_result,
 )
-
-HEALTH_CHECK_INTERVAL_S_DEFAULT = 1.0
-WAIT_BACKOFF_S_MIN = 0.001
-WAIT_BACKOFF_S_MAX = 0.1
-WAIT_S_MAX_DEFAULT = 5.0
-REFRESH_KEYS_MAX = 10_000  # keys whose refresh timers one client remembers (oldest forgotten)
-TRACKING_ERRORS = (ConnectionError, TimeoutError, MovedError, ClusterDownError)
-
-
-def refresh_key(key: bytes) -> bytes:
-    """The key holding the refresh lease of `key`, in the same hash slot when `key` has no tag."""
-    return key + b":refresh" if b"{" in key else b"{" + key + b"}:refresh"
-
+from kvorum.client.near_cache import MAX_BYTES_DEFAULT, MAX_ENTRIES_DEFAULT
+from kvorum.client.replies import LeaseResult, expiry_args, key_bytes, parse_leaseget, written_keys
 
 def is_cluster(url: str, redis_kwargs: dict) -> bool:
     """Whether the server at `url` says `cluster_enabled:1` in INFO."""
@@ -72,41 +68,27 @@ def is_cluster(url: str, redis_kwargs: dict) -> bool:
         return int(probe.info("cluster").get("cluster_enabled", 0)) == 1
 
 
-class _TrackingLink:
+class _TrackingLink(TrackingLinkState):
     """One RESP3 connection to one node with CLIENT TRACKING ON, and the lock that serializes it."""
 
-    def __init__(self, pool, client: "Client", health_check_interval_s: float):
-        kwargs = dict(pool.connection_kwargs)
-        kwargs.update(protocol=3, health_check_interval=health_check_interval_s)
-        self.conn = pool.connection_class(**kwargs)
+    def __init__(self, pool, client: "Client"):
+        super().__init__(client, threading.Lock())
+        self.conn = tracking_connection(pool, client._health_check_interval_s)
         self.conn.register_connect_callback(self._on_connect)
-        self.lock = threading.Lock()
-        self._client = client
-        self.resets = 0  # how many times this link cleared the near cache (connects and errors)
-        self.probe_key = None  # the last key read through this link
 
     def _on_connect(self, conn) -> None:
         # Runs on every connect, first or re-: nothing held from before can be trusted, since
         # invalidations sent while we were away are lost.
         self.reset()
-        conn._parser.set_invalidation_push_handler(self._on_push)
+        conn._parser.set_invalidation_push_handler(self.handle_push)
         try:
             conn.send_command("CLIENT", "TRACKING", "ON", check_health=False)
-            reply = conn.read_response()
-            if reply not in (b"OK", "OK"):
-                raise ConnectionError(f"CLIENT TRACKING ON refused: {reply!r}")
+            check_tracking_on(conn.read_response())
         except BaseException:
             # An open connection without tracking must never serve: close it, so the next
             # call connects (and asks for tracking) again.
             conn.disconnect()
             raise
-
-    def _on_push(self, push) -> None:
-        self._client._invalidate(invalidated_keys(push))
-
-    def reset(self) -> None:
-        self.resets += 1
-        self._client._invalidate(None)
 
     def drain(self) -> None:
         """Handle every push already received; probe first if the node has been silent too long."""
@@ -116,15 +98,8 @@ class _TrackingLink:
         while conn.can_read(timeout=0):
             conn.read_response(push_request=True)
 
-    def probe(self) -> list:
-        # A linearizable read of a key this link tracks: it fails with MOVED (or CLUSTERDOWN) on
-        # a node that no longer leads the key's partition, whose tracking would have gone quiet
-        # while another node takes the writes. PING proves only that the socket is alive.
-        return ["PING"] if self.probe_key is None else ["VERSION", self.probe_key]
-
     def call(self, *args):
-        if args[0] == "GET":
-            self.probe_key = args[1]
+        self.note_request(args)
         self.conn.send_command(*args, check_health=False)
         return self.conn.read_response()
 
@@ -136,7 +111,7 @@ class _TrackingLink:
         self.conn.disconnect()
 
 
-class Client:
+class Client(ClientCore):
     """A kvorum client: the redis-py API, plus a near cache, leases and `cached()`.
 
     `url`: "redis://host:port[/db]". `near_cache`: None, "strict" or "tracking" (see the module
@@ -159,25 +134,13 @@ class Client:
         clock_s: Callable[[], float] = time.monotonic,
         **redis_kwargs: Any,
     ):
-        if near_cache not in NEAR_CACHE_MODES:
-            raise ValueError(f"near_cache must be one of {NEAR_CACHE_MODES}, not {near_cache!r}")
-        if cluster not in ("auto", True, False):
-            raise ValueError("cluster must be 'auto', True or False")
+        check_options(near_cache, cluster)
         if cluster == "auto":
             cluster = is_cluster(url, redis_kwargs)
         self.cluster = cluster
         self.redis = (RedisCluster if cluster else redis.Redis).from_url(url, **redis_kwargs)
-        self.mode = near_cache
-        self.near = NearCache(near_cache_max_entries, near_cache_max_bytes) if near_cache else None
-        self._near_lock = threading.Lock()
-        self._health_check_interval_s = health_check_interval_s
-        self._links: dict[str, _TrackingLink] = {}  # node name -> link; one per node at most
-        self._links_lock = threading.Lock()
-        self._clock_s = clock_s  # cached() intervals; tests pass a fake one
-        self._refresh_due: dict[bytes, float] = {}  # key -> time.monotonic() of next refresh try
-        self._refresh_lock = threading.Lock()
-        self.refreshes = 0  # loads this process made for cached()
-        self.not_modified = 0  # strict-mode reads answered "still current" (no payload moved)
+        super().__init__(near_cache, near_cache_max_entries, near_cache_max_bytes,
+                         health_check_interval_s, clock_s, threading.Lock)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -193,8 +156,7 @@ class Client:
             try:
                 return attr(*args, **kwargs)
             finally:
-                if keys is None or keys:
-                    self._invalidate(keys)
+                self._forget_written(keys)
 
         return call
 
@@ -205,29 +167,9 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        with self._links_lock:
-            for link in self._links.values():
-                link.close()
-            self._links.clear()
+        for link in self._take_links():
+            link.close()
         self.redis.close()
-
-    def _invalidate(self, keys: list[bytes] | None) -> None:
-        """Forget `keys` (None: everything) and refuse fills in flight."""
-        if self.near is None:
-            return
-        with self._near_lock:
-            if keys is None:
-                self.near.clear()
-            else:
-                self.near.invalidate_many(keys)
-
-    def _lookup(self, key: bytes):
-        with self._near_lock:
-            return self.near.get(key), self.near.fill_token()
-
-    def _fill(self, key: bytes, value, version: int, token: int) -> None:
-        with self._near_lock:
-            self.near.fill(key, value, version, token)
 
     # -- near-cache reads ----------------------------------------------------------------------
 
@@ -241,7 +183,7 @@ class Client:
 
     def mget(self, keys, *args):
         """MGET through the near cache: strict mode sends every VGET in one pipeline."""
-        keys = list(keys) + list(args) if not isinstance(keys, (str, bytes)) else [keys, *args]
+        keys = mget_keys(keys, args)
         if self.mode is None:
             return self.redis.mget(keys)
         if self.mode == "tracking":
@@ -249,33 +191,15 @@ class Client:
         looked = [self._lookup(key_bytes(k)) for k in keys]
         pipe = self.redis.pipeline(transaction=False)
         for k, (entry, _) in zip(keys, looked):
-            pipe.execute_command(*self._vget_args(k, entry))
+            pipe.execute_command(*vget_args(k, entry))
         replies = pipe.execute()
         return [self._apply_vget(key_bytes(k), entry, token, reply)
                 for k, (entry, token), reply in zip(keys, looked, replies)]
 
-    @staticmethod
-    def _vget_args(key, entry) -> list:
-        if entry is None:
-            return ["VGET", key]
-        return ["VGET", key, "IFNOTVERSION", entry.version]
-
-    def _apply_vget(self, k: bytes, entry, token: int, reply):
-        vget = parse_vget(reply)
-        if vget.missing:
-            self._invalidate([k])
-            return None
-        if vget.not_modified:
-            assert entry is not None and entry.version == vget.version
-            self.not_modified += 1
-            return entry.value
-        self._fill(k, vget.value, vget.version, token)
-        return vget.value
-
     def _get_strict(self, key):
         k = key_bytes(key)
         entry, token = self._lookup(k)
-        reply = self.redis.execute_command(*self._vget_args(key, entry))
+        reply = self.redis.execute_command(*vget_args(key, entry))
         return self._apply_vget(k, entry, token, reply)
 
     def _link_for(self, key) -> _TrackingLink:
@@ -284,11 +208,7 @@ class Client:
             name, pool = node.name, node.redis_connection.connection_pool
         else:
             name, pool = "", self.redis.connection_pool
-        with self._links_lock:
-            link = self._links.get(name)
-            if link is None:
-                link = self._links[name] = _TrackingLink(pool, self, self._health_check_interval_s)
-            return link
+        return self._link_named(name, pool, _TrackingLink)
 
     def _get_tracking(self, key):
         k = key_bytes(key)
@@ -324,9 +244,7 @@ class Client:
         applies a write, before it acknowledges the write, so the PING reply comes after every
         such push. A failed link clears the near cache instead, which is just as fresh.
         """
-        with self._links_lock:
-            links = list(self._links.values())
-        for link in links:
+        for link in self._all_links():
             with link.lock:
                 try:
                     link.call("PING")
@@ -337,11 +255,7 @@ class Client:
 
     def lease_get(self, key, *, lease_ms: int | None = None, stale_ms: int | None = None) -> LeaseResult:
         """LEASEGET: the value, or on a miss a lease token (one caller) or "wait" (the others)."""
-        args = ["LEASEGET", key]
-        if lease_ms is not None:
-            args += ["LEASE", int(lease_ms)]
-        if stale_ms is not None:
-            args += ["STALE", int(stale_ms)]
+        args = leaseget_args(key, lease_ms, stale_ms)
         return parse_leaseget(self.redis.execute_command(*args))
 
     def lease_set(self, key, value, token, *, ex: float | None = None, px: int | None = None) -> bool:
@@ -378,23 +292,20 @@ class Client:
             value = self.get(key)
             if value is not None:
                 return value
-        deadline = time.monotonic() + wait_s_max
-        backoff_s = WAIT_BACKOFF_S_MIN
+        wait = LeaseWait(use_stale, wait_s_max)
         while True:
             found = self.lease_get(key, lease_ms=lease_ms, stale_ms=stale_ms)
-            if found.hit:
+            step = wait.next_step(found)
+            if step == LeaseWait.SERVE:
                 return found.value
-            if found.lease:
+            if step == LeaseWait.LOAD_AND_STORE:
                 value = loader()
                 if value is not None:
                     self.lease_set(key, value, found.token, ex=ex, px=px)
                 return value
-            if use_stale and found.value is not None:
-                return found.value
-            if time.monotonic() + backoff_s > deadline:
+            if step == LeaseWait.LOAD:
                 return loader()
-            time.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, WAIT_BACKOFF_S_MAX)
+            time.sleep(wait.sleep_s)
 
     # -- refresh from a slow source ------------------------------------------------------------
 
@@ -413,13 +324,11 @@ class Client:
         The process that ran `loader()` gets its return value; the others get what the cluster
         stores (bytes, or str with `decode_responses=True`).
         """
-        if refresh_every <= 0:
-            raise ValueError("refresh_every must be positive")
+        px = cached_px(refresh_every, ttl)
         k = key_bytes(key)
-        px = None if ttl is None else max(1, int(ttl * 1000))
         if self._refresh_turn(k, refresh_every):
-            won = self.redis.set(refresh_key(k), secrets.token_hex(8), nx=True,
-                                 px=max(1, int(refresh_every * 1000)))
+            lease_key, token, lease_px = refresh_lease(k, refresh_every)
+            won = self.redis.set(lease_key, token, nx=True, px=lease_px)
             if won:
                 value = loader()
                 self.refreshes += 1
@@ -427,24 +336,11 @@ class Client:
                 return value
         return self.get_or_load(key, loader, px=px)
 
-    def _refresh_turn(self, k: bytes, refresh_every: float) -> bool:
-        """Whether this process's timer for `k` is due; if so, restart it (one thread wins)."""
-        with self._refresh_lock:
-            now = self._clock_s()
-            if now < self._refresh_due.get(k, 0.0):
-                return False
-            self._refresh_due.pop(k, None)
-            self._refresh_due[k] = now + refresh_every
-            while len(self._refresh_due) > REFRESH_KEYS_MAX:
-                del self._refresh_due[next(iter(self._refresh_due))]
-            return True
-
     # -- versions ------------------------------------------------------------------------------
 
     def vget(self, key):
         """VGET: (version, value) of `key`, or None when it is missing."""
-        reply = parse_vget(self.redis.execute_command("VGET", key))
-        return None if reply.missing else (reply.version, reply.value)
+        return vget_result(self.redis.execute_command("VGET", key))
 
     def versions(self, *keys) -> list[int]:
         """VERSION: each key's version, 0 for a missing key."""
@@ -459,13 +355,3 @@ class Client:
         finally:
             self._invalidate([key_bytes(key)])
         return reply is not None
-
-    def near_cache_stats(self) -> dict:
-        """Entries, bytes, hits, misses and evictions of the near cache ({} when there is none)."""
-        if self.near is None:
-            return {}
-        with self._near_lock:
-            n = self.near
-            return {"entries": len(n), "bytes": n.bytes_used, "hits": n.hits,
-                    "misses": n.misses, "evictions": n.evictions,
-                    "not_modified": self.not_modified}
