@@ -27,6 +27,7 @@ from __future__ import annotations
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 
 from kvorum.client.client import Client
+from kvorum.client.replies import key_bytes
 
 CLIENT_OPTIONS = ("near_cache", "near_cache_max_entries", "near_cache_max_bytes", "cluster")
 
@@ -53,11 +54,7 @@ class KvorumCacheClient(RedisCacheClient):
         # Django writes these in one MULTI pipeline, which bypasses the client's per-call
         # eviction; evict here so this process reads its own writes.
         super().set_many(data, timeout)
-        self.get_client(write=True)._invalidate([_key(k) for k in data])
-
-
-def _key(key) -> bytes:
-    return key if isinstance(key, bytes) else str(key).encode()
+        self.get_client(write=True)._invalidate([key_bytes(k) for k in data])
 
 
 class KvorumCache(RedisCache):
