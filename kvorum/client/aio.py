@@ -27,16 +27,22 @@ from kvorum.client.core import (
     TrackingLinkState,
     cached_px,
     check_options,
-    check_tracking_on,
-    leaseget_args,
-    mget_keys,
     refresh_lease,
     tracking_connection,
-    vget_args,
-    vget_result,
 )
 from kvorum.client.near_cache import MAX_BYTES_DEFAULT, MAX_ENTRIES_DEFAULT
-from kvorum.client.replies import LeaseResult, expiry_args, key_bytes, parse_leaseget, written_keys
+from kvorum.client.replies import (
+    LeaseResult,
+    check_tracking_on,
+    expiry_args,
+    key_bytes,
+    leaseget_args,
+    mget_keys,
+    parse_leaseget,
+    vget_args,
+    vget_result,
+    written_keys,
+)
 
 
 async def is_cluster(url: str, redis_kwargs: dict) -> bool:

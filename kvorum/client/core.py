@@ -1,10 +1,12 @@
 """What `Client` and `AsyncClient` share: every decision the two clients make, with no I/O.
 
 Theory of operation (sans-I/O, as in h11). The blocking client (client.py) and the asyncio client
-(aio.py) are thin shells: they send commands and await (or block on) replies, and hand every
-reply to the code here, which checks arguments, keeps the near cache and the `cached()` timers,
-decides what a VGET or LEASEGET reply means and what `get_or_load` does next. So the two clients
-differ only in how they wait, never in what they decide.
+(aio.py) are thin shells: they send commands and await (or block on) replies. replies.py builds
+those commands and parses the replies; this module keeps the state both clients share (the near
+cache, the tracking links, the `cached()` timers) and makes every decision that changes it: what
+a VGET reply does to the near cache, which keys a write evicts, when a refresh is due, what
+`get_or_load` does after each LEASEGET. So the two clients differ only in how they wait, never in
+what they decide.
 
 Locks. The blocking client is used from many threads and passes `threading.Lock` as `new_lock`;
 the asyncio client touches this state only in synchronous code between two awaits on the one
@@ -56,43 +58,11 @@ def cached_px(refresh_every: float, ttl: float | None) -> int | None:
     return None if ttl is None else max(1, int(ttl * 1000))
 
 
-def mget_keys(keys, args: tuple) -> list:
-    """MGET's keys, given as one iterable or as separate arguments (redis-py accepts both)."""
-    return list(keys) + list(args) if not isinstance(keys, (str, bytes)) else [keys, *args]
-
-
-def vget_args(key, entry) -> list:
-    """VGET of `key`, asking only for a version other than the held `entry`'s."""
-    if entry is None:
-        return ["VGET", key]
-    return ["VGET", key, "IFNOTVERSION", entry.version]
-
-
-def vget_result(reply):
-    """`Client.vget`'s answer: (version, value), or None when the key is missing."""
-    vget = parse_vget(reply)
-    return None if vget.missing else (vget.version, vget.value)
-
-
-def leaseget_args(key, lease_ms: int | None, stale_ms: int | None) -> list:
-    args = ["LEASEGET", key]
-    if lease_ms is not None:
-        args += ["LEASE", int(lease_ms)]
-    if stale_ms is not None:
-        args += ["STALE", int(stale_ms)]
-    return args
-
-
 def tracking_connection(pool, health_check_interval_s: float):
     """A new, unconnected RESP3 connection shaped like `pool`'s, for a tracking link."""
     kwargs = dict(pool.connection_kwargs)
     kwargs.update(protocol=3, health_check_interval=health_check_interval_s)
     return pool.connection_class(**kwargs)
-
-
-def check_tracking_on(reply) -> None:
-    if reply not in (b"OK", "OK"):
-        raise ConnectionError(f"CLIENT TRACKING ON refused: {reply!r}")
 
 
 class LeaseWait:

@@ -1,13 +1,16 @@
-"""Pure pieces shared by the blocking and the asyncio client: reply shapes and key handling.
+"""Pure pieces shared by the blocking and the asyncio client: commands, replies and keys.
 
-Nothing here does I/O; `Client` and `AsyncClient` send the commands and hand the replies to
-these functions, so both clients interpret kvorum's replies in exactly one way.
+Nothing here does I/O or keeps state; `Client` and `AsyncClient` build their commands with these
+functions, send them and hand the replies back here, so both clients speak to kvorum in exactly
+one way. The state both clients keep, and the decisions that change it, are in core.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from redis.exceptions import ConnectionError
 
 NEAR_CACHE_MODES = (None, "strict", "tracking")
 
@@ -131,3 +134,35 @@ def invalidated_keys(push) -> list[bytes] | None:
     if keys is None:
         return None
     return [key_bytes(k) for k in keys]
+
+
+def mget_keys(keys, args: tuple) -> list:
+    """MGET's keys, given as one iterable or as separate arguments (redis-py accepts both)."""
+    return list(keys) + list(args) if not isinstance(keys, (str, bytes)) else [keys, *args]
+
+
+def vget_args(key, entry) -> list:
+    """VGET of `key`, asking only for a version other than the held `entry`'s."""
+    if entry is None:
+        return ["VGET", key]
+    return ["VGET", key, "IFNOTVERSION", entry.version]
+
+
+def vget_result(reply):
+    """`Client.vget`'s answer: (version, value), or None when the key is missing."""
+    vget = parse_vget(reply)
+    return None if vget.missing else (vget.version, vget.value)
+
+
+def leaseget_args(key, lease_ms: int | None, stale_ms: int | None) -> list:
+    args = ["LEASEGET", key]
+    if lease_ms is not None:
+        args += ["LEASE", int(lease_ms)]
+    if stale_ms is not None:
+        args += ["STALE", int(stale_ms)]
+    return args
+
+
+def check_tracking_on(reply) -> None:
+    if reply not in (b"OK", "OK"):
+        raise ConnectionError(f"CLIENT TRACKING ON refused: {reply!r}")
