@@ -1,5 +1,6 @@
 """Fault suite: concurrent clients against a real 3-node cluster while a nemesis kills,
-restarts and pauses nodes; the recorded history must be linearizable.
+restarts and pauses nodes and cuts traffic between them; the recorded history must be
+linearizable.
 
 Clients are threads with plain redis-py connections (no retries of their own).
 Each op is one logical operation on one of a few keys: GET, SET of a fresh
@@ -8,13 +9,21 @@ prove it did not happen (-MOVED, -CLUSTERDOWN, -TRYAGAIN, a refused dial); a tim
 connection or -TIMEOUT makes its outcome unknown, and that client continues
 under a new name (an unknown op stays concurrent with everything after it).
 
-The nemesis, in a loop: SIGKILL the leader and restart it after a while;
-SIGSTOP a random node (sometimes the leader) and SIGCONT it later. At the end
-every node runs again, and one final linearizable GET per key, which the
-checker holds to every acknowledged write, proves nothing acknowledged was lost.
+The nemesis, in a loop, one fault at a time: SIGKILL the leader and restart it
+after a while; SIGSTOP a random node (sometimes the leader) and SIGCONT it
+later; or cut traffic between nodes and heal it later. Every peer link goes
+through netproxy's fault-injecting TCP proxy, so a cut is real TCP behaviour
+(connections aborted, new dials black-holed or reset): the leader isolated
+from both followers, a random 1|2 split, or a one-way cut (one directed link,
+or everything the leader sends, or everything it receives). Clients keep
+their direct connections, so they go on talking to a cut-off old leader. At
+the end every node runs again and every link is healed, and one final
+linearizable GET per key, which the checker holds to every acknowledged
+write, proves nothing acknowledged was lost.
 
-Duration: KVORUM_FAULT_SECONDS (default 20) of faults, nemesis seed
-KVORUM_FAULT_SEED (default 7); the history is written to
+Faults are dealt from a shuffled deck holding each kind once, so even the
+default run injects every kind. Duration: KVORUM_FAULT_SECONDS (default 30) of
+faults, nemesis seed KVORUM_FAULT_SEED (default 7); the history is written to
 the test's temporary directory as history.jsonl for `python -m kvorum.sim.linearizability`.
 """
 
@@ -32,8 +41,9 @@ from redis.exceptions import ClusterDownError, TryAgainError
 from kvorum.server.launcher import status_table
 from kvorum.sim.history import Recorder, dump_jsonl
 from kvorum.sim.linearizability import check
+from netproxy import BLACKHOLE, RESET, partitionable_cluster
 
-FAULT_S = float(os.environ.get("KVORUM_FAULT_SECONDS", "20"))
+FAULT_S = float(os.environ.get("KVORUM_FAULT_SECONDS", "30"))
 FAULT_SEED = int(os.environ.get("KVORUM_FAULT_SEED", "7"))  # the nemesis' choices
 CLIENTS = 4
 KEYS = ("a", "b", "c", "d")
@@ -46,6 +56,8 @@ OP_RETRY_S_MAX = 5.0  # an op refused for this long is recorded as failed (it ne
 REDIRECT_PAUSE_S = 0.02
 NEMESIS_GAP_S = (0.5, 1.5)
 FAULT_LENGTH_S = (0.5, 2.5)
+PARTITION_LENGTH_S = (1.0, 4.0)  # long enough, often, for an election and a CheckQuorum step-down
+ACTIONS = ("kill-leader", "pause-random", "pause-leader", "isolate-leader", "split", "one-way")
 
 
 class Worker(threading.Thread):
@@ -154,13 +166,38 @@ class Worker(threading.Thread):
         return status
 
 
-def nemesis(cluster, stop: threading.Event, rng: random.Random, log: list[str]) -> None:
+def partition(cluster, proxy, action: str, leader, rng: random.Random) -> str:
+    """Cut links for `action`; returns what was cut, for the nemesis log."""
+    how = rng.choice((BLACKHOLE, RESET))
+    ids = [n.id for n in cluster.nodes]
+    if action == "isolate-leader":
+        proxy.isolate(leader.id, how)
+        return f"isolate {leader.id} ({how})"
+    if action == "split":
+        alone = rng.choice(ids)
+        proxy.split({alone}, set(ids) - {alone}, how=how)
+        return f"split {alone}|{','.join(i for i in ids if i != alone)} ({how})"
+    others = [i for i in ids if i != leader.id]
+    pairs = rng.choice((
+        [tuple(rng.sample(ids, 2))],
+        [(leader.id, o) for o in others],
+        [(o, leader.id) for o in others],
+    ))
+    proxy.drop(pairs, how)
+    return f"one-way {' '.join(f'{a}->{b}' for a, b in pairs)} ({how})"
+
+
+def nemesis(cluster, proxy, stop: threading.Event, rng: random.Random, log: list[str],
+            counts: dict[str, int]) -> None:
+    deck: list[str] = []
     while not stop.is_set():
         time.sleep(rng.uniform(*NEMESIS_GAP_S))
         leader = cluster.leader()
-        action = rng.choice(("kill-leader", "pause-random", "pause-leader"))
         if leader is None or stop.is_set():
             continue
+        if not deck:  # every kind of fault once per round, in a random order
+            deck = rng.sample(ACTIONS, len(ACTIONS))
+        action = deck.pop()
         length_s = rng.uniform(*FAULT_LENGTH_S)
         if action == "kill-leader":
             leader.kill()
@@ -168,7 +205,7 @@ def nemesis(cluster, stop: threading.Event, rng: random.Random, log: list[str]) 
             time.sleep(length_s)
             leader.start()
             log.append(f"{time.monotonic():.2f} restart {leader.id}")
-        else:
+        elif action.startswith("pause"):
             victim = leader if action == "pause-leader" else rng.choice(cluster.nodes)
             if not victim.alive:
                 continue
@@ -177,24 +214,44 @@ def nemesis(cluster, stop: threading.Event, rng: random.Random, log: list[str]) 
             time.sleep(length_s)
             victim.resume()
             log.append(f"{time.monotonic():.2f} resume {victim.id}")
+        else:
+            log.append(f"{time.monotonic():.2f} {partition(cluster, proxy, action, leader, rng)}")
+            time.sleep(rng.uniform(*PARTITION_LENGTH_S))
+            proxy.heal()
+            log.append(f"{time.monotonic():.2f} heal")
+        counts[action] = counts.get(action, 0) + 1
+
+
+@pytest.fixture
+def net_cluster(tmp_path, request):
+    with partitionable_cluster(tmp_path / "cluster") as (cluster, proxy):
+        try:
+            yield cluster, proxy
+        finally:
+            if getattr(request.node, "failed_call", False):
+                print(cluster.logs())
 
 
 @pytest.mark.timeout(int(FAULT_S) + 240)
-def test_history_under_kills_and_pauses_is_linearizable(cluster, tmp_path):
+def test_history_under_kills_pauses_and_partitions_is_linearizable(net_cluster, tmp_path):
+    cluster, proxy = net_cluster
     recorder = Recorder()
     lock = threading.Lock()
     stop = threading.Event()
     start_s = time.monotonic()
     workers = [Worker(i, cluster, recorder, lock, stop, start_s) for i in range(CLIENTS)]
     events: list[str] = []
+    faults: dict[str, int] = {}
     for w in workers:
         w.start()
     nemesis_stop = threading.Event()
-    chaos = threading.Thread(target=nemesis, args=(cluster, nemesis_stop, random.Random(FAULT_SEED), events), daemon=True)
+    chaos = threading.Thread(target=nemesis, daemon=True, args=(
+        cluster, proxy, nemesis_stop, random.Random(FAULT_SEED), events, faults))
     chaos.start()
     time.sleep(FAULT_S)
     nemesis_stop.set()
     chaos.join()
+    proxy.heal()
     for node in cluster.nodes:
         if not node.alive:
             node.start()
@@ -217,7 +274,8 @@ def test_history_under_kills_and_pauses_is_linearizable(cluster, tmp_path):
     history = recorder.history()
     dump_jsonl(history, str(tmp_path / "history.jsonl"))
     counts = {s: sum(w.counts[s] for w in workers) for s in ("ok", "unknown", "fail")}
-    print(f"fault suite: seed {FAULT_SEED}, {FAULT_S:.0f}s, {len(history)} ops {counts}, nemesis: {'; '.join(events)}")
+    print(f"fault suite: seed {FAULT_SEED}, {FAULT_S:.0f}s, {len(history)} ops {counts}, faults {faults}, "
+          f"nemesis: {'; '.join(events)}")
     assert counts["ok"] > 50, counts
     result = check(history)
     assert result.ok, result.explain()
