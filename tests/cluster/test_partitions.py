@@ -4,6 +4,8 @@ The majority side elects a new leader within about 2 s and takes writes; the old
 leader stops serving linearizable reads once its lease ends and never answers
 a stale value; a write sent to it is never acknowledged and is gone after the
 heal; after the heal the old leader follows the new one and has its writes.
+And a one-way cut: a leader that still sends but hears nobody steps down, the
+others elect a leader, and after the heal the old one follows it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,16 @@ def read_on(node, key: str) -> tuple[float, str, object]:
         return invoked, "timeout", str(exc)
 
 
+def leader_among(nodes):
+    for node in nodes:
+        try:
+            if node.info().get("raft_role") == "leader":
+                return node
+        except (redis.RedisError, OSError):
+            pass
+    return None
+
+
 def test_isolated_leader_is_replaced_and_serves_no_stale_read(net_cluster):
     cluster, proxy = net_cluster
     old = cluster.wait_leader()
@@ -71,12 +83,7 @@ def test_isolated_leader_is_replaced_and_serves_no_stale_read(net_cluster):
     new = None
     while new is None:
         reads.append(read_on(old, "k"))
-        for node in others:
-            try:
-                if node.info().get("raft_role") == "leader":
-                    new = node
-            except (redis.RedisError, OSError):
-                pass
+        new = leader_among(others)
         assert time.monotonic() - cut_at < 10, "no leader on the majority side\n" + cluster.logs()
     with new.client() as r:
         r.set("k", "v2")
@@ -115,3 +122,40 @@ def test_isolated_leader_is_replaced_and_serves_no_stale_read(net_cluster):
         assert r.get("orphan") is None
     with new.client() as r:
         assert r.get("orphan") is None
+
+
+def wait_leader_among(cluster, nodes, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        leader = leader_among(nodes)
+        if leader is not None:
+            return leader
+        time.sleep(0.02)
+    raise AssertionError(f"no leader among {[n.id for n in nodes]} in {timeout_s}s\n" + cluster.logs())
+
+
+def test_leader_that_hears_nobody_steps_down_and_the_others_carry_on(net_cluster):
+    """One-way cut: the leader still sends (its heartbeats arrive) but receives nothing."""
+    cluster, proxy = net_cluster
+    old = cluster.wait_leader()
+    others = [n for n in cluster.nodes if n is not old]
+    proxy.drop([(o.id, old.id) for o in others])
+    cut_at = time.monotonic()
+    # CheckQuorum makes the old leader step down after an election timeout without
+    # acknowledgements; then the followers stop hearing heartbeats and elect.
+    new = wait_leader_among(cluster, others, timeout_s=8.0)
+    with new.client() as r:
+        r.set("k", "after-cut")
+    print(f"new leader {new.id} took a write {time.monotonic() - cut_at:.2f}s after {old.id} stopped hearing")
+    assert old.info()["raft_role"] != "leader"
+
+    proxy.heal()
+    deadline = time.monotonic() + 10
+    while (info := old.info())["raft_leader"] != new.id or info["raft_role"] != "follower":
+        assert time.monotonic() < deadline, f"{old.id} did not follow {new.id} after the heal: {info}"
+        time.sleep(0.05)
+    applied = int(new.info()["raft_applied_index"])
+    cluster.wait_applied(applied)
+    with old.client() as r:
+        r.execute_command("READONLY")
+        assert r.get("k") == b"after-cut"
