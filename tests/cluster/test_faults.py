@@ -248,21 +248,25 @@ def test_history_under_kills_pauses_and_partitions_is_linearizable(net_cluster, 
     chaos = threading.Thread(target=nemesis, daemon=True, args=(
         cluster, proxy, nemesis_stop, random.Random(FAULT_SEED), events, faults))
     chaos.start()
-    time.sleep(FAULT_S)
-    nemesis_stop.set()
-    chaos.join()
-    proxy.heal()
-    for node in cluster.nodes:
-        if not node.alive:
-            node.start()
-        elif node.paused:
-            node.resume()
-    for node in cluster.nodes:
-        node.wait_listening()
-    time.sleep(2.0)  # clients keep running against the healed cluster
-    stop.set()
-    for w in workers:
-        w.join(timeout=30)
+    try:
+        time.sleep(FAULT_S)
+        nemesis_stop.set()
+        chaos.join()
+        proxy.heal()
+        for node in cluster.nodes:
+            if not node.alive:
+                node.start()
+            elif node.paused:
+                node.resume()
+        for node in cluster.nodes:
+            node.wait_listening()
+        time.sleep(2.0)  # clients keep running against the healed cluster
+    finally:  # also when a node fails to come back: no thread outlives the test
+        nemesis_stop.set()
+        stop.set()
+        chaos.join()
+        for w in workers:
+            w.join(timeout=30)
     cluster.wait_leader()
     final = Worker(99, cluster, recorder, lock, threading.Event())
     for key in sorted({op.key for op in recorder.history()}):
