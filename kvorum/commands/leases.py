@@ -6,9 +6,10 @@ replicated. LEASEGET reads the keyspace and hands out tokens; LEASESET checks
 its token against the node's table and then writes like `SET key value [EX|PX]`.
 In a replicated partition both go to the leader (LEASEGET is readonly, so a
 READONLY replica would answer it, but its token is unknown to the leader and
-the LEASESET is refused: safe, never stale). The token check is made where the
-write is applied on that node, so that a write ordered before the LEASESET has
-already voided the token. docs/commands-versions.md has the contract.
+the LEASESET is refused: safe, never stale). There the token is not data: the
+leader checks and consumes it when it accepts the LEASESET, after voiding the
+leases of every write it accepted before, and proposes the plain SET through
+the log (`kvorum.server.replication`). docs/commands-versions.md has the contract.
 """
 
 from __future__ import annotations
@@ -68,13 +69,22 @@ def leaseget(ctx: CommandContext, argv: list[bytes]):
          summary="Set the value of a key with the lease token from LEASEGET", since="0.1.0",
          complexity="O(1)")
 def leaseset(ctx: CommandContext, argv: list[bytes]):
-    token = parse_int(argv[3])
-    opts = parse_set_options(argv, 4)
-    if opts.nx or opts.xx or opts.get or opts.keepttl or opts.ext is not None:
-        raise CommandError(SYNTAX)
     now_ms = ctx.now_ms
-    expire_at_ms = expire_at_from_option(opts.kind, opts.arg, now_ms, "leaseset") if opts.kind else 0
+    token, expire_at_ms = parse_leaseset(argv, now_ms)
     if not ctx.server.leases.consume(argv[1], token, now_ms):
         return None
     ctx.db.set(argv[1], argv[2], now_ms, expire_at_ms)
     return OK
+
+
+def parse_leaseset(argv: list[bytes], now_ms: int) -> tuple[int, int]:
+    """LEASESET's (token, expire_at_ms or 0), or the CommandError of bad input.
+
+    A replicated leader checks the token itself and proposes `SET key value`
+    with LEASESET's expire option (argv[4:]), which this has validated."""
+    token = parse_int(argv[3])
+    opts = parse_set_options(argv, 4)
+    if opts.nx or opts.xx or opts.get or opts.keepttl or opts.ext is not None:
+        raise CommandError(SYNTAX)
+    expire_at_ms = expire_at_from_option(opts.kind, opts.arg, now_ms, "leaseset") if opts.kind else 0
+    return token, expire_at_ms

@@ -463,6 +463,9 @@ class RaftDriver:
     def is_leader(self) -> bool:
         return self.node.lead == self.id
 
+    def term(self) -> int:
+        return self.node.term
+
     def leader_contact_age_s(self) -> float:
         """Seconds since this follower last heard from its leader (0 on the leader, inf without one)."""
         lead = self.node.lead

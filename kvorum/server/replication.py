@@ -9,12 +9,17 @@ table's flags:
     unknown / arity / auth errors   -> the single node's gates answer them
     inside MULTI                    -> queued as on a single node; a data
                                        command queued on a follower fails the
-                                       transaction with MOVED
-    EXEC                            -> the whole transaction is one log entry
+                                       transaction with MOVED; LEASEGET is
+                                       refused (its token is not data)
+    EXEC                            -> (leader) the data commands are one log
+                                       entry; the others (PING, ECHO, TIME ...)
+                                       are answered locally in their positions
     WATCH                           -> (leader) after a read barrier, records
                                        each key's version; EXEC carries them
-    write                           -> (leader) proposed as a log entry; the
-                                       reply comes when it is applied
+    write                           -> (leader) its leases voided, proposed as a
+                                       log entry; the reply comes when it is
+                                       applied. LEASESET checks and consumes its
+                                       token here and proposes a plain SET
     readonly, READONLY connection   -> served from the local keyspace at once,
                                        unless no leader was heard from within
                                        one election timeout (-TRYAGAIN)
@@ -28,11 +33,21 @@ table's flags:
 retry. The slot is the first key's (0 for a command without keys): one
 partition owns all 16384 slots.
 
+Leases (`kvorum.server.leases`) are the leader's, not data: the leader voids
+the leases of every write it accepts, in the order it proposes them (a DEL of a
+missing key changes nothing in the keyspace, so only this voids a token for
+it), and empties its table when it leads a new term, since writes accepted by
+other leaders in between never passed through it.
+
 A request that needs the log returns a Future of its encoded reply. The
-connection (`ClusterClient`) runs one connection's requests strictly in order:
-it stops at a pending request and resumes when its reply is written, so a
-read pipelined after a write sees the write. Concurrency comes from many
-connections, whose proposals share each fsync.
+connection (`ClusterClient`) answers one connection's requests strictly in
+order. While earlier replies wait, it goes on with writes (proposed back to
+back, so one pipeline shares one append and one commit round trip; entries
+apply in log order, which is request order) and linearizable reads (a read
+barrier issued after the earlier proposals, served no sooner than the
+connection's previous reply, so a read pipelined after a write sees it).
+Anything else waits until every earlier reply is known. Concurrency also
+comes from many connections, whose proposals share each fsync.
 """
 
 from __future__ import annotations
@@ -47,13 +62,15 @@ from kvorum.cluster import state_machine
 from kvorum.cluster.concern import WriteConcern
 from kvorum.cluster.slots import key_slot
 from kvorum.cluster.topology import NodeAddress, parse_peers
+from kvorum.commands.leases import parse_leaseset
 from kvorum.commands.table import Command
 from kvorum.consensus.replicated_log import ProposalDropped
 from kvorum.protocol.encoder import OK_REPLY, encode, error_line
 from kvorum.protocol.parser import QUERY_BUFFER_EXCEEDED
-from kvorum.protocol.values import CommandError
+from kvorum.protocol.values import CommandError, NullArray
 from kvorum.server import dispatch
 from kvorum.server.connection import Client
+from kvorum.server.leases import LeaseTable
 from kvorum.server.raft_driver import RaftDriver, Unavailable
 
 if TYPE_CHECKING:
@@ -63,7 +80,8 @@ log = logging.getLogger("kvorum.cluster")
 
 CLUSTERDOWN = b"-CLUSTERDOWN The cluster is down\r\n"
 # Parsed requests one connection may hold while one of its requests waits for
-# the log; past it, reading from that connection pauses.
+# the log; past it, reading from that connection pauses. Also the most replies
+# one connection may have waiting for the log at once.
 PIPELINE_REQUESTS_MAX = 1024
 # Expired keys the leader's cron proposes per cycle (one EXPIRE entry).
 EXPIRE_KEYS_PER_CYCLE = state_machine.EXPIRE_KEYS_PER_ENTRY_MAX
@@ -74,6 +92,13 @@ _BLIND_ARGC = {"set": (3,), "setex": (4,), "psetex": (4,)}
 
 # Commands after which a connection watches nothing (its WATCH versions are dropped).
 _UNWATCHING = frozenset({"discard", "unwatch", "reset"})
+
+# Data commands a replicated node refuses inside MULTI: LEASEGET hands out a token of
+# the leader's table, which applying a log entry cannot reach.
+_NOT_IN_REPLICATED_MULTI = frozenset({"leaseget"})
+
+# In an EXEC's reply plan: the next reply of the transaction's log entry.
+_LOGGED = object()
 
 
 def _blind(cmd: Command, argv: list[bytes]) -> bool:
@@ -87,6 +112,16 @@ def _blind(cmd: Command, argv: list[bytes]) -> bool:
 def _is_data(cmd: Command) -> bool:
     flags = cmd.flags
     return "write" in flags or "readonly" in flags
+
+
+def _pipelinable(client: ClusterClient, cmd: Command) -> bool:
+    """Whether a request may start before the connection's earlier replies are known:
+    a write (its entry follows theirs in the log) or a linearizable read, outside MULTI."""
+    if client.multi is not None:
+        return False
+    if "write" in cmd.flags:
+        return True
+    return "readonly" in cmd.flags and not client.readonly_reads
 
 
 class ClusterNode:
@@ -103,6 +138,7 @@ class ClusterNode:
         # this long: one election timeout, after which a new leader may be taking writes.
         self.stale_read_s_max = state.settings.raft_tick_ms * state.settings.raft_election_ticks / 1000
         self._expire_pending = False
+        self._lease_term = 0  # the term in which this node's lease table was last used
 
     # The state machine, as the driver calls it.
 
@@ -136,16 +172,23 @@ class ClusterNode:
 
     # Requests.
 
-    def execute(self, client: ClusterClient, argv: list[bytes], now_ms: int) -> bytes | asyncio.Future:
+    def execute(self, client: ClusterClient, argv: list[bytes], now_ms: int) -> bytes | asyncio.Future | None:
+        """The encoded reply or a Future of it; None (nothing done) when the request has
+        to wait until the connection's earlier replies are known."""
         cmd = dispatch.resolve(argv)
+        earlier = client.waiting
         if cmd.__class__ is str or not client.authenticated:
-            return dispatch.execute(client, argv, now_ms)
+            return None if earlier is not None else dispatch.execute(client, argv, now_ms)
+        if earlier is not None and not _pipelinable(client, cmd):
+            return None
         name = cmd.name if cmd.container is None else ""
         if client.multi is not None:
             if name == "exec":
                 return self._exec(client)
             if name in _UNWATCHING:
                 client.watch_versions = {}
+            if name in _NOT_IN_REPLICATED_MULTI:
+                return dispatch.reject(client, "ERR Command not allowed inside a transaction")
             if _is_data(cmd) and name not in dispatch.MULTI_DIRECT:
                 moved = self.redirect(cmd, argv)
                 if moved is not None:
@@ -160,15 +203,50 @@ class ClusterNode:
             moved = self.redirect(cmd, argv)
             if moved is not None:
                 return moved
-            data = state_machine.encode_command(self.stamper.next_ms(), argv)
-            blind = _blind(cmd, argv)
-            return self._propose(client, data, blind)
+            return self._write(client, cmd, argv, now_ms)
         if "readonly" in cmd.flags:
             if client.readonly_reads:
                 return self._stale_read(client, argv, now_ms)
-            return self._after_barrier(client, cmd, argv,
-                                       lambda: dispatch.execute(client, argv, int(time.time() * 1000)))
+            return self._after_barrier(client, cmd, argv, lambda: self._read(client, name, argv), earlier)
         return dispatch.execute(client, argv, now_ms)
+
+    def _write(self, client: ClusterClient, cmd: Command, argv: list[bytes], now_ms: int) -> bytes | asyncio.Future:
+        """Propose a write, voiding its keys' leases first (the single node's `void_keys`)."""
+        leases = self._leases()
+        if cmd.name == "leaseset":
+            argv = self._lease_set(leases, argv, now_ms)
+            if argv.__class__ is not list:
+                return _encode(argv, client.resp3)
+        elif leases.outstanding:
+            leases.void_keys(cmd, argv)
+        data = state_machine.encode_command(self.stamper.next_ms(), argv)
+        return self._propose(client, data, _blind(cmd, argv))
+
+    def _read(self, client: ClusterClient, name: str, argv: list[bytes]) -> bytes:
+        if name == "leaseget":
+            self._leases()
+        return dispatch.execute(client, argv, int(time.time() * 1000))
+
+    def _leases(self) -> LeaseTable:
+        """The leader's lease table, emptied when this node leads a new term: writes that
+        other leaders accepted in between (a DEL of a missing key changes nothing here)
+        may have voided any token it holds."""
+        term = self.driver.term()
+        if term != self._lease_term:
+            self._lease_term = term
+            self.state.leases.void(None)
+        return self.state.leases
+
+    @staticmethod
+    def _lease_set(leases: LeaseTable, argv: list[bytes], now_ms: int) -> list[bytes] | CommandError | None:
+        """LEASESET's token check on the leader: the SET to propose, or its reply (nil or an error)."""
+        try:
+            token, _expire_at_ms = parse_leaseset(argv, now_ms)
+        except CommandError as exc:
+            return exc
+        if not leases.consume(argv[1], token, now_ms):
+            return None
+        return [b"SET", argv[1], argv[2], *argv[4:]]
 
     def _stale_read(self, client: ClusterClient, argv: list[bytes], now_ms: int) -> bytes:
         """READONLY: the local keyspace, if this node heard from a leader within the staleness bound."""
@@ -176,17 +254,19 @@ class ClusterNode:
             return error_line(f"TRYAGAIN no contact with a leader for over {self.stale_read_s_max:g}s")
         return dispatch.execute(client, argv, now_ms)
 
-    def _propose(self, client: ClusterClient, data: bytes, blind: bool) -> bytes | asyncio.Future:
+    def _propose(self, client: ClusterClient, data: bytes, blind: bool,
+                 finish: Callable[[object], bytes] | None = None) -> bytes | asyncio.Future:
         try:
             inner = self.driver.propose(data, self.write_concern(client), blind)
         except ProposalDropped as exc:
             return error_line(f"TRYAGAIN {exc}")
         if blind:
             return _chain(inner, lambda _reply: OK_REPLY)
-        return _chain(inner, lambda reply: _encode(reply, client.resp3))
+        return _chain(inner, finish or (lambda reply: _encode(reply, client.resp3)))
 
     def _after_barrier(self, client: ClusterClient, cmd: Command, argv: list[bytes],
-                       serve: Callable[[], bytes]) -> bytes | asyncio.Future:
+                       serve: Callable[[], bytes], earlier: asyncio.Future | None = None) -> bytes | asyncio.Future:
+        """serve() once a read barrier issued now has passed and `earlier` is done."""
         moved = self.redirect(cmd, argv)
         if moved is not None:
             return moved
@@ -194,6 +274,8 @@ class ClusterNode:
             inner = self.driver.read_barrier()
         except ProposalDropped as exc:
             return error_line(f"TRYAGAIN {exc}")
+        if earlier is not None and not earlier.done():
+            inner = _after(earlier, inner)
         return _chain(inner, lambda _none: serve())
 
     def _watch(self, client: ClusterClient, argv: list[bytes]) -> bytes:
@@ -215,15 +297,35 @@ class ClusterNode:
         self.state.unwatch_all(client)
         if failed:
             return error_line("EXECABORT Transaction discarded because of previous errors.")
-        if any(not _is_data(cmd) for cmd, _ in queued):
-            return error_line("EXECABORT a replicated transaction may hold only data commands")
-        if len(queued) > state_machine.EXEC_COMMANDS_MAX:
+        if sum(_is_data(cmd) for cmd, _ in queued) > state_machine.EXEC_COMMANDS_MAX:
             return error_line(f"EXECABORT more than {state_machine.EXEC_COMMANDS_MAX} commands in one transaction")
         moved = self.redirect(None, [])
         if moved is not None:
             return moved
-        data = state_machine.encode_exec(self.stamper.next_ms(), watches, [argv for _, argv in queued])
-        return self._propose(client, data, False)
+        now_ms = int(time.time() * 1000)
+        leases = self._leases()
+        argvs = []
+        # One item per queued command: _LOGGED, a (command, argv) answered locally,
+        # or a reply known already (a refused LEASESET's nil or error).
+        plan: list = []
+        for cmd, argv in queued:
+            if not _is_data(cmd):
+                plan.append((cmd, argv))
+                continue
+            if cmd.name == "leaseset":
+                argv = self._lease_set(leases, argv, now_ms)
+                if argv.__class__ is not list:
+                    plan.append(argv)
+                    continue
+            elif "write" in cmd.flags and leases.outstanding:
+                leases.void_keys(cmd, argv)
+            argvs.append(argv)
+            plan.append(_LOGGED)
+        if not argvs and not watches:
+            return _encode(_exec_replies(client, plan, []), client.resp3)
+        data = state_machine.encode_exec(self.stamper.next_ms(), watches, argvs)
+        return self._propose(client, data, False,
+                             lambda logged: _encode(_exec_replies(client, plan, logged), client.resp3))
 
     # Views (INFO replication, CLUSTER INFO / SLOTS / SHARDS / NODES).
 
@@ -330,6 +432,44 @@ def _encode(reply, resp3: bool) -> bytes:
     return encode(reply, resp3)
 
 
+def _exec_replies(client: ClusterClient, plan: list, logged):
+    """EXEC's reply: the log entry's replies and the local ones, in the queued order.
+
+    The local commands run once the entry is applied, and not at all when a
+    watched key changed (nil), as Redis runs none of a transaction then."""
+    if logged is NullArray:
+        return NullArray
+    logged = iter(logged)
+    now_ms = int(time.time() * 1000)
+    replies = []
+    for item in plan:
+        if item is _LOGGED:
+            replies.append(next(logged))
+        elif item.__class__ is tuple:
+            replies.append(dispatch.call(client, item[0], item[1], now_ms))
+        else:
+            replies.append(item)
+    return replies
+
+
+def _after(earlier: asyncio.Future, barrier: asyncio.Future) -> asyncio.Future:
+    """A future with `barrier`'s outcome, done no sooner than `earlier`."""
+    outer = barrier.get_loop().create_future()
+
+    def copy(f: asyncio.Future) -> None:
+        if outer.done():
+            return
+        if f.cancelled():
+            outer.cancel()
+        elif f.exception() is not None:
+            outer.set_exception(f.exception())
+        else:
+            outer.set_result(None)
+
+    earlier.add_done_callback(lambda _earlier: barrier.add_done_callback(copy))
+    return outer
+
+
 def _chain(inner: asyncio.Future, finish: Callable) -> asyncio.Future:
     """A future of the encoded reply: finish(result), or the Unavailable error's line."""
     outer = inner.get_loop().create_future()
@@ -355,10 +495,14 @@ def _chain(inner: asyncio.Future, finish: Callable) -> asyncio.Future:
 class ClusterClient(Client):
     """A client connection of a replicated node: requests may wait for the log.
 
-    Requests run strictly in order. `pending` holds parsed requests not run
-    yet; `waiting` is the one request whose reply is not known yet. Reading
-    pauses while `pending` is past PIPELINE_REQUESTS_MAX or the transport's
-    buffer is full, so one connection holds a bounded amount of work.
+    Replies go out strictly in request order. `pending` holds parsed requests
+    not run yet; `replies` the replies not written yet (bytes, or Futures of
+    them), at most PIPELINE_REQUESTS_MAX; `waiting` is the last Future among
+    them. While one waits, `ClusterNode.execute` runs only the writes and
+    linearizable reads that may go ahead (module doc) and leaves the rest
+    pending. Reading pauses while `pending` is past PIPELINE_REQUESTS_MAX or
+    the transport's buffer is full, so one connection holds a bounded amount
+    of work.
     """
 
     def __init__(self, server: ServerState):
@@ -370,6 +514,7 @@ class ClusterClient(Client):
         self.watch_versions: dict[bytes, int] = {}
         # Flow.
         self.pending: collections.deque[list[bytes]] = collections.deque()
+        self.replies: collections.deque[bytes | asyncio.Future] = collections.deque()
         self.waiting: asyncio.Future | None = None
         self.reading_paused = False
 
@@ -382,25 +527,33 @@ class ClusterClient(Client):
 
     def _advance(self) -> None:
         """Run pending requests until one has to wait, then write what is ready in one write."""
-        if self.closed or self.waiting is not None:
+        if self.closed:
             return
         parts = []
         stats = self.server.stats
         pending = self.pending
-        while pending and not self.close_after_reply and not self.writing_paused:
-            argv = pending.popleft()
+        replies = self.replies
+        while (pending and not self.close_after_reply and not self.writing_paused
+               and len(replies) < PIPELINE_REQUESTS_MAX):
+            argv = pending[0]
             now_ms = int(time.time() * 1000)
+            reply = self.cluster.execute(self, argv, now_ms)
+            if reply is None:
+                break
+            pending.popleft()
             self.last_ms = now_ms
             self.last_command = argv[0]
             stats.commands_processed += 1
-            reply = self.cluster.execute(self, argv, now_ms)
             if reply.__class__ is bytes:
-                parts.append(reply)
+                if replies:
+                    replies.append(reply)
+                else:
+                    parts.append(reply)
                 continue
+            replies.append(reply)
             self.waiting = reply
             reply.add_done_callback(self._reply_ready)
-            break
-        if not pending and self.waiting is None and not self.close_after_reply:
+        if not pending and not replies and not self.close_after_reply:
             parts.extend(self._protocol_error())
         if self.closed:
             return
@@ -418,11 +571,24 @@ class ClusterClient(Client):
         self.close_after_reply = True
         return [error_line("ERR " + error)]
 
-    def _reply_ready(self, future: asyncio.Future) -> None:
-        self.waiting = None
+    def _reply_ready(self, _future: asyncio.Future) -> None:
+        """Write the replies that are known, up to the first that is not, in order."""
         if self.closed:
             return
-        self._write(future.result())
+        replies = self.replies
+        parts = []
+        while replies:
+            head = replies[0]
+            if head.__class__ is not bytes:
+                if not head.done():
+                    break
+                head = head.result()
+            replies.popleft()
+            parts.append(head)
+        if not replies:
+            self.waiting = None
+        if parts:
+            self._write(b"".join(parts))
         self._advance()
 
     def _flow(self) -> None:

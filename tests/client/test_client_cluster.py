@@ -101,3 +101,15 @@ def test_tracking_near_cache_across_a_leader_failover(cluster):
         pytest.skip("this kvorum has no CLIENT TRACKING yet")
     readers = failover_round(cluster, "tracking")
     assert all(r.near_cache_stats()["hits"] >= 1 for r in readers)
+
+
+def test_lease_round_trip_against_the_cluster(cluster):
+    with kvorum.Client(cluster.url, socket_timeout=5) as client:
+        assert client.cluster
+        first = client.lease_get("item")
+        assert first.lease and client.lease_get("item").wait
+        assert client.lease_set("item", "loaded", first.token)
+        assert client.lease_get("item").hit and client.get("item") == b"loaded"
+        missed = client.lease_get("gone")
+        client.delete("gone")  # the writer's delete of a missing key voids the reader's lease
+        assert not client.lease_set("gone", "stale", missed.token)

@@ -380,3 +380,51 @@ def test_cluster_up_starts_a_cluster_and_status_shows_it(tmp_path):
         up.send_signal(signal.SIGINT)
         out, _ = up.communicate(timeout=30)
     assert up.returncode == 0, out
+
+
+def test_leaseset_answered_internal_error_on_every_replica(cluster):
+    leader = cluster.leader()
+    r = leader.client()
+    kind, token = r.execute_command("LEASEGET", "item")
+    assert kind == b"LEASE"
+    assert r.execute_command("LEASESET", "item", "loaded", token, "PX", 60000) == b"OK"
+    assert r.execute_command("LEASESET", "item", "again", token) is None  # used up
+    # The writer's DEL of a key that is already missing changes nothing, yet voids the lease.
+    kind, token = r.execute_command("LEASEGET", "gone")
+    assert kind == b"LEASE" and r.delete("gone") == 0
+    assert r.execute_command("LEASESET", "gone", "stale", token) is None
+    assert r.pipeline(transaction=True).execute_command("LEASESET", "x", "v", 1).execute() == [None]
+    cluster.wait_applied(int(leader.info()["raft_applied_index"]))
+    for node in cluster.nodes:
+        ro = readonly_client(node)
+        assert ro.get("item") == b"loaded" and 0 < ro.pttl("item") <= 60000
+        assert ro.get("gone") is None
+
+
+def test_ping_queued_in_multi_aborted_exec(cluster):
+    r = cluster.leader().client()
+    tx = r.pipeline(transaction=True)
+    tx.ping().set("a", 1).echo("hi").incr("a").execute_command("TIME").get("a")
+    replies = tx.execute()
+    assert replies[:5] == [True, True, b"hi", 2, replies[4]] and replies[5] == b"2"
+    assert len(replies[4]) == 2
+    with pytest.raises(redis.ResponseError, match="not allowed inside a transaction"):
+        r.pipeline(transaction=True).execute_command("LEASEGET", "k").set("k", 1).execute()
+    # Keys in different hash slots in one transaction: one partition holds every slot.
+    assert r.pipeline(transaction=True).set("foo", 1).set("bar", 2).execute() == [True, True]
+
+
+def test_pipelined_writes_waited_for_each_others_commit(cluster):
+    r = cluster.leader().client()
+    pipe = r.pipeline(transaction=False)
+    for i in range(300):
+        pipe.set(f"p{i}", i)
+        if i % 50 == 0:
+            pipe.incr("n").get(f"p{i}").ping()
+    replies = pipe.execute()
+    expected = []
+    for i in range(300):
+        expected.append(True)
+        if i % 50 == 0:
+            expected += [i // 50 + 1, str(i).encode(), True]
+    assert replies == expected
