@@ -67,7 +67,7 @@ from kvorum.commands.table import Command
 from kvorum.consensus.replicated_log import ProposalDropped
 from kvorum.protocol.encoder import OK_REPLY, encode, error_line
 from kvorum.protocol.parser import QUERY_BUFFER_EXCEEDED
-from kvorum.protocol.values import CommandError, NullArray
+from kvorum.protocol.values import OOM, CommandError, NullArray
 from kvorum.server import dispatch
 from kvorum.server.connection import Client
 from kvorum.server.leases import LeaseTable
@@ -303,6 +303,9 @@ class ClusterNode:
         if moved is not None:
             return moved
         now_ms = int(time.time() * 1000)
+        if (self.state.db.maxmemory and any("denyoom" in cmd.flags for cmd, _ in queued)
+                and not dispatch.memory_ok(client, now_ms)):
+            return error_line("EXECABORT Transaction discarded because of: " + OOM)
         leases = self._leases()
         argvs = []
         # One item per queued command: _LOGGED, a (command, argv) answered locally,

@@ -428,3 +428,17 @@ def test_pipelined_writes_waited_for_each_others_commit(cluster):
         if i % 50 == 0:
             expected += [i // 50 + 1, str(i).encode(), True]
     assert replies == expected
+
+
+def test_exec_over_maxmemory_ran_instead_of_aborting(cluster):
+    r = cluster.leader().client()
+    r.set("big", "v" * 1000)
+    tx = cluster.leader().client(single_connection_client=True)
+    tx.execute_command("MULTI")
+    tx.execute_command("SET", "x", 1)
+    r.config_set("maxmemory", 1)  # after the SET was queued, as Redis' unit/multi does
+    try:
+        with pytest.raises(redis.exceptions.ExecAbortError, match="OOM"):
+            tx.execute_command("EXEC")
+    finally:
+        r.config_set("maxmemory", 0)
