@@ -44,8 +44,9 @@ connection (`ClusterClient`) answers one connection's requests strictly in
 order. While earlier replies wait, it goes on with writes (proposed back to
 back, so one pipeline shares one append and one commit round trip; entries
 apply in log order, which is request order) and linearizable reads (a read
-barrier issued after the earlier proposals, served no sooner than the
-connection's previous reply, so a read pipelined after a write sees it).
+barrier issued after the earlier proposals, served once every earlier reply
+of the connection is known, so a read pipelined after a write sees it, even
+after a `one` write answered before an earlier write applied).
 Anything else waits until every earlier reply is known. Concurrency also
 comes from many connections, whose proposals share each fsync.
 """
@@ -56,7 +57,7 @@ import asyncio
 import collections
 import logging
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from kvorum.cluster import state_machine
 from kvorum.cluster.concern import WriteConcern
@@ -207,7 +208,8 @@ class ClusterNode:
         if "readonly" in cmd.flags:
             if client.readonly_reads:
                 return self._stale_read(client, argv, now_ms)
-            return self._after_barrier(client, cmd, argv, lambda: self._read(client, name, argv), earlier)
+            return self._after_barrier(client, cmd, argv, lambda: self._read(client, name, argv),
+                                       client.unanswered() if earlier is not None else ())
         return dispatch.execute(client, argv, now_ms)
 
     def _write(self, client: ClusterClient, cmd: Command, argv: list[bytes], now_ms: int) -> bytes | asyncio.Future:
@@ -265,8 +267,8 @@ class ClusterNode:
         return _chain(inner, finish or (lambda reply: _encode(reply, client.resp3)))
 
     def _after_barrier(self, client: ClusterClient, cmd: Command, argv: list[bytes],
-                       serve: Callable[[], bytes], earlier: asyncio.Future | None = None) -> bytes | asyncio.Future:
-        """serve() once a read barrier issued now has passed and `earlier` is done."""
+                       serve: Callable[[], bytes], earlier: Sequence[asyncio.Future] = ()) -> bytes | asyncio.Future:
+        """serve() once a read barrier issued now has passed and every `earlier` future is done."""
         moved = self.redirect(cmd, argv)
         if moved is not None:
             return moved
@@ -274,7 +276,7 @@ class ClusterNode:
             inner = self.driver.read_barrier()
         except ProposalDropped as exc:
             return error_line(f"TRYAGAIN {exc}")
-        if earlier is not None and not earlier.done():
+        if earlier:
             inner = _after(earlier, inner)
         return _chain(inner, lambda _none: serve())
 
@@ -455,8 +457,8 @@ def _exec_replies(client: ClusterClient, plan: list, logged):
     return replies
 
 
-def _after(earlier: asyncio.Future, barrier: asyncio.Future) -> asyncio.Future:
-    """A future with `barrier`'s outcome, done no sooner than `earlier`."""
+def _after(earlier: Sequence[asyncio.Future], barrier: asyncio.Future) -> asyncio.Future:
+    """A future with `barrier`'s outcome, done no sooner than every `earlier` future."""
     outer = barrier.get_loop().create_future()
 
     def copy(f: asyncio.Future) -> None:
@@ -469,7 +471,9 @@ def _after(earlier: asyncio.Future, barrier: asyncio.Future) -> asyncio.Future:
         else:
             outer.set_result(None)
 
-    earlier.add_done_callback(lambda _earlier: barrier.add_done_callback(copy))
+    # return_exceptions: an earlier request's failure is its own reply, not the read's.
+    all_earlier = asyncio.gather(*earlier, return_exceptions=True)
+    all_earlier.add_done_callback(lambda _all: barrier.add_done_callback(copy))
     return outer
 
 
@@ -573,6 +577,10 @@ class ClusterClient(Client):
             return []
         self.close_after_reply = True
         return [error_line("ERR " + error)]
+
+    def unanswered(self) -> list[asyncio.Future]:
+        """This connection's replies that are not known yet (at most PIPELINE_REQUESTS_MAX)."""
+        return [r for r in self.replies if r.__class__ is not bytes and not r.done()]
 
     def _reply_ready(self, _future: asyncio.Future) -> None:
         """Write the replies that are known, up to the first that is not, in order."""

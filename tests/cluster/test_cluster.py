@@ -428,6 +428,10 @@ def test_pipelined_writes_waited_for_each_others_commit(cluster):
         if i % 50 == 0:
             expected += [i // 50 + 1, str(i).encode(), True]
     assert replies == expected
+    # A `one` SET is answered before the INCR ahead of it applies; the GET still sees the INCR.
+    one = cluster.leader().client(single_connection_client=True)
+    one.execute_command("CLIENT", "WRITECONCERN", "one")
+    assert one.pipeline(transaction=False).incr("c").set("s", 1).get("c").execute() == [1, True, b"1"]
 
 
 def test_exec_over_maxmemory_ran_instead_of_aborting(cluster):
