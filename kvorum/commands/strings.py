@@ -313,13 +313,16 @@ def _getrange(ctx: CommandContext, argv: list[bytes]):
     return value[start:end + 1]
 
 
+_GETRANGE_COMPLEXITY = (
+    "O(N) where N is the length of the returned string. The complexity is ultimately determined "
+    "by the returned length, but because creating a substring from an existing string is very "
+    "cheap, it can be considered O(1) for small strings.")
+
+
 # GETRANGE key start end
 @command("getrange", arity=4, flags="readonly", keys=(1, 1, 1), group="string",
          summary="Get a substring of the string stored at a key", since="2.4.0",
-         complexity="O(N) where N is the length of the returned string. The complexity is "
-                    "ultimately determined by the returned length, but because creating a "
-                    "substring from an existing string is very cheap, it can be considered O(1) "
-                    "for small strings.")
+         complexity=_GETRANGE_COMPLEXITY)
 def getrange(ctx: CommandContext, argv: list[bytes]):
     return _getrange(ctx, argv)
 
@@ -327,10 +330,7 @@ def getrange(ctx: CommandContext, argv: list[bytes]):
 # SUBSTR key start end
 @command("substr", arity=4, flags="readonly", keys=(1, 1, 1), group="string",
          summary="Get a substring of the string stored at a key", since="1.0.0",
-         complexity="O(N) where N is the length of the returned string. The complexity is "
-                    "ultimately determined by the returned length, but because creating a "
-                    "substring from an existing string is very cheap, it can be considered O(1) "
-                    "for small strings.")
+         complexity=_GETRANGE_COMPLEXITY)
 def substr(ctx: CommandContext, argv: list[bytes]):
     return _getrange(ctx, argv)
 
