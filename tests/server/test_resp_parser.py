@@ -59,6 +59,31 @@ def test_requests_before_an_error_are_kept():
     assert error == "Protocol error: expected '$', got 'f'"
 
 
+@pytest.mark.parametrize("bad, error", [
+    (b"*2\r\n$3\r\nGET\r\n:1\r\n", "expected '$', got ':'"),
+    (b"*2\r\n$3\r\nGET\r\n*1\r\n$1\r\na\r\n", "expected '$', got '*'"),
+    (b"*2\r\n$3\r\nGET\r\n$-1\r\n", "invalid bulk length"),
+    (b"*2\r\n$3\r\nGET\r\n%1\r\n$1\r\na\r\n$1\r\nb\r\n", "expected '$', got '%'"),
+])
+@pytest.mark.parametrize("value_bytes", [3, 70_000])  # a small chunk, and one past the join check
+def test_bad_argument_inside_a_pipeline_keeps_the_requests_before_it(bad, error, value_bytes):
+    value = b"v" * value_bytes
+    good = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%s\r\n" % (len(value), value)
+    # The first chunk leaves the stream between two requests' bytes, so the
+    # second does not start a request and is not parsed again exactly.
+    requests, got = parse(good[:5], good[5:] + good + bad + good)
+    assert requests == [[b"SET", b"k", value]] * 2
+    assert got == "Protocol error: " + error
+
+
+def test_lowered_multibulk_limit_inside_a_pipeline():
+    ping = b"*1\r\n$4\r\nPING\r\n"
+    echo3 = b"*3\r\n$4\r\nECHO\r\n$1\r\na\r\n$1\r\nb\r\n"
+    requests, got = parse(ping[:3], ping[3:] + ping + echo3 + ping, multibulk_max_count=2)
+    assert requests == [[b"PING"], [b"PING"]]
+    assert got == "Protocol error: invalid multibulk length"
+
+
 def test_unauthenticated_limits():
     assert parse(b"*11\r\n", authenticated=False)[1] == "Protocol error: invalid multibulk length"
     assert parse(b"*2\r\n$4\r\nAUTH\r\n$16385\r\n", authenticated=False)[1] == "Protocol error: invalid bulk length"
