@@ -19,7 +19,7 @@ from kvorum.server import launcher
 from kvorum.server.app import run
 from kvorum.server.launcher import check_replicated
 from kvorum.storage import CorruptLogError, DirectoryLockedError
-from kvorum.server.config import LOG_LEVELS, LOG_LEVELS_PY, POLICIES, SETTINGS, SettingError, from_mapping
+from kvorum.settings import LOG_LEVELS, LOG_LEVELS_PY, POLICIES, SETTINGS, SettingError, from_mapping
 
 _SETTINGS_HELP = "\n".join(
     f"  {name:<30} {setting.doc}" for name, setting in SETTINGS.items() if setting.field

@@ -1,6 +1,6 @@
 """Lease commands (kvorum's own): LEASEGET and LEASESET.
 
-The lease table lives in the serving node (`kvorum.server.leases`), not in the
+The lease table lives in the serving node (`ctx.server.leases`), not in the
 keyspace: leases are connection-level coordination, not data, and are never
 replicated. LEASEGET reads the keyspace and hands out tokens; LEASESET checks
 its token against the node's table and then writes like `SET key value [EX|PX]`.
@@ -18,7 +18,9 @@ from kvorum.commands.args import parse_int
 from kvorum.commands.strings import expire_at_from_option, parse_set_options
 from kvorum.commands.table import CommandContext, command
 from kvorum.protocol.values import OK, SYNTAX, WRONGTYPE, CommandError
-from kvorum.server.leases import LEASE_MS_DEFAULT
+
+# How long a lease is valid when LEASEGET gives no LEASE ms (memcache's default is 10 s).
+LEASE_MS_DEFAULT = 10_000
 
 
 def _parse_ms(arg: bytes, minimum: int, what: str) -> int:

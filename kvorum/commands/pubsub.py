@@ -10,7 +10,9 @@ from __future__ import annotations
 from kvorum.commands.table import CommandContext, command
 from kvorum.protocol.encoder import encode
 from kvorum.protocol.values import CommandError, Push, RawReply
-from kvorum.server.pubsub import SUBSCRIPTIONS_PER_CLIENT_MAX
+
+# Channels plus patterns one client may subscribe to.
+SUBSCRIPTIONS_PER_CLIENT_MAX = 65536
 
 
 def _confirmations(ctx: CommandContext, kind: str, names: list, pattern: bool, subscribe: bool) -> RawReply:

@@ -15,7 +15,7 @@ from kvorum import __version__
 from kvorum.commands.connection import REDIS_VERSION
 from kvorum.commands.table import CommandContext, command, container
 from kvorum.protocol.values import OK, SYNTAX, CommandError, RawReply, Verbatim
-from kvorum.server.config import SETTINGS, SettingError, get_value, parse_value
+from kvorum.settings import SETTINGS, SettingError, get_value, parse_value
 from kvorum.store.glob import stringmatch
 
 DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication", "cpu", "cluster",

@@ -26,7 +26,7 @@ import signal
 import time
 
 import kvorum.commands  # noqa: F401  (registers every command in the table)
-from kvorum.server.config import Settings
+from kvorum.settings import Settings
 from kvorum.server.connection import Client
 from kvorum.server.replication import start_replication
 from kvorum.server.state import ServerState

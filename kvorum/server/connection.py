@@ -108,7 +108,7 @@ class Client(asyncio.Protocol):
         # WATCH: key -> whether it existed at WATCH time; dirty once one changed.
         self.watched: dict[bytes, bool] = {}
         self.watch_dirty = False
-        # CLIENT TRACKING options (kvorum.server.tracking.ClientTracking), None while off.
+        # CLIENT TRACKING options (kvorum.commands.tracking.ClientTracking), None while off.
         self.tracking = None
         # Pub/sub subscriptions (kvorum.server.pubsub).
         self.channels: set[bytes] = set()

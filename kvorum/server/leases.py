@@ -40,8 +40,6 @@ if TYPE_CHECKING:
 
 # Outstanding leases kept at most; issuing one more drops the oldest.
 LEASES_MAX = 65536
-# How long a lease is valid when LEASEGET gives no LEASE ms (memcache's default is 10 s).
-LEASE_MS_DEFAULT = 10_000
 # Tokens are integers below this bound (they travel as RESP integers, signed 64-bit).
 TOKEN_MAX = 1 << 62
 

@@ -21,9 +21,6 @@ from kvorum.store.glob import matcher
 if TYPE_CHECKING:
     from kvorum.server.connection import Client
 
-# Channels plus patterns one client may subscribe to.
-SUBSCRIPTIONS_PER_CLIENT_MAX = 65536
-
 
 class PubSub:
     def __init__(self) -> None:

@@ -21,7 +21,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from kvorum.server import dispatch
-from kvorum.server.config import LOG_LEVELS_PY, Settings
+from kvorum.settings import LOG_LEVELS_PY, Settings
 from kvorum.server.leases import TOKEN_MAX, LeaseTable
 from kvorum.server.pubsub import PubSub
 from kvorum.server.tracking import Tracking

@@ -59,55 +59,14 @@ from kvorum.protocol.values import Push
 
 if TYPE_CHECKING:
     from kvorum.commands.table import Command
+    from kvorum.commands.tracking import ClientTracking
     from kvorum.server.connection import Client
     from kvorum.server.state import ServerState
 
 # Redis' tracking-table-max-keys default.
 TRACKING_TABLE_KEYS_MAX = 1_000_000
-# Prefixes one client may register in BCAST mode.
-PREFIXES_PER_CLIENT_MAX = 1024
 
 INVALIDATE_CHANNEL = b"__redis__:invalidate"
-
-
-class ClientTracking:
-    """One client's tracking options (CLIENT TRACKING ON ...)."""
-
-    __slots__ = ("redirect", "bcast", "optin", "optout", "noloop", "prefixes", "caching", "redirect_broken")
-
-    def __init__(self, redirect: int, bcast: bool, optin: bool, optout: bool, noloop: bool,
-                 prefixes: list[bytes]):
-        assert not (optin and optout)
-        assert not prefixes or bcast
-        self.redirect = redirect  # client id; 0 = the client itself
-        self.bcast = bcast
-        self.optin = optin
-        self.optout = optout
-        self.noloop = noloop
-        self.prefixes = prefixes
-        # CLIENT CACHING yes (True) / no (False) for the next command; None when not given.
-        self.caching: bool | None = None
-        self.redirect_broken = False
-
-    def remembers(self) -> bool:
-        """Whether the current command's keys go into the table."""
-        if self.bcast:
-            return False
-        if self.optin:
-            return self.caching is True
-        if self.optout:
-            return self.caching is not False
-        return True
-
-    def flags(self) -> list[str]:
-        """CLIENT TRACKINGINFO flags."""
-        flags = ["on"]
-        for name, on in (("bcast", self.bcast), ("optin", self.optin), ("optout", self.optout),
-                         ("caching-yes", self.caching is True), ("caching-no", self.caching is False),
-                         ("noloop", self.noloop), ("broken_redirect", self.redirect_broken)):
-            if on:
-                flags.append(name)
-        return flags
 
 
 class Tracking:

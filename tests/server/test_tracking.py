@@ -18,7 +18,8 @@ import kvorum.commands  # noqa: F401  (registers every command in the table)
 from kvorum.commands.table import TABLE
 from kvorum.protocol.encoder import encode
 from kvorum.protocol.values import Push
-from kvorum.server.tracking import ClientTracking, Tracking
+from kvorum.commands.tracking import ClientTracking
+from kvorum.server.tracking import Tracking
 from kvorum.store import Keyspace
 
 INVALIDATE_FLUSH = b">2\r\n$10\r\ninvalidate\r\n_\r\n"

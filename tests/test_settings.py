@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvorum.server.config import SETTINGS, OutputBufferLimit, SettingError, from_mapping, get_value, parse_memory
+from kvorum.settings import SETTINGS, OutputBufferLimit, SettingError, from_mapping, get_value, parse_memory
 
 
 @pytest.mark.parametrize("text, value", [
