@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""The Python floor: the leanest RESP server CPython can run, as a measuring stick.
+
+bench/redis_compare measures this server next to redis-server and kvorum to show
+the throughput and CPU cost that any CPython RESP server pays on this machine
+before doing any real work: a uvloop event loop (asyncio's own when uvloop is not
+installed), hiredis for request parsing, one dict for the data, and for each read
+the replies of the whole batch joined and written with one transport.write.
+
+It is not a server anybody should use. It answers only
+  SET key value  -> +OK     (no options, no expiry, no versions, no memory limit)
+  GET key        -> bulk reply, or $-1 when the key is missing
+  PING           -> +PONG   (the benchmark's readiness probe)
+  CONFIG GET p   -> p = ""  (redis-benchmark asks for save and appendonly at start and
+                             warns unless it gets a name/value pair; an empty value is
+                             what Redis gives for `save` when started with --save '')
+and +OK to anything else, without looking at the arguments. Whatever kvorum does
+beyond this (command table, argument checks, versions, TTLs, memory accounting,
+...) is kvorum's own cost; what is below it is the language runtime's.
+
+    python3 bench/python_floor_server.py --port P    # binds 127.0.0.1; SIGTERM/SIGINT stop it
+"""
+
+import argparse
+import asyncio
+import signal
+
+import hiredis
+
+try:
+    import uvloop
+except ImportError:
+    uvloop = None
+
+OK = b"+OK\r\n"
+NULL = b"$-1\r\n"
+
+
+def config_reply(request: list) -> bytes:
+    if len(request) == 3 and request[1].upper() == b"GET":
+        return b"*2\r\n$%d\r\n%b\r\n$0\r\n\r\n" % (len(request[2]), request[2])
+    return OK
+
+
+class FloorProtocol(asyncio.Protocol):
+    def __init__(self, store: dict):
+        self.store = store
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.reader = hiredis.Reader()
+
+    def data_received(self, data):
+        reader = self.reader
+        store = self.store
+        try:
+            reader.feed(data)
+            out = []
+            request = reader.gets()
+            while request is not False:
+                command = request[0].upper()
+                if command == b"GET":
+                    value = store.get(request[1])
+                    out.append(NULL if value is None else b"$%d\r\n%b\r\n" % (len(value), value))
+                elif command == b"SET":
+                    store[request[1]] = request[2]
+                    out.append(OK)
+                elif command == b"PING":
+                    out.append(b"+PONG\r\n")
+                elif command == b"CONFIG":
+                    out.append(config_reply(request))
+                else:
+                    out.append(OK)
+                request = reader.gets()
+        except (hiredis.ProtocolError, IndexError, AttributeError, TypeError):
+            # Not RESP arrays of bulk strings, or too few arguments: not worth
+            # an error reply in a measuring stick; drop the connection.
+            self.transport.close()
+            return
+        self.transport.write(b"".join(out))
+
+
+async def serve(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
+    store: dict = {}
+    server = await loop.create_server(lambda: FloorProtocol(store), "127.0.0.1", port)
+    await stop
+    server.close()  # not wait_closed(): since 3.12 it would wait for every client
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--port", type=int, required=True)
+    port = p.parse_args().port
+    (asyncio.run if uvloop is None else uvloop.run)(serve(port))
+
+
+if __name__ == "__main__":
+    main()
