@@ -16,11 +16,19 @@ msgpack `[kind, stamp_ms, body]`:
                                        each is removed if it is still expired
                                        at `stamp_ms` (a write since may have
                                        given it a new deadline)
+    EVICT    body = keys               keys the leader chose to evict to stay
+                                       within maxmemory; each still present is
+                                       removed and counted as evicted
 
 Time comes from the entry: handlers get `CommandContext(db, now_ms=stamp_ms)`,
 so a TTL is judged at the same instant on every replica. The leader makes
 stamps non-decreasing (`Stamper`), so a key that was expired at one entry is
 expired at every later one, whichever node's clock stamped it.
+
+Eviction: replicas never evict on their own either. Before a denyoom write
+over maxmemory, the leader asks the keyspace for an eviction plan and proposes
+it as one EVICT entry ahead of the write; the keyspace's sizes are the same on
+every replica, so all of them evict the same keys at the same position.
 
 Expiry: replicas never expire keys on their own timer. The leader's cron asks
 the keyspace for due keys and proposes one EXPIRE entry (at most
@@ -43,11 +51,14 @@ import msgpack
 
 from kvorum.commands.table import TABLE_BY_BYTES, CommandContext
 from kvorum.protocol.values import CommandError, NullArray
+from kvorum.store.keyspace import EVICT_KEYS_PER_PLAN_MAX
 
 log = logging.getLogger("kvorum.cluster")
 
 # Keys one EXPIRE entry may carry.
 EXPIRE_KEYS_PER_ENTRY_MAX = 256
+# Keys one EVICT entry may carry (one eviction plan of the keyspace).
+EVICT_KEYS_PER_ENTRY_MAX = EVICT_KEYS_PER_PLAN_MAX
 # Commands one EXEC entry may carry (a longer transaction is refused before it is proposed).
 EXEC_COMMANDS_MAX = 10_000
 
@@ -56,6 +67,7 @@ class EntryType(enum.IntEnum):
     COMMAND = 1
     EXEC = 2
     EXPIRE = 3
+    EVICT = 4
 
 
 class Stamper:
@@ -85,6 +97,11 @@ def encode_exec(stamp_ms: int, watches: list[tuple[bytes, int]], argvs: list[lis
 def encode_expire(stamp_ms: int, keys: list[bytes]) -> bytes:
     assert 0 < len(keys) <= EXPIRE_KEYS_PER_ENTRY_MAX
     return msgpack.packb([EntryType.EXPIRE, stamp_ms, keys], use_bin_type=True)
+
+
+def encode_evict(stamp_ms: int, keys: list[bytes]) -> bytes:
+    assert 0 < len(keys) <= EVICT_KEYS_PER_ENTRY_MAX
+    return msgpack.packb([EntryType.EVICT, stamp_ms, keys], use_bin_type=True)
 
 
 def decode(data: bytes) -> tuple[int, int, object]:
@@ -122,6 +139,8 @@ def apply(db, data: bytes, stamper: Stamper):
             if db.version_of(key, stamp_ms) != version:
                 return NullArray
         return [_run(ctx, argv) for argv in argvs]
+    if kind == EntryType.EVICT:
+        return sum(db.evict(key) for key in body)
     assert kind == EntryType.EXPIRE, kind
     for key in body:
         db.contains(key, stamp_ms)

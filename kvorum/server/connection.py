@@ -307,6 +307,12 @@ class Client(asyncio.Protocol):
         elif now_ms - self.output_soft_since_ms >= limit.soft_s * 1000:
             self.drop_for_output_limit()
 
+    def make_room(self, now_ms: int) -> bool:
+        """Evict per the policy until within maxmemory; False when that is not possible.
+
+        A replicated node's connection evicts through the log instead (ClusterClient)."""
+        return self.db.free_memory_if_needed(now_ms)
+
     def write_push(self, out: bytes) -> None:
         """Write a message the client did not ask for (pub/sub, invalidation) now."""
         if not self.closed:

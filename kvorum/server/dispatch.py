@@ -249,8 +249,8 @@ def reject(client: Client, message: str) -> bytes:
 
 
 def memory_ok(client: Client, now_ms: int) -> bool:
-    """Evict per the policy; False when still over maxmemory and the client may not pass."""
-    return client.db.free_memory_if_needed(now_ms) or client.no_evict
+    """Evict per the policy (`client.make_room`); False when still over maxmemory and the client may not pass."""
+    return client.make_room(now_ms) or client.no_evict
 
 
 def queue(client: Client, cmd: Command, argv: list[bytes], now_ms: int) -> bytes:

@@ -140,6 +140,8 @@ class ClusterNode:
         self.stale_read_s_max = state.settings.raft_tick_ms * state.settings.raft_election_ticks / 1000
         self._expire_pending = False
         self._lease_term = 0  # the term in which this node's lease table was last used
+        # Keys of the EVICT entries this leader proposed that have not applied yet -> their bytes.
+        self._evicting: dict[bytes, int] = {}
 
     # The state machine, as the driver calls it.
 
@@ -214,6 +216,8 @@ class ClusterNode:
 
     def _write(self, client: ClusterClient, cmd: Command, argv: list[bytes], now_ms: int) -> bytes | asyncio.Future:
         """Propose a write, voiding its keys' leases first (the single node's `void_keys`)."""
+        if "denyoom" in cmd.flags and self.state.db.maxmemory and not dispatch.memory_ok(client, now_ms):
+            return dispatch.reject(client, OOM)
         leases = self._leases()
         if cmd.name == "leaseset":
             argv = self._lease_set(leases, argv, now_ms)
@@ -223,6 +227,42 @@ class ClusterNode:
             leases.void_keys(cmd, argv)
         data = state_machine.encode_command(self.stamper.next_ms(), argv)
         return self._propose(client, data, _blind(cmd, argv))
+
+    def make_room(self) -> bool:
+        """Whether a denyoom write may go ahead under maxmemory (the leader's setting).
+
+        Over the limit, the leader proposes the keyspace's eviction plan as an
+        EVICT entry, which the log puts ahead of the write that asked; the keys
+        count as gone from then on, so writes that follow before it applies do
+        not choose them again; a plan is at most EVICT_KEYS_PER_PLAN_MAX keys,
+        so a large excess takes several entries. A follower evicts nothing and
+        only reports.
+        """
+        db = self.state.db
+        if not db.maxmemory:
+            return True
+        if not self.driver.is_leader():
+            return db.used_memory() <= db.maxmemory
+        while True:
+            victims, within = db.eviction_plan(self._evicting)
+            if not victims:
+                return within
+            keys = [key for key, _size in victims]
+            try:
+                future = self.driver.propose(state_machine.encode_evict(self.stamper.next_ms(), keys),
+                                             WriteConcern.MAJORITY, False)
+            except ProposalDropped:
+                return False
+            self._evicting.update(victims)
+            future.add_done_callback(lambda done, keys=keys: self._evicted(done, keys))
+            if within:
+                return True
+
+    def _evicted(self, future: asyncio.Future, keys: list[bytes]) -> None:
+        for key in keys:
+            self._evicting.pop(key, None)
+        if not future.cancelled():
+            future.exception()  # retrieved: a lost eviction is planned again by the next write
 
     def _read(self, client: ClusterClient, name: str, argv: list[bytes]) -> bytes:
         if name == "leaseget":
@@ -524,6 +564,9 @@ class ClusterClient(Client):
         self.replies: collections.deque[bytes | asyncio.Future] = collections.deque()
         self.waiting: asyncio.Future | None = None
         self.reading_paused = False
+
+    def make_room(self, now_ms: int) -> bool:
+        return self.cluster.make_room()
 
     def data_received(self, data: bytes) -> None:
         if self.closed:

@@ -73,7 +73,11 @@ slot hits a key with probability at least one half.
 Memory accounting is approximate: key bytes + value bytes + a fixed per-entry
 overhead, and for hashes field + value bytes + a per-field overhead. Eviction
 runs only when the caller asks (`free_memory_if_needed`, before commands
-flagged denyoom), as in Redis.
+flagged denyoom), as in Redis. It is split in two steps so that a replicated
+node can put the choice in its log: `eviction_plan` chooses victims without
+removing them, `evict` removes one. A single node does both at once; a
+replicated leader proposes the plan as one entry and every replica evicts when
+it applies it, so all replicas drop the same keys at the same log position.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ from __future__ import annotations
 import heapq
 import random
 from bisect import bisect_left
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import msgpack
 
@@ -108,6 +112,13 @@ HASH_VALUE = "hash: fields in Keyspace._hashes"
 # Tries to find a live key with a TTL by sampling the expiry heap before
 # falling back to the nearest deadline.
 VOLATILE_SAMPLE_TRIES_MAX = 64
+
+# Samples an eviction plan draws to find a key it has not chosen yet before it
+# gives up on the random policies (see `eviction_plan`).
+VICTIM_SAMPLE_TRIES_MAX = 64
+
+# Keys one eviction plan chooses at most (one EVICT log entry on a replicated node).
+EVICT_KEYS_PER_PLAN_MAX = 256
 
 # Holes in the scan order are squeezed out once they exceed this many and are
 # more than half the slots.
@@ -606,46 +617,91 @@ class Keyspace:
     # ------------------------------------------------------------------ eviction
 
     def free_memory_if_needed(self, now_ms: int) -> bool:
-        """Evict keys per the policy until used memory is within maxmemory.
+        """Evict keys per the policy until used memory is within maxmemory (a single node).
 
         Returns False when still over the limit (nothing evictable, or
         `noeviction`): the caller refuses denyoom commands with OOM.
         """
-        if not self.maxmemory or self._used_bytes <= self.maxmemory:
+        if not self.maxmemory:
             return True
-        if self._policy == "noeviction":
-            return False
         while self._used_bytes > self.maxmemory:
-            key = self._eviction_victim()
-            if key is None:
+            victims, _within = self.eviction_plan({})
+            if not victims:
                 return False
-            self._remove(key)
-            self.evicted_keys += 1
-            self._modified(key)
+            for key, _size in victims:
+                self.evict(key)
         return True
 
-    def _eviction_victim(self) -> bytes | None:
+    def eviction_plan(self, pending: Mapping[bytes, int]) -> tuple[list[tuple[bytes, int]], bool]:
+        """Keys to evict, as (key, bytes) pairs, for used memory to come within maxmemory.
+
+        Chooses only; nothing is removed (the sampling state aside). `pending`
+        holds keys chosen before whose removal has not happened yet (key ->
+        bytes), as on a replicated leader whose EVICT entry is not applied yet:
+        they count as gone and are not chosen again. At most
+        EVICT_KEYS_PER_PLAN_MAX keys. The flag says whether used memory is
+        within maxmemory once the victims and the pending keys are gone; it is
+        False with no victims under `noeviction` or when nothing is evictable.
+        """
+        victims: list[tuple[bytes, int]] = []
+        if not self.maxmemory:
+            return victims, True
+        excess = self._used_bytes - sum(pending.values()) - self.maxmemory
+        if excess <= 0:
+            return victims, True
+        if self._policy == "noeviction":
+            return victims, False
+        chosen = set(pending)
+        while excess > 0 and len(victims) < EVICT_KEYS_PER_PLAN_MAX:
+            key = self._eviction_victim(chosen)
+            if key is None:
+                break
+            size = self._size(key, self._entries[key][0])
+            chosen.add(key)
+            victims.append((key, size))
+            excess -= size
+        return victims, excess <= 0
+
+    def evict(self, key: bytes) -> bool:
+        """Remove a key that `eviction_plan` chose, counted as evicted; False if it is gone already."""
+        if key not in self._entries:
+            return False
+        self._remove(key)
+        self.evicted_keys += 1
+        self._modified(key)
+        return True
+
+    def _eviction_victim(self, exclude: set[bytes]) -> bytes | None:
         policy = self._policy
         if policy == "volatile-ttl":
-            return self._nearest_deadline_key()
+            return self._nearest_deadline_key(exclude)
         if policy == "allkeys-random":
-            return self._random_slot_key() if self._entries else None
+            return self._sample_excluding(self._random_slot_key, exclude) if self._entries else None
         if policy == "volatile-random":
-            return self._random_volatile_key()
+            return self._sample_excluding(self._random_volatile_key, exclude) if self._expires else None
         if policy == "allkeys-lru":
-            return self._lru_victim(self._random_slot_key if self._entries else None)
+            return self._lru_victim(self._random_slot_key if self._entries else None, exclude)
         assert policy == "volatile-lru", policy
-        return self._lru_victim(self._random_volatile_key if self._expires else None)
+        return self._lru_victim(self._random_volatile_key if self._expires else None, exclude)
 
-    def _lru_victim(self, sample: Callable[[], bytes | None] | None) -> bytes | None:
+    @staticmethod
+    def _sample_excluding(sample: Callable[[], bytes | None], exclude: set[bytes]) -> bytes | None:
+        for _ in range(VICTIM_SAMPLE_TRIES_MAX):
+            key = sample()
+            if key is not None and key not in exclude:
+                return key
+        return None
+
+    def _lru_victim(self, sample: Callable[[], bytes | None] | None, exclude: set[bytes]) -> bytes | None:
         """Redis' approximated LRU: sample keys into a small pool, evict the idlest."""
         if sample is None:
             return None
         entries = self._entries
-        pool = [(clock, key) for clock, key in self._eviction_pool if key in entries and entries[key][2] == clock]
+        pool = [(clock, key) for clock, key in self._eviction_pool
+                if key in entries and entries[key][2] == clock and key not in exclude]
         for _ in range(EVICTION_SAMPLES):
             key = sample()
-            if key is not None:
+            if key is not None and key not in exclude:
                 pool.append((entries[key][2], key))
         if not pool:
             return None
@@ -654,14 +710,23 @@ class Keyspace:
         self._eviction_pool = pool
         return victim
 
-    def _nearest_deadline_key(self) -> bytes | None:
+    def _nearest_deadline_key(self, exclude: set[bytes] = frozenset()) -> bytes | None:
+        """The live key with the nearest deadline that is not in `exclude`."""
         heap = self._expire_heap
         expires = self._expires
         while heap:
             at, key = heap[0]
             if expires.get(key) == at:
-                return key
+                break
             heapq.heappop(heap)
+        if not exclude:
+            return heap[0][1] if heap else None
+        # Past the excluded keys; stale items may sit among the smallest, so look
+        # a little further, then (rarely) through the whole heap in order.
+        for items in (heapq.nsmallest(len(exclude) + VICTIM_SAMPLE_TRIES_MAX, heap), sorted(heap)):
+            for at, key in items:
+                if expires.get(key) == at and key not in exclude:
+                    return key
         return None
 
     def _random_volatile_key(self) -> bytes | None:

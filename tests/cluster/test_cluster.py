@@ -446,3 +446,68 @@ def test_exec_over_maxmemory_ran_instead_of_aborting(cluster):
             tx.execute_command("EXEC")
     finally:
         r.config_set("maxmemory", 0)
+
+
+def _set_on_every_node(cluster, **settings):
+    for node in cluster.nodes:
+        with node.client() as r:
+            for name, value in settings.items():
+                r.config_set(name.replace("_", "-"), value)
+
+
+def test_maxmemory_evicts_the_same_keys_on_every_replica(cluster):
+    """The leader's eviction plan goes through the log: every replica drops the same keys."""
+    leader = cluster.wait_leader()
+    _set_on_every_node(cluster, maxmemory=64 * 1024, maxmemory_policy="allkeys-lru")
+    r = leader.client()
+    # One at a time: the leader plans on its applied keyspace, so writes still in
+    # flight (a pipeline) may take memory past the limit until the next write.
+    for i in range(300):
+        assert r.set(f"k{i}", "v" * 1000)
+    with leader.client(decode_responses=True) as info:
+        used = int(info.info("memory")["used_memory"])
+        evicted = int(info.info("stats")["evicted_keys"])
+    assert 0 < used <= 64 * 1024 + 2000  # within the limit, give or take the last write
+    assert evicted > 200
+    cluster.wait_applied(int(leader.info()["raft_applied_index"]))
+    key_sets = []
+    for node in cluster.nodes:
+        ro = readonly_client(node)
+        key_sets.append(sorted(ro.keys("*")))
+        assert int(ro.info("stats")["evicted_keys"]) == evicted
+        ro.close()
+    assert key_sets[0] == key_sets[1] == key_sets[2]
+    assert len(key_sets[0]) == 300 - evicted
+    assert b"k299" in key_sets[0]  # the newest write is never its own victim
+
+
+def test_maxmemory_noeviction_refuses_writes_on_the_leader(cluster):
+    leader = cluster.wait_leader()
+    r = leader.client()
+    r.set("big", "v" * 5000)
+    _set_on_every_node(cluster, maxmemory=1000, maxmemory_policy="noeviction")
+    try:
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            r.set("x", 1)
+        assert r.delete("big") == 1  # DEL is not denyoom: it frees memory
+        assert r.set("x", 1)
+    finally:
+        _set_on_every_node(cluster, maxmemory=0)
+    assert r.get("x") == b"1" and int(r.info("stats")["evicted_keys"]) == 0
+
+
+def test_lowering_maxmemory_far_below_use_evicts_in_several_entries_before_the_next_write(cluster):
+    leader = cluster.wait_leader()
+    r = leader.client()
+    pipe = r.pipeline(transaction=False)
+    for i in range(1000):
+        pipe.set(f"k{i}", "v" * 100)
+    pipe.execute()
+    _set_on_every_node(cluster, maxmemory=10_000, maxmemory_policy="allkeys-random")
+    try:
+        assert r.set("after", "x")  # 900+ victims: four eviction entries, then the write
+        info = r.info()
+        assert int(info["used_memory"]) <= 10_000 and int(info["evicted_keys"]) > 900
+        assert r.get("after") == b"x"
+    finally:
+        _set_on_every_node(cluster, maxmemory=0)

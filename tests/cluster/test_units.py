@@ -75,6 +75,21 @@ def test_exec_with_a_changed_watched_version_applies_nothing():
     assert db.get(b"k", 4) == b"3"
 
 
+def test_evict_entry_removes_what_is_still_there_and_counts_it():
+    entries = [
+        sm.encode_command(1000, [b"SET", b"a", b"1"]),
+        sm.encode_command(1001, [b"SET", b"b", b"2"]),
+        sm.encode_evict(1002, [b"a", b"gone"]),
+        sm.encode_evict(1003, [b"a"]),  # a second plan naming the same key: nothing left to do
+    ]
+    first, replies = _replay(entries)
+    second, _ = _replay(entries)
+    assert replies[2:] == [1, 0]
+    assert first.peek(b"a", 1003) is None and first.peek(b"b", 1003) == b"2"
+    assert first.evicted_keys == second.evicted_keys == 1
+    assert first.dump() == second.dump()
+
+
 def test_stamps_never_go_back():
     stamper = sm.Stamper()
     stamper.observe(10**15)

@@ -6,7 +6,13 @@ import random
 import pytest
 
 from kvorum.store import Keyspace
-from kvorum.store.keyspace import ENTRY_OVERHEAD_BYTES, FIELD_OVERHEAD_BYTES, HASH_VALUE, value_size
+from kvorum.store.keyspace import (
+    ENTRY_OVERHEAD_BYTES,
+    EVICT_KEYS_PER_PLAN_MAX,
+    FIELD_OVERHEAD_BYTES,
+    HASH_VALUE,
+    value_size,
+)
 
 
 def check_invariants(ks: Keyspace) -> None:
@@ -266,6 +272,63 @@ def test_other_policies_evict_until_under_limit(policy):
     assert ks.free_memory_if_needed(0)
     assert ks.used_memory() <= ks.maxmemory
     check_invariants(ks)
+
+
+ALL_POLICIES = ["allkeys-lru", "allkeys-random", "volatile-lru", "volatile-random", "volatile-ttl"]
+
+
+def _filled(policy: str, keys: int = 100) -> Keyspace:
+    ks = Keyspace(maxmemory_policy=policy)
+    for i in range(keys):
+        ks.set(b"k%d" % i, b"x" * 100, 0, expire_at_ms=10_000 + i)
+    return ks
+
+
+@pytest.mark.parametrize("policy", ALL_POLICIES)
+def test_eviction_plan_chooses_without_removing(policy):
+    ks = _filled(policy)
+    ks.maxmemory = ks.used_memory() // 2
+    before = (len(ks), ks.used_memory(), ks.evicted_keys)
+    victims, within = ks.eviction_plan({})
+    assert within and (len(ks), ks.used_memory(), ks.evicted_keys) == before
+    keys = [key for key, _size in victims]
+    assert len(set(keys)) == len(keys)
+    assert sum(size for _key, size in victims) >= before[1] - ks.maxmemory
+    assert all(size == len(key) + 100 + ENTRY_OVERHEAD_BYTES for key, size in victims)
+    # Evicting them is exactly what it takes; a second plan then has nothing to do.
+    assert all(ks.evict(key) for key in keys)
+    assert ks.used_memory() <= ks.maxmemory and ks.evicted_keys == len(keys)
+    assert ks.eviction_plan({}) == ([], True)
+    assert not ks.evict(keys[0])  # gone already: not counted twice
+    check_invariants(ks)
+
+
+@pytest.mark.parametrize("policy", ALL_POLICIES)
+def test_eviction_plan_counts_pending_keys_as_gone_and_never_chooses_them_again(policy):
+    ks = _filled(policy)
+    ks.maxmemory = ks.used_memory() - 1000
+    first, within = ks.eviction_plan({})
+    assert within and first
+    pending = dict(first)
+    # Nothing was removed yet (the EVICT entry is in flight): the pending keys already free enough.
+    assert ks.eviction_plan(pending) == ([], True)
+    ks.maxmemory -= 2000
+    more, within = ks.eviction_plan(pending)
+    assert within and more and not {key for key, _ in more} & set(pending)
+
+
+def test_eviction_plan_is_bounded_and_reports_what_cannot_be_freed():
+    ks = _filled("allkeys-random", keys=1000)
+    ks.maxmemory = 1
+    victims, within = ks.eviction_plan({})
+    assert len(victims) == EVICT_KEYS_PER_PLAN_MAX and not within
+    assert ks.free_memory_if_needed(0) and len(ks) == 0  # a single node goes on, plan after plan
+    ks = _filled("noeviction")
+    ks.maxmemory = 1
+    assert ks.eviction_plan({}) == ([], False)
+    ks = Keyspace(maxmemory_policy="volatile-ttl", maxmemory=1)
+    ks.set(b"no-ttl", b"v", 0)
+    assert ks.eviction_plan({}) == ([], False)
 
 
 def test_scan_returns_every_stable_key_once():
