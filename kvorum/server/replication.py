@@ -46,7 +46,10 @@ back, so one pipeline shares one append and one commit round trip; entries
 apply in log order, which is request order) and linearizable reads (a read
 barrier issued after the earlier proposals, served once every earlier reply
 of the connection is known, so a read pipelined after a write sees it, even
-after a `one` write answered before an earlier write applied).
+after a `one` write answered before an earlier write applied). A write waits
+while an earlier read of its connection waits for its barrier: the read runs
+when the barrier passes, by which time the write could have applied, and a
+read must not see a write sent after it (`GET k; SET k v` answers the old k).
 Anything else waits until every earlier reply is known. Concurrency also
 comes from many connections, whose proposals share each fsync.
 """
@@ -117,11 +120,16 @@ def _is_data(cmd: Command) -> bool:
 
 def _pipelinable(client: ClusterClient, cmd: Command) -> bool:
     """Whether a request may start before the connection's earlier replies are known:
-    a write (its entry follows theirs in the log) or a linearizable read, outside MULTI."""
+    a write (its entry follows theirs in the log) or a linearizable read, outside MULTI.
+
+    Not a write while an earlier read (or WATCH) of the connection waits for its
+    barrier: the read runs on the keyspace when the barrier passes, and the
+    write's entry could be applied by then (committed with the entries the read
+    waits for), so the read would see a write sent after it."""
     if client.multi is not None:
         return False
     if "write" in cmd.flags:
-        return True
+        return client.read_waiting is None or client.read_waiting.done()
     return "readonly" in cmd.flags and not client.readonly_reads
 
 
@@ -318,7 +326,8 @@ class ClusterNode:
             return error_line(f"TRYAGAIN {exc}")
         if earlier:
             inner = _after(earlier, inner)
-        return _chain(inner, lambda _none: serve())
+        client.read_waiting = _chain(inner, lambda _none: serve())
+        return client.read_waiting
 
     def _watch(self, client: ClusterClient, argv: list[bytes]) -> bytes:
         now_ms = int(time.time() * 1000)
@@ -563,6 +572,8 @@ class ClusterClient(Client):
         self.pending: collections.deque[list[bytes]] = collections.deque()
         self.replies: collections.deque[bytes | asyncio.Future] = collections.deque()
         self.waiting: asyncio.Future | None = None
+        # The last reply served from the keyspace once a read barrier passes (see _pipelinable).
+        self.read_waiting: asyncio.Future | None = None
         self.reading_paused = False
 
     def make_room(self, now_ms: int) -> bool:

@@ -511,3 +511,31 @@ def test_lowering_maxmemory_far_below_use_evicts_in_several_entries_before_the_n
         assert r.get("after") == b"x"
     finally:
         _set_on_every_node(cluster, maxmemory=0)
+
+
+def test_pipelined_read_never_sees_a_write_sent_after_it(cluster):
+    """GET k; SET k v in one pipeline: the GET answers the old value.
+
+    The bug: a read waiting for its barrier was served after a later write of the
+    same connection had applied (both committed in one round), so the GET saw the SET.
+    WATCH reads versions the same way and had the same problem.
+    """
+    r = cluster.wait_leader().client()
+    for i in range(100):
+        pipe = r.pipeline(transaction=False)
+        pipe.set("other", i)  # an earlier write, so the read also waits for its reply
+        pipe.get("k")
+        pipe.set("k", f"v{i}")
+        pipe.get("k")
+        assert pipe.execute() == [True, None if i == 0 else f"v{i - 1}".encode(), True, f"v{i}".encode()]
+    # The connection's own write after WATCH makes the transaction fail, as in Redis.
+    # (redis-py runs WATCH at once, outside a pipeline: send the commands by hand.)
+    conn = r.connection_pool.get_connection()
+    try:
+        for i in range(20):
+            commands = [("SET", "other", i), ("WATCH", "w"), ("SET", "w", i), ("MULTI",), ("SET", "w", "tx"),
+                        ("EXEC",)]
+            conn.send_packed_command(conn.pack_commands(commands))
+            assert [conn.read_response() for _ in commands] == [b"OK", b"OK", b"OK", b"OK", b"QUEUED", None]
+    finally:
+        r.connection_pool.release(conn)
