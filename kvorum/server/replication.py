@@ -637,9 +637,26 @@ class ClusterClient(Client):
         return [r for r in self.replies if r.__class__ is not bytes and not r.done()]
 
     def _reply_ready(self, _future: asyncio.Future) -> None:
-        """Write the replies that are known, up to the first that is not, in order."""
         if self.closed:
             return
+        self._write_known_replies()
+        self._advance()
+
+    def write_push(self, out: bytes) -> None:
+        """Write a message the client did not ask for (an invalidation), after every reply already known.
+
+        A read's reply is computed when its barrier passes and written by a
+        callback that runs later; a change applied in between must not reach
+        the client before the old value it invalidates. Replies not known yet
+        (behind an unfinished write) are never read replies, which wait for
+        every earlier reply, so the message need not wait for them."""
+        if self.closed:
+            return
+        self._write_known_replies()
+        self._write(out)
+
+    def _write_known_replies(self) -> None:
+        """Write the replies that are known, up to the first that is not, in order."""
         replies = self.replies
         parts = []
         while replies:
@@ -654,7 +671,6 @@ class ClusterClient(Client):
             self.waiting = None
         if parts:
             self._write(b"".join(parts))
-        self._advance()
 
     def _flow(self) -> None:
         if self.closed:

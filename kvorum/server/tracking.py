@@ -26,8 +26,10 @@ message per key, to every tracking connection but the one whose command made
 the change; that one may still hold unwritten replies of its batch computed
 before the change (`GET k; SET k x` pipelined), so its invalidations wait and
 go out together (`flush`, scheduled with `call_soon`) right after its batch's
-replies. So on every connection, each reply that carried an old value is
-written before the invalidation of that value, and, for every other
+replies. On a replicated node a connection may hold read replies computed
+but not written yet (they go out from a callback); its `write_push` writes
+them ahead of the message. So on every connection, each reply that carried an
+old value is written before the invalidation of that value, and, for every other
 connection, the invalidation is written before the writer's own reply: when
 a write is acknowledged, its invalidations are already in the other
 connections' sockets. A client that caches what it reads and drops what it is

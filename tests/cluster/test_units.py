@@ -110,3 +110,47 @@ def test_snapshot_recorded_an_uncommitted_membership(tmp_path):
     driver.storage = SimpleNamespace(save_snapshot=saved.append)
     asyncio.run(driver._take_snapshot())
     assert saved[0].membership == applied and saved[0].index == 7
+
+
+class _RecordingTransport:
+    def __init__(self):
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_extra_info(self, name):
+        return None
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def test_invalidation_is_written_after_a_read_reply_already_known():
+    """The read's old value was computed, its write callback had not run yet: the push waits for it."""
+    from kvorum.server.replication import ClusterClient
+    from kvorum.server.state import ServerState
+    from kvorum.settings import Settings
+
+    async def scenario():
+        state = ServerState(Settings())
+        state.cluster = None
+        client = ClusterClient(state)
+        transport = _RecordingTransport()
+        client.connection_made(transport)
+        loop = asyncio.get_running_loop()
+        write_reply, read_reply, later = loop.create_future(), loop.create_future(), loop.create_future()
+        client.replies.extend([write_reply, read_reply, later])
+        write_reply.set_result(b"+OK\r\n")
+        read_reply.set_result(b"$3\r\nold\r\n")  # done; _reply_ready would write it on the next turn
+        client.write_push(b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n")
+        assert transport.written == [b"+OK\r\n$3\r\nold\r\n", b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n"]
+        assert list(client.replies) == [later]  # a reply not known yet does not hold the push back
+        later.set_result(b":1\r\n")
+        client._write_known_replies()
+        assert transport.written[-1] == b":1\r\n" and client.waiting is None
+
+    asyncio.run(scenario())
