@@ -92,6 +92,7 @@ class _Write:
     concern: WriteConcern
     blind: bool
     deadline_s: float
+    origin: object = None  # who proposed it (a client connection), told to apply
 
 
 @dataclass(slots=True)
@@ -119,7 +120,7 @@ class RaftDriver:
         data_dir: str,
         fsync: str,
         cluster_id: str,
-        apply: Callable[[bytes], object],
+        apply: Callable[[bytes, object], object],
         dump: Callable[[], bytes],
         load: Callable[[bytes], None],
         tick_ms: int = TICK_MS_DEFAULT,
@@ -258,15 +259,17 @@ class RaftDriver:
                 sweep_ticks = 0
                 self._expire_waiters(time.monotonic())
 
-    def propose(self, data: bytes, concern: WriteConcern, blind: bool) -> asyncio.Future:
+    def propose(self, data: bytes, concern: WriteConcern, blind: bool, origin: object = None) -> asyncio.Future:
         """Propose `data`; the future gets the reply value of its entry, or an Unavailable error.
 
-        Raises ProposalDropped when this node cannot take it now (not the leader)."""
+        `origin` (the proposing client) is handed to `apply` with the entry when
+        this node applies it in the term it proposed it. Raises ProposalDropped
+        when this node cannot take it now (not the leader)."""
         if len(self._writes) + len(self._held) >= PENDING_WRITES_MAX:
             raise ProposalDropped("too many writes in flight")
         index, term = self.node.propose(data)
         future = asyncio.get_running_loop().create_future()
-        self._writes[index] = _Write(term, future, concern, blind, time.monotonic() + WAIT_S_MAX)
+        self._writes[index] = _Write(term, future, concern, blind, time.monotonic() + WAIT_S_MAX, origin)
         self._wake.set()
         return future
 
@@ -365,10 +368,13 @@ class RaftDriver:
 
     def _apply(self, entry: Entry) -> None:
         assert entry.index == self.applied_index + 1, (entry.index, self.applied_index)
-        reply = self._apply_data(entry.data) if entry.kind is EntryKind.NORMAL else None
+        write = self._writes.pop(entry.index, None)
+        reply = None
+        if entry.kind is EntryKind.NORMAL:
+            origin = write.origin if write is not None and write.term == entry.term else None
+            reply = self._apply_data(entry.data, origin)
         self.applied_index = entry.index
         self.applied_term = entry.term
-        write = self._writes.pop(entry.index, None)
         if write is None or write.future.done():
             return
         if write.term != entry.term:

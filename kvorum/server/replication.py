@@ -153,8 +153,16 @@ class ClusterNode:
 
     # The state machine, as the driver calls it.
 
-    def apply(self, data: bytes):
-        return state_machine.apply(self.state.db, data, self.stamper)
+    def apply(self, data: bytes, origin: ClusterClient | None):
+        """Apply one entry; `origin` is the connection that proposed it, when it was this node.
+
+        Its changes are then its own for CLIENT TRACKING (NOLOOP skips them)."""
+        tracking = self.state.tracking
+        tracking.writer = origin
+        try:
+            return state_machine.apply(self.state.db, data, self.stamper)
+        finally:
+            tracking.writer = None
 
     def dump(self) -> bytes:
         return self.state.db.dump()
@@ -307,7 +315,7 @@ class ClusterNode:
     def _propose(self, client: ClusterClient, data: bytes, blind: bool,
                  finish: Callable[[object], bytes] | None = None) -> bytes | asyncio.Future:
         try:
-            inner = self.driver.propose(data, self.write_concern(client), blind)
+            inner = self.driver.propose(data, self.write_concern(client), blind, client)
         except ProposalDropped as exc:
             return error_line(f"TRYAGAIN {exc}")
         if blind:

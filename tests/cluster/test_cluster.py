@@ -539,3 +539,55 @@ def test_pipelined_read_never_sees_a_write_sent_after_it(cluster):
             assert [conn.read_response() for _ in commands] == [b"OK", b"OK", b"OK", b"OK", b"QUEUED", None]
     finally:
         r.connection_pool.release(conn)
+
+
+def _resp3_conn(node):
+    """A raw RESP3 connection: (send commands, read the next reply or push)."""
+    import socket
+
+    import hiredis
+
+    sock = socket.create_connection(("127.0.0.1", node.port), timeout=5)
+    reader = hiredis.Reader()
+
+    def send(*args):
+        parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
+        sock.sendall(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
+
+    def read(timeout_s: float = 5.0):
+        sock.settimeout(timeout_s)
+        while True:
+            value = reader.gets()
+            if value is not False:
+                return value
+            data = sock.recv(65536)
+            assert data, "connection closed"
+            reader.feed(data)
+
+    send("HELLO", "3")
+    read()
+    return sock, send, read
+
+
+def test_tracking_noloop_skips_the_connections_own_writes(cluster):
+    import socket
+
+    leader = cluster.wait_leader()
+    sock, send, read = _resp3_conn(leader)
+    try:
+        send("CLIENT", "TRACKING", "ON", "NOLOOP")
+        assert read() == b"OK"
+        send("GET", "k")
+        assert read() is None
+        send("SET", "k", "mine")  # its own write: no invalidation for it
+        assert read() == b"OK"
+        send("GET", "k")
+        assert read() == b"mine"
+        leader.client().set("k", "theirs")  # another connection's write: one invalidation
+        assert read() == [b"invalidate", [b"k"]]
+        send("PING")
+        assert read() == b"PONG"
+        with pytest.raises(socket.timeout):
+            read(timeout_s=0.3)
+    finally:
+        sock.close()

@@ -103,7 +103,7 @@ def test_snapshot_recorded_an_uncommitted_membership(tmp_path):
     uncommitted = Membership(voters=frozenset({"n1", "n2", "n3", "n4"}))
     saved = []
     driver = RaftDriver("n1", parse_peers("n1@127.0.0.1:7001", node_id="n1"), str(tmp_path), "never", "c",
-                        apply=lambda data: None, dump=lambda: b"keys", load=lambda blob: None)
+                        apply=lambda data, origin: None, dump=lambda: b"keys", load=lambda blob: None)
     driver.applied_index, driver.applied_term = 7, 2
     driver.node = SimpleNamespace(status=lambda: SimpleNamespace(membership=uncommitted),
                                   membership_at={7: applied}.__getitem__, compact=lambda snapshot: None)
