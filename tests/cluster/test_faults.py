@@ -21,6 +21,11 @@ the end every node runs again and every link is healed, and one final
 linearizable GET per key, which the checker holds to every acknowledged
 write, proves nothing acknowledged was lost.
 
+One more client pipelines `SET q n; GET p; SET p <fresh>; GET p` on keys of its own
+and checks the order Redis gives one connection: whatever the faults, a pipeline
+answered in full reads the old value before its SET and its own value after.
+Linearizability alone allows both reads to see the SET (the three overlap).
+
 Faults are dealt from a shuffled deck holding each kind once, so even the
 default run injects every kind. Duration: KVORUM_FAULT_SECONDS (default 30) of
 faults, nemesis seed KVORUM_FAULT_SEED (default 7); the history is written to
@@ -166,6 +171,52 @@ class Worker(threading.Thread):
         return status
 
 
+class PipelineWorker(threading.Thread):
+    """Pipelines SET q n; GET p; SET p v; GET p on its own keys; records pipelines that break connection order."""
+
+    KEY = "pipelined"
+
+    def __init__(self, cluster, stop: threading.Event):
+        super().__init__(daemon=True)
+        self.cluster = cluster
+        self.stop_event = stop
+        self.port = cluster.nodes[0].port
+        self.rng = random.Random(1)
+        self.answered = 0
+        self.violations: list[str] = []
+
+    def run(self) -> None:
+        seq = 0
+        conn = None
+        while not self.stop_event.is_set():
+            seq += 1
+            value = b"v%d" % seq
+            try:
+                if conn is None:
+                    conn = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=OP_SOCKET_TIMEOUT_S,
+                                       socket_connect_timeout=OP_SOCKET_TIMEOUT_S, retry=None,
+                                       single_connection_client=True, protocol=2)
+                pipe = conn.pipeline(transaction=False)
+                # The first SET makes the GET wait for a write's reply, as well as for its barrier.
+                pipe.set(self.KEY + ":other", seq).get(self.KEY).set(self.KEY, value).get(self.KEY)
+                _ok, before, _ok, after = pipe.execute()
+            except redis.exceptions.MovedError as moved:
+                self.port = int(str(moved).split()[-1].rsplit(":", 1)[1])
+            except (redis.RedisError, OSError):
+                self.port = self.rng.choice(self.cluster.nodes).port
+            else:
+                self.answered += 1
+                if before == value or after != value:
+                    self.violations.append(f"pipeline {seq}: GET {before!r}, SET {value!r}, GET {after!r}")
+                continue
+            if conn is not None:
+                conn.close()
+                conn = None
+            time.sleep(REDIRECT_PAUSE_S)
+        if conn is not None:
+            conn.close()
+
+
 def partition(cluster, proxy, action: str, leader, rng: random.Random) -> str:
     """Cut links for `action`; returns what was cut, for the nemesis log."""
     how = rng.choice((BLACKHOLE, RESET))
@@ -240,10 +291,12 @@ def test_history_under_kills_pauses_and_partitions_is_linearizable(net_cluster, 
     stop = threading.Event()
     start_s = time.monotonic()
     workers = [Worker(i, cluster, recorder, lock, stop, start_s) for i in range(CLIENTS)]
+    pipeliner = PipelineWorker(cluster, stop)
     events: list[str] = []
     faults: dict[str, int] = {}
     for w in workers:
         w.start()
+    pipeliner.start()
     nemesis_stop = threading.Event()
     chaos = threading.Thread(target=nemesis, daemon=True, args=(
         cluster, proxy, nemesis_stop, random.Random(FAULT_SEED), events, faults))
@@ -267,6 +320,7 @@ def test_history_under_kills_pauses_and_partitions_is_linearizable(net_cluster, 
         chaos.join()
         for w in workers:
             w.join(timeout=30)
+        pipeliner.join(timeout=30)
     cluster.wait_leader()
     final = Worker(99, cluster, recorder, lock, threading.Event())
     for key in sorted({op.key for op in recorder.history()}):
@@ -279,7 +333,8 @@ def test_history_under_kills_pauses_and_partitions_is_linearizable(net_cluster, 
     dump_jsonl(history, str(tmp_path / "history.jsonl"))
     counts = {s: sum(w.counts[s] for w in workers) for s in ("ok", "unknown", "fail")}
     print(f"fault suite: seed {FAULT_SEED}, {FAULT_S:.0f}s, {len(history)} ops {counts}, faults {faults}, "
-          f"nemesis: {'; '.join(events)}")
+          f"{pipeliner.answered} pipelines answered, nemesis: {'; '.join(events)}")
     assert counts["ok"] > 50, counts
+    assert pipeliner.answered > 10 and pipeliner.violations == [], pipeliner.violations[:5]
     result = check(history)
     assert result.ok, result.explain()
