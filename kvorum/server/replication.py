@@ -66,6 +66,7 @@ from kvorum.cluster import state_machine
 from kvorum.cluster.concern import WriteConcern
 from kvorum.cluster.slots import key_slot
 from kvorum.cluster.topology import NodeAddress, parse_peers
+from kvorum.commands.args import to_int
 from kvorum.commands.leases import parse_leaseset
 from kvorum.commands.table import Command
 from kvorum.consensus.replicated_log import ProposalDropped
@@ -92,6 +93,9 @@ EXPIRE_KEYS_PER_CYCLE = state_machine.EXPIRE_KEYS_PER_ENTRY_MAX
 
 # Writes whose reply never depends on the data (the `one` concern may answer them early).
 _BLIND_ARGC = {"set": (3,), "setex": (4,), "psetex": (4,)}
+# SETEX / PSETEX times up to this (seconds or milliseconds) can never overflow an
+# expiry time, so such a write always answers +OK; larger ones may be refused.
+BLIND_TTL_MAX = 10**12
 
 
 # Commands after which a connection watches nothing (its WATCH versions are dropped).
@@ -110,7 +114,10 @@ def _blind(cmd: Command, argv: list[bytes]) -> bool:
         return len(argv) % 2 == 1
     if cmd.name not in _BLIND_ARGC or len(argv) not in _BLIND_ARGC[cmd.name]:
         return False
-    return cmd.name == "set" or (argv[2].isdigit() and int(argv[2]) > 0)
+    if cmd.name == "set":
+        return True
+    ttl = to_int(argv[2])  # the handler's own parsing: "01" or "+1" is refused there too
+    return ttl is not None and 0 < ttl <= BLIND_TTL_MAX
 
 
 def _is_data(cmd: Command) -> bool:
@@ -319,7 +326,8 @@ class ClusterNode:
         except ProposalDropped as exc:
             return error_line(f"TRYAGAIN {exc}")
         if blind:
-            return _chain(inner, lambda _reply: OK_REPLY)
+            # None: acknowledged under `one` before it applied; else the reply it applied with.
+            return _chain(inner, lambda reply: OK_REPLY if reply is None else _encode(reply, client.resp3))
         return _chain(inner, finish or (lambda reply: _encode(reply, client.resp3)))
 
     def _after_barrier(self, client: ClusterClient, cmd: Command, argv: list[bytes],

@@ -591,3 +591,21 @@ def test_tracking_noloop_skips_the_connections_own_writes(cluster):
             read(timeout_s=0.3)
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("concern", ["majority", "one"])
+def test_setex_with_a_time_it_refuses_is_not_answered_ok(cluster, concern):
+    """SETEX/PSETEX were taken for writes that always answer +OK; an overflowing or
+    malformed time is refused on a single node, and must be here too."""
+    r = cluster.wait_leader().client(single_connection_client=True)
+    r.execute_command("CLIENT", "WRITECONCERN", concern)
+    for command in (("SETEX", "k", 9223372036854775807, "v"), ("PSETEX", "k", 9223372036854775807, "v"),
+                    ("SETEX", "k", "01", "v"), ("SETEX", "k", "+5", "v")):
+        with pytest.raises(redis.ResponseError):
+            r.execute_command(*command)
+    assert r.get("k") is None
+    assert r.execute_command("SETEX", "k", 100, "v") is True
+    deadline = time.monotonic() + 5  # a `one` write may be read before it commits (docs/cluster.md)
+    while r.get("k") != b"v" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert r.get("k") == b"v"
