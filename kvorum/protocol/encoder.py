@@ -48,9 +48,10 @@ def format_double(value: float) -> str:
 
 
 def error_line(message: str) -> bytes:
-    """An error reply; newlines would break the framing, so they become spaces as in Redis."""
+    """An error reply; newlines would break the framing, so, as in Redis'
+    addReplyErrorFormat, those at the end are dropped and the others become spaces."""
     if "\r" in message or "\n" in message:
-        message = message.replace("\r", " ").replace("\n", " ")
+        message = message.rstrip("\r\n").replace("\r", " ").replace("\n", " ")
     return b"-%s\r\n" % message.encode("utf-8", "surrogateescape")
 
 

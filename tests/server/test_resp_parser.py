@@ -152,3 +152,10 @@ def test_big_legal_count_goes_to_the_exact_path():
     assert parser.feed(b"*1\r\n$4\r\nPING\r\n*2000000\r\n$1\r\na\r\n") == [[b"PING"]]
     assert parser.error is None
     assert parser.buffered_bytes() == 0
+
+
+def test_error_line_keeps_the_framing_as_redis_does():
+    from kvorum.protocol.encoder import error_line
+
+    assert error_line("ERR Unsupported option  \xce\r") == "-ERR Unsupported option  \xce\r\n".encode("utf-8", "surrogateescape")
+    assert error_line("ERR a\r\nb\n") == b"-ERR a  b\r\n"
