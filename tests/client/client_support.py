@@ -3,6 +3,8 @@ which names a different module in every test directory)."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import redis
 
@@ -27,3 +29,41 @@ def require(node, *commands: str) -> None:
                     missing.append(command)
     if missing:
         pytest.skip(f"this kvorum has no {', '.join(missing)} yet")
+
+
+def _random_write(rng: random.Random, plain, key: str, keys: list[str]) -> None:
+    kind = rng.randrange(10)
+    if kind == 0:
+        plain.delete(key)
+    elif kind == 1:
+        plain.incr(key) if (plain.get(key) or b"0").lstrip(b"-").isdigit() else plain.set(key, 1)
+    elif kind == 2:
+        plain.append(key, "+")
+    elif kind == 3:
+        plain.expireat(key, 1)  # a deadline in the past: the key goes at once
+    elif kind == 4:
+        plain.rename(key, rng.choice(keys)) if plain.exists(key) else plain.set(key, "r")
+    elif kind == 5:
+        plain.flushall() if rng.random() < 0.1 else plain.set(key, rng.randrange(100))
+    else:
+        plain.set(key, f"v{rng.randrange(10_000)}")
+
+
+def check_near_cache_under_random_writes(cached, plain, keys: list[str], steps: int, seed: int) -> None:
+    """One thread: `plain` makes every kind of change to `keys` (SET, DEL, INCR, APPEND, EXPIREAT
+    in the past, RENAME away and onto, FLUSHALL), `cached` writes through itself now and then,
+    and each of its GET/MGET must equal a plain read right after: a read comes after every
+    write acknowledged before it, so a near cache may never answer older."""
+    rng = random.Random(seed)
+    for step in range(steps):
+        key = rng.choice(keys)
+        action = rng.random()
+        if action < 0.35:
+            _random_write(rng, plain, key, keys)
+        elif action < 0.42:
+            cached.set(key, f"own{step}")
+        elif action < 0.8:
+            assert cached.get(key) == plain.get(key), f"step {step}: GET {key}"
+        else:
+            some = rng.sample(keys, 3)
+            assert cached.mget(some) == plain.mget(some), f"step {step}: MGET {some}"
