@@ -3,15 +3,18 @@
 The modes, guarantees and methods are those of kvorum/client/client.py (read its theory of
 operation first); only the I/O differs. The near cache needs no lock of its own here: every
 touch of it is synchronous code between two awaits, on the one event loop that owns the client.
-A tracking connection's pushes land in its StreamReader buffer whenever the loop runs, and a hit
-drains that buffer before it is served, so the staleness bound is the same as the blocking
-client's.
+Before a hit is served, its tracking connection's pending pushes are read: those in its
+StreamReader buffer, and those still in the kernel's socket buffer, which the loop has not moved
+to the StreamReader yet (it does so only when it next polls; a write acknowledged on another
+connection can resume the reading task first). So the staleness bound is the same as the
+blocking client's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import time
 from typing import Any, Awaitable, Callable
 
@@ -54,6 +57,15 @@ async def is_cluster(url: str, redis_kwargs: dict) -> bool:
         await probe.aclose()
 
 
+def _socket_readable(conn) -> bool:
+    """Whether the kernel holds bytes (or EOF) for `conn` that its StreamReader has not read yet."""
+    sock = conn._writer.transport.get_extra_info("socket") if conn._writer is not None else None
+    if sock is None:
+        return False
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
+
+
 class _TrackingLink(TrackingLinkState):
     """One RESP3 connection to one node with CLIENT TRACKING ON, and the lock that serializes it."""
 
@@ -83,7 +95,7 @@ class _TrackingLink(TrackingLinkState):
             await conn.connect()
         elif asyncio.get_running_loop().time() > conn.next_health_check:
             await self.call(*self.probe())
-        while await conn.can_read():
+        while await conn.can_read() or _socket_readable(conn):
             await conn.read_response(push_request=True)
 
     async def call(self, *args):

@@ -63,7 +63,9 @@ def check_near_cache_under_random_writes(cached, plain, keys: list[str], steps: 
         elif action < 0.42:
             cached.set(key, f"own{step}")
         elif action < 0.8:
-            assert cached.get(key) == plain.get(key), f"step {step}: GET {key}"
+            got = cached.get(key)
+            assert got == plain.get(key), f"step {step}: GET {key} from the near cache: {got!r}"
         else:
             some = rng.sample(keys, 3)
-            assert cached.mget(some) == plain.mget(some), f"step {step}: MGET {some}"
+            got = cached.mget(some)
+            assert got == plain.mget(some), f"step {step}: MGET {some} from the near cache: {got!r}"
