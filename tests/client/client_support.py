@@ -69,3 +69,21 @@ def check_near_cache_under_random_writes(cached, plain, keys: list[str], steps: 
             some = rng.sample(keys, 3)
             got = cached.mget(some)
             assert got == plain.mget(some), f"step {step}: MGET {some} from the near cache: {got!r}"
+
+
+class BlockingAsync:
+    """An AsyncClient driven call by call from one event loop, shaped like the sync client.
+
+    Between calls the loop does not run, so an invalidation that arrived meanwhile is still in
+    the kernel's socket buffer, not in the connection's StreamReader, when the next read
+    starts: the extreme of a loop that has not polled since the write was acknowledged
+    elsewhere. The AsyncClient used to check the StreamReader only and served stale values.
+    """
+
+    def __init__(self, client, loop):
+        self._client = client
+        self._loop = loop
+
+    def __getattr__(self, name):
+        method = getattr(self._client, name)
+        return lambda *args, **kwargs: self._loop.run_until_complete(method(*args, **kwargs))

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 import kvorum
-from client_support import check_near_cache_under_random_writes
+from client_support import BlockingAsync, check_near_cache_under_random_writes
 from cluster_process import Cluster
 
 ELECTION_TIMEOUT_S = 30.0
@@ -154,3 +154,21 @@ def test_near_cache_under_random_writes_on_the_cluster(cluster, mode):
         check_near_cache_under_random_writes(cached, plain, keys, 1500, seed=6)
         stats = cached.near_cache_stats()
     assert stats["hits" if mode == "tracking" else "not_modified"] > 50, stats
+
+
+
+@pytest.mark.parametrize("mode", ["strict", "tracking"])
+def test_async_near_cache_under_random_writes_on_the_cluster(cluster, mode):
+    keys = [f"{{r}}{i}" for i in range(6)]
+    loop = asyncio.new_event_loop()
+    cached = kvorum.AsyncClient(cluster.url, near_cache=mode, socket_timeout=5)
+    try:
+        loop.run_until_complete(cached.initialize())
+        assert cached.cluster
+        with kvorum.Client(cluster.url, socket_timeout=5) as plain:
+            check_near_cache_under_random_writes(BlockingAsync(cached, loop), plain, keys, 1500, seed=8)
+        stats = cached.near_cache_stats()
+        assert stats["hits" if mode == "tracking" else "not_modified"] > 50, stats
+    finally:
+        loop.run_until_complete(cached.aclose())
+        loop.close()

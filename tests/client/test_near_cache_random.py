@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from client_support import check_near_cache_under_random_writes
+from client_support import BlockingAsync, check_near_cache_under_random_writes
 
 KEYS = [f"r{i}" for i in range(6)]
 STEPS = 3000
@@ -24,24 +24,6 @@ def test_near_cache_never_serves_a_value_older_than_the_last_acknowledged_write(
     assert stats["hits" if mode == "tracking" else "not_modified"] > 100, stats
 
 
-class _Blocking:
-    """An AsyncClient driven call by call from one event loop, shaped like the sync client.
-
-    Between calls the loop does not run, so an invalidation that arrived meanwhile is still in
-    the kernel's socket buffer, not in the connection's StreamReader, when the next read
-    starts: the extreme of a loop that has not polled since the write was acknowledged
-    elsewhere. The AsyncClient used to check the StreamReader only and served stale values.
-    """
-
-    def __init__(self, client, loop):
-        self._client = client
-        self._loop = loop
-
-    def __getattr__(self, name):
-        method = getattr(self._client, name)
-        return lambda *args, **kwargs: self._loop.run_until_complete(method(*args, **kwargs))
-
-
 @pytest.mark.parametrize("mode", ["strict", "tracking"])
 def test_async_near_cache_never_serves_a_value_older_than_the_last_acknowledged_write(node, mode):
     import asyncio
@@ -54,7 +36,7 @@ def test_async_near_cache_never_serves_a_value_older_than_the_last_acknowledged_
     try:
         loop.run_until_complete(cached.initialize())
         with node.client() as plain:
-            check_near_cache_under_random_writes(_Blocking(cached, loop), plain, KEYS, STEPS, seed=7)
+            check_near_cache_under_random_writes(BlockingAsync(cached, loop), plain, KEYS, STEPS, seed=7)
         stats = cached.near_cache_stats()
         assert stats["hits" if mode == "tracking" else "not_modified"] > 100, stats
     finally:
