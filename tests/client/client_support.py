@@ -87,3 +87,59 @@ class BlockingAsync:
     def __getattr__(self, name):
         method = getattr(self._client, name)
         return lambda *args, **kwargs: self._loop.run_until_complete(method(*args, **kwargs))
+
+
+# Cache-aside with leases under random interleavings (tests/client/test_lease_interleavings.py).
+LEASE_KEY = "row:1"
+LEASE_ROUNDS = 300
+
+
+def _lease_reader(client, db, fill):
+    lease = client.lease_get(LEASE_KEY)
+    yield
+    if not lease.lease:
+        return
+    value = db["value"]
+    yield
+    fill(client, value, lease.token)
+
+
+def _lease_writer(client, db, number):
+    db["value"] = f"w{number}"
+    yield
+    client.delete(LEASE_KEY)
+
+
+def _lease_round(rng, client, db, fill, round_number) -> None:
+    machines = [_lease_reader(client, db, fill) for _ in range(rng.randrange(1, 4))]
+    machines += [_lease_writer(client, db, f"{round_number}.{i}") for i in range(rng.randrange(1, 3))]
+    rng.shuffle(machines)
+    while machines:
+        machine = rng.choice(machines)
+        try:
+            next(machine)
+        except StopIteration:
+            machines.remove(machine)
+
+
+def lease_fill(client, value, token):
+    client.lease_set(LEASE_KEY, value, token)
+
+
+def plain_fill(client, value, _token):
+    client.set(LEASE_KEY, value)
+
+
+def stale_rounds(client, fill, seed: int) -> int:
+    """Rounds of random reader/writer interleavings after which the cache differs from the database."""
+    rng = random.Random(seed)
+    db = {"value": "w0"}
+    client.delete(LEASE_KEY)
+    stale = 0
+    for number in range(LEASE_ROUNDS):
+        _lease_round(rng, client, db, fill, number)
+        cached = client.get(LEASE_KEY)
+        if cached is not None and cached != db["value"].encode():
+            stale += 1
+            client.delete(LEASE_KEY)  # start the next round clean
+    return stale

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 import kvorum
-from client_support import BlockingAsync, check_near_cache_under_random_writes
+from client_support import BlockingAsync, check_near_cache_under_random_writes, lease_fill, stale_rounds
 from cluster_process import Cluster
 
 ELECTION_TIMEOUT_S = 30.0
@@ -172,3 +172,10 @@ def test_async_near_cache_under_random_writes_on_the_cluster(cluster, mode):
     finally:
         loop.run_until_complete(cached.aclose())
         loop.close()
+
+
+
+def test_leases_never_leave_the_cache_older_than_the_database_on_the_cluster(cluster):
+    with kvorum.Client(cluster.url, socket_timeout=5) as client:
+        assert client.cluster
+        assert stale_rounds(client, lease_fill, seed=4) == 0
