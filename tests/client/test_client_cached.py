@@ -12,7 +12,7 @@ import asyncio
 import pytest
 
 import kvorum
-from client_support import require, url_of
+from client_support import url_of
 
 INTERVAL_S = 30.0
 
@@ -39,7 +39,6 @@ class Source:
 
 @pytest.fixture
 def fleet(node, client_factory):
-    require(node, "VGET")
     clocks = [FakeClock(start) for start in (0.0, 1e6, 42.5)]  # skewed on purpose
     clients = [client_factory("strict", clock_s=clock) for clock in clocks]
     return clients, clocks
@@ -79,7 +78,6 @@ def test_the_refresh_lease_key_is_taken_for_one_interval(fleet):
 
 
 def test_a_missing_key_is_loaded_once_under_a_miss_lease(node, fleet):
-    require(node, "LEASEGET", "LEASESET")
     clients, _ = fleet
     source = Source("s1")
     clients[0].cached("cfg", source, refresh_every=INTERVAL_S, ttl=60)
@@ -92,7 +90,6 @@ def test_a_missing_key_is_loaded_once_under_a_miss_lease(node, fleet):
 
 
 def test_async_cached_loads_once_per_interval(node):
-    require(node, "VGET", "LEASEGET")
 
     async def run():
         clock = FakeClock(7.0)

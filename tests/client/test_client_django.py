@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from client_support import require, url_of
+from client_support import url_of
 
 django = pytest.importorskip("django")
 from django.conf import settings  # noqa: E402
@@ -23,7 +23,6 @@ def make_cache(node):
 
 
 def test_django_cache_api_with_strict_near_cache(node, make_cache):
-    require(node, "VGET")
     writer, reader = make_cache(), make_cache(near_cache="strict")
     writer.set("user:1", {"name": "ada"})
     assert reader.get("user:1") == {"name": "ada"}
@@ -43,7 +42,6 @@ def test_django_cache_api_with_strict_near_cache(node, make_cache):
 
 
 def test_django_cache_close_keeps_the_near_cache(node, make_cache):
-    require(node, "VGET")
     cache = make_cache(near_cache="strict")
     cache.set("k", "v")
     assert cache.get("k") == "v"
@@ -53,7 +51,6 @@ def test_django_cache_close_keeps_the_near_cache(node, make_cache):
 
 
 def test_django_cache_with_tracking_near_cache(node, make_cache):
-    require(node, "CLIENT TRACKING")
     writer, reader = make_cache(), make_cache(near_cache="tracking")
     writer.set("user:1", {"name": "ada"})
     assert reader.get("user:1") == {"name": "ada"}

@@ -12,7 +12,7 @@ import redis
 from redis.cache import CacheConfig
 
 import kvorum
-from client_support import require, url_of
+from client_support import url_of
 
 READERS = 3
 
@@ -32,7 +32,6 @@ def test_unknown_mode_is_refused(node):
 
 
 def test_strict_readers_see_every_acknowledged_write(node, client_factory):
-    require(node, "VGET")
     writer = client_factory()
     readers = [client_factory("strict") for _ in range(READERS)]
     for i in range(20):
@@ -72,7 +71,6 @@ def test_reads_never_older_than_the_last_write_acknowledged_before_them(node, cl
 
 
 def test_strict_sees_deletes_and_recreations(node, client_factory):
-    require(node, "VGET")
     writer, reader = client_factory(), client_factory("strict")
     writer.set("k", "a")
     assert reader.get("k") == b"a"
@@ -83,7 +81,6 @@ def test_strict_sees_deletes_and_recreations(node, client_factory):
 
 
 def test_strict_mget_validates_in_one_pipeline(node, client_factory):
-    require(node, "VGET")
     writer, reader = client_factory(), client_factory("strict")
     writer.mset({"a": "1", "b": "2"})
     assert reader.mget(["a", "b", "c"]) == [b"1", b"2", None]
@@ -93,7 +90,6 @@ def test_strict_mget_validates_in_one_pipeline(node, client_factory):
 
 
 def test_own_writes_evict_locally(node, client_factory):
-    require(node, "VGET")
     c = client_factory("strict")
     c.set("k", "1")
     assert c.get("k") == b"1"
@@ -106,7 +102,6 @@ def test_own_writes_evict_locally(node, client_factory):
 
 
 def test_near_cache_is_bounded(node, client_factory):
-    require(node, "VGET")
     c = client_factory("strict", near_cache_max_entries=4, near_cache_max_bytes=1000)
     for i in range(10):
         c.set(f"k{i}", "x" * 100)
@@ -116,7 +111,6 @@ def test_near_cache_is_bounded(node, client_factory):
 
 
 def test_tracking_hits_make_no_request(node, client_factory):
-    require(node, "CLIENT TRACKING")
     writer, reader = client_factory(), client_factory("tracking")
     writer.set("k", "v")
     assert reader.get("k") == b"v"
@@ -129,7 +123,6 @@ def test_tracking_hits_make_no_request(node, client_factory):
 
 
 def test_tracking_silent_link_is_probed_before_a_hit(node, client_factory):
-    require(node, "CLIENT TRACKING")
     writer = client_factory()
     reader = client_factory("tracking", health_check_interval_s=0)
     writer.set("k", "v")
@@ -144,7 +137,6 @@ def test_tracking_silent_link_is_probed_before_a_hit(node, client_factory):
 
 
 def test_tracking_readers_see_writes_once_invalidations_arrive(node, client_factory):
-    require(node, "CLIENT TRACKING")
     writer = client_factory()
     readers = [client_factory("tracking") for _ in range(READERS)]
     for i in range(20):
@@ -159,7 +151,6 @@ def test_tracking_readers_see_writes_once_invalidations_arrive(node, client_fact
 
 
 def test_tracking_flush_drops_everything(node, client_factory):
-    require(node, "CLIENT TRACKING")
     writer, reader = client_factory(), client_factory("tracking")
     writer.mset({"a": "1", "b": "2"})
     assert reader.mget(["a", "b"]) == [b"1", b"2"]
@@ -170,7 +161,6 @@ def test_tracking_flush_drops_everything(node, client_factory):
 
 
 def test_tracking_connection_killed_never_serves_stale(node, client_factory):
-    require(node, "CLIENT TRACKING")
     writer, reader = client_factory(), client_factory("tracking")
     writer.set("k", "old")
     assert reader.get("k") == b"old"
@@ -186,7 +176,6 @@ def test_tracking_connection_killed_never_serves_stale(node, client_factory):
 
 
 def test_async_client_strict_and_tracking(node):
-    require(node, "VGET")
 
     async def run():
         async with kvorum.AsyncClient(url_of(node)) as writer, \
@@ -203,7 +192,6 @@ def test_async_client_strict_and_tracking(node):
 
 
 def test_async_client_tracking_survives_a_kill(node):
-    require(node, "CLIENT TRACKING")
 
     async def run():
         async with kvorum.AsyncClient(url_of(node)) as writer, \
@@ -222,7 +210,6 @@ def test_async_client_tracking_survives_a_kill(node):
 
 
 def test_redis_py_client_side_cache(node):
-    require(node, "CLIENT TRACKING")
     with node.client(protocol=3, cache_config=CacheConfig()) as cached, node.client() as writer:
         writer.set("k", "1")
         assert cached.get("k") == b"1"

@@ -12,7 +12,6 @@ import threading
 
 import pytest
 
-from client_support import require
 
 sa = pytest.importorskip("sqlalchemy")
 from sqlalchemy import Column, Integer, String, create_engine  # noqa: E402
@@ -94,7 +93,6 @@ def test_reader_writer_race_plain_cache_aside_caches_the_old_row(node, client_fa
 
 
 def test_reader_writer_race_lease_refuses_the_stale_set(node, client_factory, db):
-    require(node, "LEASEGET", "LEASESET")
     cache = client_factory()
     steps = {"miss": lambda: cache.lease_get("item:1"),
              "set": lambda found, value: cache.lease_set("item:1", value, found.token)}
@@ -106,7 +104,6 @@ def test_reader_writer_race_lease_refuses_the_stale_set(node, client_factory, db
 
 
 def test_concurrent_misses_get_one_lease_the_others_wait(node, client_factory):
-    require(node, "LEASEGET", "LEASESET")
     a, b = client_factory(), client_factory()
     first, second = a.lease_get("hot"), b.lease_get("hot")
     assert first.lease and second.wait
@@ -115,7 +112,6 @@ def test_concurrent_misses_get_one_lease_the_others_wait(node, client_factory):
 
 
 def test_get_or_load_waiter_reads_what_the_lease_holder_stored(node, client_factory):
-    require(node, "LEASEGET", "LEASESET")
     holder, waiter = client_factory(), client_factory()
     loads = []
 
@@ -135,7 +131,6 @@ def test_get_or_load_waiter_reads_what_the_lease_holder_stored(node, client_fact
 
 
 def test_get_or_load_many_threads_one_load(node, client_factory):
-    require(node, "LEASEGET", "LEASESET")
     loading, release = threading.Event(), threading.Event()
     loads = []
 
@@ -184,7 +179,6 @@ def test_writer_writer_race_plain_set_keeps_the_older_row(node, client_factory, 
 
 
 def test_writer_writer_race_ifnewer_refuses_the_older_row(node, client_factory, db):
-    require(node, "VGET")
     cache = client_factory()
     results = writer_writer_race(
         db, lambda value, version: cache.set_ifnewer("item:1", value, version))
@@ -234,7 +228,6 @@ def test_rollback_plain_cache_keeps_the_rolled_back_value(node, client_factory, 
 
 
 def test_rollback_cache_sync_writes_nothing(node, client_factory, engine):
-    require(node, "VGET")
     cache = client_factory()
     cache.set("item:1", "v1")
     with Session(engine) as session:
@@ -250,7 +243,6 @@ def test_rollback_cache_sync_writes_nothing(node, client_factory, engine):
 
 
 def test_savepoint_rollback_turns_recorded_sets_into_invalidations(node, client_factory, engine):
-    require(node, "VGET")
     cache = client_factory()
     cache.set("item:1", "v1")
     with Session(engine) as session:
@@ -288,7 +280,6 @@ def test_read_before_commit_plain_serves_the_uncommitted_value(node, client_fact
 
 
 def test_read_before_commit_cache_sync_applies_after_commit(node, client_factory, engine):
-    require(node, "VGET")
     cache = client_factory("strict")
     cache.set("item:1", "v1")
     sync = CacheSync(cache, Session)
