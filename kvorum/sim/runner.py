@@ -161,7 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     passed = failed = undecided = 0
     caught: RunResult | None = None
     for seed in range(args.seed, args.seed + args.seeds):
-        result = run_seed(seed, config, verbose)
+        try:
+            result = run_seed(seed, config, verbose)
+        except ValueError as err:  # the engine's own check of its configuration
+            print(f"seed {seed}: the engine refuses this configuration: {err}", file=sys.stderr)
+            return 2
         if args.history:
             dump_jsonl(result.history, args.history)
         if args.verbose or result.failed:

@@ -148,8 +148,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         transfers=False,
     ),
     # Stale leaders: lease reads on, CheckQuorum off, so a deposed leader that
-    # is cut off keeps its clients. Only an engine that refuses lease reads
-    # without a live quorum can run this profile safely.
+    # is cut off keeps its clients. A correct engine refuses lease reads
+    # without CheckQuorum at start (the runner says so); the profile is for
+    # `--bug stale-lease`, which must be caught here.
     "stale-leader": dict(steps=12_000, lease_reads="on", check_quorum="off"),
 }
 
