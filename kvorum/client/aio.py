@@ -62,8 +62,10 @@ def _socket_readable(conn) -> bool:
     sock = conn._writer.transport.get_extra_info("socket") if conn._writer is not None else None
     if sock is None:
         return False
-    readable, _, _ = select.select([sock], [], [], 0)
-    return bool(readable)
+    # poll, not select: select refuses descriptors past FD_SETSIZE (1024), which a busy process reaches.
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class _TrackingLink(TrackingLinkState):

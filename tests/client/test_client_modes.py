@@ -260,3 +260,35 @@ def test_async_tracking_reads_never_older_than_the_last_write_acknowledged_befor
             return reader.near_cache_stats()["hits"]
 
     assert asyncio.run(read()) > 0
+
+
+def test_async_tracking_works_with_descriptors_past_fd_setsize(node):
+    """The check for invalidations still in the kernel must not use select(), which refuses
+    descriptors past 1024: a busy process hands the tracking connection one of those."""
+    import asyncio
+    import os
+    import resource
+
+    from client_support import url_of
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"the hard descriptor limit {hard} leaves no room past 1024")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    spare = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        async def reads():
+            async with kvorum.AsyncClient(url_of(node), near_cache="tracking", socket_timeout=10) as reader:
+                with node.client() as writer:
+                    writer.set("fd", "a")
+                    assert await reader.get("fd") == b"a"
+                    writer.set("fd", "b")
+                    assert await reader.get("fd") == b"b"
+                    assert await reader.get("fd") == b"b"
+                return reader.near_cache_stats()["hits"]
+
+        assert asyncio.run(reads()) >= 1
+    finally:
+        for fd in spare:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
