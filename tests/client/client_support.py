@@ -30,8 +30,9 @@ def _random_write(rng: random.Random, plain, key: str, keys: list[str]) -> None:
 
 def check_near_cache_under_random_writes(cached, plain, keys: list[str], steps: int, seed: int) -> None:
     """One thread: `plain` makes every kind of change to `keys` (SET, DEL, INCR, APPEND, EXPIREAT
-    in the past, RENAME away and onto, FLUSHALL), `cached` writes through itself now and then,
-    and each of its GET/MGET must equal a plain read right after: a read comes after every
+    in the past, RENAME away and onto, FLUSHALL), `cached` writes through itself now and then
+    (SET, and get_or_load filling a missing key under a lease), and each of its GET/MGET/
+    get_or_load must equal a plain read right after: a read comes after every
     write acknowledged before it, so a near cache may never answer older."""
     rng = random.Random(seed)
     for step in range(steps):
@@ -41,6 +42,10 @@ def check_near_cache_under_random_writes(cached, plain, keys: list[str], steps: 
             _random_write(rng, plain, key, keys)
         elif action < 0.42:
             cached.set(key, f"own{step}")
+        elif action < 0.47:
+            got = cached.get_or_load(key, lambda: f"loaded{step}")
+            got = got.encode() if isinstance(got, str) else got  # a load returns the loader's own value
+            assert got == plain.get(key), f"step {step}: get_or_load {key}: {got!r}"
         elif action < 0.8:
             got = cached.get(key)
             assert got == plain.get(key), f"step {step}: GET {key} from the near cache: {got!r}"
