@@ -46,8 +46,11 @@ NULL = b"$-1\r\n"
 CLOCK_TICK_MS = 1000
 
 
-def config_reply(request: list) -> bytes:
-    if len(request) == 3 and request[1].upper() == b"GET":
+def other_reply(command: bytes, request: list) -> bytes:
+    """The reply to anything but GET and SET (rare: the benchmark's start and readiness probe)."""
+    if command == b"PING":
+        return b"+PONG\r\n"
+    if command == b"CONFIG" and len(request) == 3 and request[1].upper() == b"GET":
         return b"*2\r\n$%d\r\n%b\r\n$0\r\n\r\n" % (len(request[2]), request[2])
     return OK
 
@@ -75,12 +78,8 @@ class FloorProtocol(asyncio.Protocol):
                 elif command == b"SET":
                     store[request[1]] = request[2]
                     out.append(OK)
-                elif command == b"PING":
-                    out.append(b"+PONG\r\n")
-                elif command == b"CONFIG":
-                    out.append(config_reply(request))
                 else:
-                    out.append(OK)
+                    out.append(other_reply(command, request))
                 request = reader.gets()
         except (hiredis.ProtocolError, IndexError, AttributeError, TypeError):
             # Not RESP arrays of bulk strings, or too few arguments: not worth
@@ -128,12 +127,8 @@ class VersionedFloorProtocol(FloorProtocol):
                         cls.used_bytes += len(value) - len(old[0])
                     store[key] = (value, version, tick)
                     out.append(OK)
-                elif command == b"PING":
-                    out.append(b"+PONG\r\n")
-                elif command == b"CONFIG":
-                    out.append(config_reply(request))
                 else:
-                    out.append(OK)
+                    out.append(other_reply(command, request))
                 request = reader.gets()
         except (hiredis.ProtocolError, IndexError, AttributeError, TypeError):
             self.transport.close()

@@ -44,30 +44,39 @@ def test_strict_readers_see_every_acknowledged_write(node, client_factory):
         assert stats["not_modified"] == 20  # the second read of each round moved no value
 
 
+COUNT_TO = 300
+
+
+class CountingWriter(threading.Thread):
+    """Sets "counter" to 1, 2, ... COUNT_TO; `acked` is the last value acknowledged."""
+
+    def __init__(self, writer):
+        super().__init__()
+        self.writer = writer
+        self.acked = 0
+        self.done = threading.Event()
+        writer.set("counter", 0)
+
+    def run(self) -> None:
+        for i in range(1, COUNT_TO + 1):
+            self.writer.set("counter", i)
+            self.acked = i
+        self.done.set()
+
+
 @pytest.mark.parametrize("mode", ["strict", "tracking"])
 def test_reads_never_older_than_the_last_write_acknowledged_before_them(node, client_factory, mode):
     """A writer thread counts up; each near-cache read returns at least the count acknowledged
     when the read began (DESIGN.md section 3), with the writer running concurrently."""
-    writer, reader = client_factory(), client_factory(mode)
-    writer.set("counter", 0)
-    acked = [0]
-    done = threading.Event()
-
-    def write():
-        for i in range(1, 301):
-            writer.set("counter", i)
-            acked[0] = i
-        done.set()
-
-    thread = threading.Thread(target=write)
-    thread.start()
+    counter, reader = CountingWriter(client_factory()), client_factory(mode)
+    counter.start()
     reads = 0
-    while not done.is_set() or reads < 10:
-        floor = acked[0]
+    while not counter.done.is_set() or reads < 10:
+        floor = counter.acked
         assert int(reader.get("counter")) >= floor
         reads += 1
-    thread.join()
-    assert int(reader.get("counter")) == 300
+    counter.join()
+    assert int(reader.get("counter")) == COUNT_TO
 
 
 def test_strict_sees_deletes_and_recreations(node, client_factory):
@@ -234,29 +243,19 @@ def test_async_tracking_reads_never_older_than_the_last_write_acknowledged_befor
 
     from client_support import url_of
 
-    writer = client_factory()
-    writer.set("counter", 0)
-    acked = [0]
-    done = threading.Event()
-
-    def write():
-        for i in range(1, 301):
-            writer.set("counter", i)
-            acked[0] = i
-        done.set()
+    counter = CountingWriter(client_factory())
 
     async def read():
         async with kvorum.AsyncClient(url_of(node), near_cache="tracking", socket_timeout=10) as reader:
             assert int(await reader.get("counter")) == 0
-            thread = threading.Thread(target=write)
-            thread.start()
+            counter.start()
             reads = 0
-            while not done.is_set() or reads < 10:
-                floor = acked[0]
+            while not counter.done.is_set() or reads < 10:
+                floor = counter.acked
                 assert int(await reader.get("counter")) >= floor
                 reads += 1
-            thread.join()
-            assert int(await reader.get("counter")) == 300
+            counter.join()
+            assert int(await reader.get("counter")) == COUNT_TO
             return reader.near_cache_stats()["hits"]
 
     assert asyncio.run(read()) > 0
