@@ -181,6 +181,10 @@ class RestoreState:
     entries: tuple[Entry, ...] = ()
 
 
+class EngineConfigError(ValueError):
+    """An engine refuses its configuration (raised when it is built)."""
+
+
 class ProposalDropped(Exception):
     """Operating error: the engine will not take this proposal now (retry elsewhere or later)."""
 

@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any, Callable, Iterable
 
+from kvorum.consensus.replicated_log import EngineConfigError
 from kvorum.sim import engines
 from kvorum.sim.history import dump_jsonl
 from kvorum.sim.linearizability import Verdict
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(args.seed, args.seed + args.seeds):
         try:
             result = run_seed(seed, config, verbose)
-        except ValueError as err:  # the engine's own check of its configuration
+        except EngineConfigError as err:
             print(f"seed {seed}: the engine refuses this configuration: {err}", file=sys.stderr)
             return 2
         if args.history:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kvorum.consensus.raft.membership import check_membership
-from kvorum.consensus.replicated_log import Membership, NodeId
+from kvorum.consensus.replicated_log import EngineConfigError, Membership, NodeId
 
 if TYPE_CHECKING:
     import random
@@ -70,20 +70,20 @@ class RaftConfig:
     bugs: frozenset[str] = frozenset()
 
     def validate(self) -> None:
-        """Raise ValueError naming the first bad setting."""
+        """Raise EngineConfigError (a ValueError) naming the first bad setting."""
         if not isinstance(self.id, str) or not self.id:
-            raise ValueError("id must be a non-empty string")
+            raise EngineConfigError("id must be a non-empty string")
         check_membership(self.membership)
         if self.heartbeat_tick < 1:
-            raise ValueError("heartbeat_tick must be >= 1")
+            raise EngineConfigError("heartbeat_tick must be >= 1")
         if self.election_tick <= self.heartbeat_tick:
-            raise ValueError("election_tick must be greater than heartbeat_tick")
+            raise EngineConfigError("election_tick must be greater than heartbeat_tick")
         if not 0 <= self.lease_drift_ticks < self.election_tick:
-            raise ValueError("lease_drift_ticks must be in [0, election_tick)")
+            raise EngineConfigError("lease_drift_ticks must be in [0, election_tick)")
         if self.lease_reads and self.lease_drift_ticks < 1:
-            raise ValueError("lease_drift_ticks must be >= 1 with lease_reads")
+            raise EngineConfigError("lease_drift_ticks must be >= 1 with lease_reads")
         if self.lease_reads and not self.check_quorum and BUG_STALE_LEASE not in self.bugs:
-            raise ValueError("lease_reads requires check_quorum")
+            raise EngineConfigError("lease_reads requires check_quorum")
         for name in (
             "max_inflight_msgs",
             "max_entries_per_msg",
@@ -92,9 +92,9 @@ class RaftConfig:
             "max_pending_reads",
         ):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+                raise EngineConfigError(f"{name} must be >= 1")
         unknown = set(self.bugs) - KNOWN_BUGS
         if unknown:
-            raise ValueError(f"unknown bugs: {sorted(unknown)}")
+            raise EngineConfigError(f"unknown bugs: {sorted(unknown)}")
         if not hasattr(self.rng, "randrange"):
-            raise ValueError("rng must be a random.Random instance")
+            raise EngineConfigError("rng must be a random.Random instance")
