@@ -71,7 +71,7 @@ def quit_(ctx: CommandContext, argv: list[bytes]):
 
 
 # RESET
-@command("reset", arity=1, flags="noscript loading stale fast no_auth allow_busy", group="connection",
+@command("reset", arity=1, flags="noscript loading stale fast no_auth allow_busy unwatches", group="connection",
          summary="Resets the connection.", since="6.2.0")
 def reset(ctx: CommandContext, argv: list[bytes]):
     client = ctx.client

@@ -7,7 +7,7 @@ with its arity, flags, legacy key range, ACL categories and key specs.
 
 from __future__ import annotations
 
-from kvorum.commands.table import TABLE, Command, CommandContext, command, container
+from kvorum.commands.table import REPLICATION_FLAGS, TABLE, Command, CommandContext, command, container
 from kvorum.protocol.values import NOT_INTEGER, SYNTAX, CommandError, SimpleString
 from kvorum.store.glob import stringmatch
 from kvorum.store.keyspace import ENTRY_OVERHEAD_BYTES, value_size
@@ -59,7 +59,7 @@ def command_info(cmd: Command) -> list:
     return [
         cmd.full_name,
         cmd.arity,
-        {SimpleString(flag) for flag in sorted(cmd.flags)},
+        {SimpleString(flag) for flag in sorted(cmd.flags - REPLICATION_FLAGS)},
         cmd.first_key,
         cmd.last_key,
         cmd.key_step,

@@ -35,7 +35,7 @@ def _parse_ms(arg: bytes, minimum: int, what: str) -> int:
 # first caller and ["WAIT", stale value or nil] while that lease is outstanding.
 # This node keeps no stale values, so WAIT always carries nil; STALE is accepted
 # for the clients that ask for one.
-@command("leaseget", arity=-2, flags="readonly fast", keys=(1, 1, 1), group="string",
+@command("leaseget", arity=-2, flags="readonly fast leader_state", keys=(1, 1, 1), group="string",
          summary="Get the value of a key, or a lease to fill it on a miss", since="0.1.0",
          complexity="O(1)")
 def leaseget(ctx: CommandContext, argv: list[bytes]):

@@ -103,7 +103,8 @@ def get(ctx: CommandContext, argv: list[bytes]):
 # IFNEWER is kvorum's (docs/commands-versions.md): the SET happens only if the
 # key's stored external version is absent or older than ext-version.
 @command("set", arity=-3, flags="write denyoom", keys=(1, 1, 1), group="string",
-         summary="Set the string value of a key", since="1.0.0", complexity="O(1)")
+         summary="Set the string value of a key", since="1.0.0", complexity="O(1)",
+         blind=lambda argv: len(argv) == 3)
 def set_(ctx: CommandContext, argv: list[bytes]):
     if len(argv) == 3:
         ctx.db.set_plain(argv[1], argv[2], ctx.now_ms)
@@ -160,6 +161,16 @@ def setnx(ctx: CommandContext, argv: list[bytes]):
     return 1
 
 
+# SETEX / PSETEX times up to this (seconds or milliseconds) can never overflow an
+# expiry time, so such a write always answers +OK; larger ones may be refused.
+BLIND_TTL_MAX = 10**12
+
+
+def _setex_blind(argv: list[bytes]) -> bool:
+    ttl = to_int(argv[2])  # the handler's own parsing: "01" or "+1" is refused there too
+    return ttl is not None and 0 < ttl <= BLIND_TTL_MAX
+
+
 def _setex(ctx: CommandContext, argv: list[bytes], kind: int, name: str):
     expire_at_ms = expire_at_from_option(kind, argv[2], ctx.now_ms, name)
     ctx.db.set(argv[1], argv[3], ctx.now_ms, expire_at_ms)
@@ -168,7 +179,8 @@ def _setex(ctx: CommandContext, argv: list[bytes], kind: int, name: str):
 
 # SETEX key seconds value
 @command("setex", arity=4, flags="write denyoom", keys=(1, 1, 1), group="string",
-         summary="Set the value and expiration of a key", since="2.0.0", complexity="O(1)")
+         summary="Set the value and expiration of a key", since="2.0.0", complexity="O(1)",
+         blind=_setex_blind)
 def setex(ctx: CommandContext, argv: list[bytes]):
     return _setex(ctx, argv, _EX, "setex")
 
@@ -176,7 +188,7 @@ def setex(ctx: CommandContext, argv: list[bytes]):
 # PSETEX key milliseconds value
 @command("psetex", arity=4, flags="write denyoom", keys=(1, 1, 1), group="string",
          summary="Set the value and expiration in milliseconds of a key", since="2.6.0",
-         complexity="O(1)")
+         complexity="O(1)", blind=_setex_blind)
 def psetex(ctx: CommandContext, argv: list[bytes]):
     return _setex(ctx, argv, _PX, "psetex")
 
@@ -198,7 +210,7 @@ def mget(ctx: CommandContext, argv: list[bytes]):
 # MSET key value [key value ...]
 @command("mset", arity=-3, flags="write denyoom", keys=(1, -1, 2), group="string",
          summary="Set multiple keys to multiple values", since="1.0.1",
-         complexity="O(N) where N is the number of keys to set.")
+         complexity="O(N) where N is the number of keys to set.", blind=lambda argv: len(argv) % 2 == 1)
 def mset(ctx: CommandContext, argv: list[bytes]):
     if len(argv) % 2 == 0:
         raise wrong_arity("mset")

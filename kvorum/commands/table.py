@@ -48,8 +48,16 @@ KNOWN_FLAGS = frozenset(
         "may_replicate",
         "no_multi",  # refused inside MULTI
         "allow_busy",
+        # How a command replicates, beyond write/readonly (read by kvorum.server.replication):
+        "leader_state",  # uses state only the leader holds (LEASEGET's tokens): not in a replicated MULTI
+        "unwatches",  # ends the connection's WATCH (DISCARD, UNWATCH, RESET)
+        "membership",  # changes or moves the replica group (CLUSTER MEMBER ...): the handler returns a Future
     }
 )
+
+
+# kvorum's own flags, for its replication layer; COMMAND does not report them.
+REPLICATION_FLAGS = frozenset({"leader_state", "unwatches", "membership"})
 
 
 @dataclass(slots=True)
@@ -67,6 +75,10 @@ class Command:
     complexity: str = ""
     container: str | None = None  # parent command name for subcommands
     subcommands: dict[str, "Command"] = field(default_factory=dict)
+    # For a write whose reply never depends on the data when its arguments pass this
+    # check (SET k v): the `one` write concern may answer it as soon as the leader's
+    # own log holds it durably, before it is applied.
+    blind: Callable[[list], bool] | None = None
 
     @property
     def full_name(self) -> str:
@@ -99,12 +111,14 @@ def command(
     since: str = "1.0.0",
     complexity: str = "O(1)",
     container: str | None = None,
+    blind: Callable[[list], bool] | None = None,
 ) -> Callable:
     """Declare a command (or a subcommand when `container` is given)."""
     flag_set = frozenset(flags.split())
     unknown = flag_set - KNOWN_FLAGS
     assert not unknown, f"{name}: unknown flags {unknown}"
     assert arity != 0, f"{name}: arity 0 is meaningless"
+    assert blind is None or "write" in flag_set, f"{name}: only a write can be blind"
 
     def register(handler: Callable) -> Callable:
         cmd = Command(
@@ -120,6 +134,7 @@ def command(
             since=since,
             complexity=complexity,
             container=container,
+            blind=blind,
         )
         if container is None:
             assert cmd.name not in TABLE, f"{name} declared twice"

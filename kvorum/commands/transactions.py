@@ -51,7 +51,7 @@ def exec_(ctx: CommandContext, argv: list[bytes]):
 
 
 # DISCARD
-@command("discard", arity=1, flags="noscript loading stale fast allow_busy", group="transactions",
+@command("discard", arity=1, flags="noscript loading stale fast allow_busy unwatches", group="transactions",
          summary="Discards a transaction.", since="2.0.0")
 def discard(ctx: CommandContext, argv: list[bytes]):
     client = ctx.client
@@ -77,7 +77,7 @@ def watch(ctx: CommandContext, argv: list[bytes]):
 
 
 # UNWATCH
-@command("unwatch", arity=1, flags="noscript loading stale fast allow_busy", group="transactions",
+@command("unwatch", arity=1, flags="noscript loading stale fast allow_busy unwatches", group="transactions",
          summary="Forgets about watched keys of a transaction.", since="2.2.0")
 def unwatch(ctx: CommandContext, argv: list[bytes]):
     ctx.server.unwatch_all(ctx.client)

@@ -66,7 +66,6 @@ from kvorum.cluster import state_machine
 from kvorum.cluster.concern import WriteConcern
 from kvorum.cluster.slots import key_slot
 from kvorum.cluster.topology import NodeAddress, parse_peers
-from kvorum.commands.args import to_int
 from kvorum.commands.leases import parse_leaseset
 from kvorum.commands.table import Command
 from kvorum.consensus.replicated_log import ProposalDropped
@@ -91,33 +90,13 @@ PIPELINE_REQUESTS_MAX = 1024
 # Expired keys the leader's cron proposes per cycle (one EXPIRE entry).
 EXPIRE_KEYS_PER_CYCLE = state_machine.EXPIRE_KEYS_PER_ENTRY_MAX
 
-# Writes whose reply never depends on the data (the `one` concern may answer them early).
-_BLIND_ARGC = {"set": (3,), "setex": (4,), "psetex": (4,)}
-# SETEX / PSETEX times up to this (seconds or milliseconds) can never overflow an
-# expiry time, so such a write always answers +OK; larger ones may be refused.
-BLIND_TTL_MAX = 10**12
-
-
-# Commands after which a connection watches nothing (its WATCH versions are dropped).
-_UNWATCHING = frozenset({"discard", "unwatch", "reset"})
-
-# Data commands a replicated node refuses inside MULTI: LEASEGET hands out a token of
-# the leader's table, which applying a log entry cannot reach.
-_NOT_IN_REPLICATED_MULTI = frozenset({"leaseget"})
-
 # In an EXEC's reply plan: the next reply of the transaction's log entry.
 _LOGGED = object()
 
 
 def _blind(cmd: Command, argv: list[bytes]) -> bool:
-    if cmd.name == "mset":
-        return len(argv) % 2 == 1
-    if cmd.name not in _BLIND_ARGC or len(argv) not in _BLIND_ARGC[cmd.name]:
-        return False
-    if cmd.name == "set":
-        return True
-    ttl = to_int(argv[2])  # the handler's own parsing: "01" or "+1" is refused there too
-    return ttl is not None and 0 < ttl <= BLIND_TTL_MAX
+    """A write whose reply never depends on the data (declared in the command table)."""
+    return cmd.blind is not None and cmd.blind(argv)
 
 
 def _is_data(cmd: Command) -> bool:
@@ -211,9 +190,9 @@ class ClusterNode:
         if client.multi is not None:
             if name == "exec":
                 return self._exec(client)
-            if name in _UNWATCHING:
+            if "unwatches" in cmd.flags:
                 client.watch_versions = {}
-            if name in _NOT_IN_REPLICATED_MULTI:
+            if "leader_state" in cmd.flags:
                 return dispatch.reject(client, "ERR Command not allowed inside a transaction")
             if _is_data(cmd) and name not in dispatch.MULTI_DIRECT:
                 moved = self.redirect(cmd, argv)
@@ -223,7 +202,7 @@ class ClusterNode:
             return dispatch.execute(client, argv, now_ms)
         if name == "watch":
             return self._after_barrier(client, cmd, argv, lambda: self._watch(client, argv))
-        if name in _UNWATCHING:
+        if "unwatches" in cmd.flags:
             client.watch_versions = {}
         if "write" in cmd.flags:
             moved = self.redirect(cmd, argv)

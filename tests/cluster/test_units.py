@@ -154,3 +154,22 @@ def test_invalidation_is_written_after_a_read_reply_already_known():
         assert transport.written[-1] == b":1\r\n" and client.waiting is None
 
     asyncio.run(scenario())
+
+
+def test_replication_behaviour_is_declared_in_the_command_table():
+    """Blind writes, WATCH-ending commands and leader-only state are flags of their declarations."""
+    import kvorum.commands  # noqa: F401  (registers every command)
+    from kvorum.commands.introspection import command_info
+    from kvorum.commands.table import REPLICATION_FLAGS, TABLE
+
+    blind = {name for name, cmd in TABLE.items() if cmd.blind is not None}
+    assert blind == {"set", "setex", "psetex", "mset"}
+    assert TABLE["set"].blind([b"set", b"k", b"v"]) and not TABLE["set"].blind([b"set", b"k", b"v", b"NX"])
+    assert TABLE["setex"].blind([b"setex", b"k", b"10", b"v"])
+    for ttl in (b"0", b"-1", b"01", b"+1", b"x", b"%d" % (10**12 + 1)):
+        assert not TABLE["setex"].blind([b"setex", b"k", ttl, b"v"]), ttl
+    assert TABLE["mset"].blind([b"mset", b"a", b"1"]) and not TABLE["mset"].blind([b"mset", b"a", b"1", b"b"])
+    assert {n for n, c in TABLE.items() if "unwatches" in c.flags} == {"discard", "unwatch", "reset"}
+    assert "leader_state" in TABLE["leaseget"].flags
+    # COMMAND reports Redis' flags only.
+    assert not {str(f) for f in command_info(TABLE["leaseget"])[2]} & REPLICATION_FLAGS
