@@ -18,8 +18,8 @@ PACKAGE = pathlib.Path(kvorum.__file__).parent
 
 # Layer -> the kvorum modules it may import (a layer may always import itself).
 # A name with a dot allows one module of a layer, not the whole layer: Redis
-# cluster's key -> slot hash and the write-concern names are leaf modules that
-# the CLUSTER and WAIT commands need, while the rest of `cluster` runs commands.
+# cluster's key -> slot hash and the write-concern names are the leaf modules of
+# `cluster` that the CLUSTER and WAIT commands need.
 ALLOWED = {
     "protocol": set(),
     "settings": set(),
@@ -27,8 +27,9 @@ ALLOWED = {
     "consensus": set(),
     "storage": {"consensus"},
     "commands": {"kvorum", "protocol", "settings", "store", "cluster.slots", "cluster.concern"},
-    "cluster": {"commands", "protocol", "store"},
-    "server": {"protocol", "settings", "store", "consensus", "storage", "commands", "cluster"},
+    "cluster": set(),
+    "replica": {"commands", "protocol", "store", "cluster"},
+    "server": {"protocol", "settings", "store", "consensus", "storage", "commands", "cluster", "replica"},
     "client": set(),
     "sim": {"consensus"},
 }

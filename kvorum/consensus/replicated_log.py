@@ -126,6 +126,14 @@ class Role(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class SoftState:
+    """Volatile state the caller tracks (who leads, this node's role); not persisted."""
+
+    leader: NodeId | None
+    role: "Role"
+
+
+@dataclass(frozen=True, slots=True)
 class Ready:
     """Everything the caller must do after feeding the engine, in this order.
 
@@ -138,6 +146,13 @@ class Ready:
     - `committed_entries`: apply to the state machine in index order. They are
       committed, so they may be applied before or while persisting.
     - `read_states`: read barriers that passed; serve each once applied >= index.
+    - `soft_state`: the leader and this node's role, when either changed since
+      the last Ready (None otherwise): how a driver follows elections without
+      reading engine internals.
+    - `must_sync`: whether `entries` and `hard_state` must be made durable (fsync)
+      before `messages` are sent: true when there are entries or the term or vote
+      changed; a commit index alone need not be synced (a node that forgets how
+      far the log was committed learns it again from the leader).
     - `dropped`: read-barrier contexts the engine gave up on (it lost leadership
       before the barrier was confirmed); answer those clients with an error.
       Proposals are refused synchronously by `propose` raising ProposalDropped;
@@ -153,6 +168,8 @@ class Ready:
     committed_entries: tuple[Entry, ...] = ()
     read_states: tuple[ReadState, ...] = ()
     dropped: tuple[bytes, ...] = ()
+    soft_state: SoftState | None = None
+    must_sync: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,7 +62,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from kvorum.cluster import state_machine
+from kvorum.replica import state_machine
 from kvorum.cluster.concern import WriteConcern
 from kvorum.cluster.slots import key_slot
 from kvorum.cluster.topology import NodeAddress, parse_peers

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 import kvorum.commands  # noqa: F401  (registers every command)
-from kvorum.cluster import state_machine as sm
+from kvorum.replica import state_machine as sm
 from kvorum.cluster.slots import crc16, hash_tag, key_slot
 from kvorum.cluster.topology import TopologyError, parse_peers
 from kvorum.consensus.replicated_log import Membership

@@ -183,6 +183,8 @@ class World:
             st.hard_state = rd.hard_state
         if self.verbose:
             self.say(f"> {nid} handling Ready")
+            if rd.soft_state is not None:
+                self.say(f"  SoftState leader={rd.soft_state.leader or 0} role={rd.soft_state.role.value}")
             if rd.snapshot is not None:
                 self.say(f"  Snapshot {fmt_snapshot(rd.snapshot)}")
             if rd.hard_state is not None:

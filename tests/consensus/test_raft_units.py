@@ -283,3 +283,35 @@ def test_snapshot_mid_change_takes_the_latest_membership_instead_of_the_one_at_i
     assert st.membership == Membership(frozenset({"1", "2"})) and st.commit == 1
     assert node.membership_at(1) == Membership(frozenset({"1"}))
     assert node.membership_at(2) == st.membership
+
+
+def test_ready_says_when_to_sync_and_who_leads():
+    """etcd-io/raft's MustSync and SoftState: entries or a new term/vote need an fsync before
+    sending; a commit index alone does not; the soft state appears only when it changes."""
+    from kvorum.consensus.replicated_log import Role
+
+    single = RaftNode(RaftConfig("1", Membership(frozenset({"1"})), random.Random(1)))
+    rd = single.ready()
+    assert rd.soft_state is not None and rd.soft_state.role is Role.FOLLOWER and not rd.must_sync
+    single.advance(rd)
+    single.campaign()
+    rd = single.ready()
+    assert rd.must_sync and rd.soft_state.leader == "1" and rd.soft_state.role is Role.LEADER
+    single.advance(rd)
+    while single.has_ready():
+        rd = single.ready()
+        assert rd.soft_state is None
+        single.advance(rd)
+    single.propose(b"x")
+    rd = single.ready()
+    assert rd.entries and rd.must_sync and rd.soft_state is None
+    single.advance(rd)
+    follower = RaftNode(RaftConfig("2", M3, random.Random(1)))
+    follower.advance(follower.ready())
+    follower.step(AppendEntries("2", "1", 1, 0, 0, (Entry(1, 1, EntryKind.NOOP),), 0))
+    rd = follower.ready()
+    assert rd.must_sync and rd.soft_state.leader == "1"
+    follower.advance(rd)
+    follower.step(Heartbeat("2", "1", 1, 1, 1))
+    rd = follower.ready()
+    assert rd.hard_state is not None and rd.hard_state.commit == 1 and not rd.must_sync

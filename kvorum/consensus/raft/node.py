@@ -82,6 +82,7 @@ from kvorum.consensus.replicated_log import (
     RestoreState,
     Role,
     Snapshot,
+    SoftState,
     Status,
 )
 from kvorum.consensus.tracker import Progress, ProgressState, ProgressTracker, ProgressView
@@ -136,6 +137,7 @@ class RaftNode:
         self._dropped: list[bytes] = []
         self._pending_snapshot: Snapshot | None = None  # received, not yet persisted
         self._prev_hs = (0, None, 0)  # the hard state last handed out
+        self._prev_ss: SoftState | None = None  # the soft state last handed out
         self._ready_out: Ready | None = None  # handed out, not yet advanced
 
         # --- leader state (reset by every role change) ---
@@ -286,6 +288,7 @@ class RaftNode:
             or log.stable < log.last_index()
             or log.committed > self._applied
             or self._hard_state_tuple() != self._prev_hs
+            or self._soft_state() != self._prev_ss
         )
 
     def ready(self) -> Ready:
@@ -296,9 +299,16 @@ class RaftNode:
         off = log.offset
         hs = self._hard_state_tuple()
         hard_state = None
+        must_sync = False
         if hs != self._prev_hs:
             hard_state = HardState(*hs)
+            must_sync = hs[:2] != self._prev_hs[:2]
             self._prev_hs = hs
+        soft_state = self._soft_state()
+        if soft_state == self._prev_ss:
+            soft_state = None
+        else:
+            self._prev_ss = soft_state
         lo = max(self._applied, log.snap_index) + 1
         rd = Ready(
             snapshot=self._pending_snapshot,
@@ -308,6 +318,8 @@ class RaftNode:
             committed_entries=tuple(log.entries[lo - off : log.committed + 1 - off]),
             read_states=tuple(self._read_states),
             dropped=tuple(self._dropped),
+            soft_state=soft_state,
+            must_sync=must_sync or log.stable < log.last_index(),
         )
         self._msgs = []
         self._read_states = []
@@ -361,6 +373,12 @@ class RaftNode:
         return self._log.slice(lo, hi)
 
     # ----------------------------------------------------------- hard state
+
+    def _soft_state(self) -> SoftState:
+        role = self._role
+        if role is Role.FOLLOWER and self.id in self._tracker.membership.learners:
+            role = Role.LEARNER
+        return SoftState(self.lead, role)
 
     def _hard_state_tuple(self) -> tuple[int, NodeId | None, int]:
         if self._bug_forget_vote:

@@ -19,6 +19,9 @@ msgpack `[kind, stamp_ms, body]`:
     EVICT    body = keys               keys the leader chose to evict to stay
                                        within maxmemory; each still present is
                                        removed and counted as evicted
+    ROSTER   body = [op, arg, known]   a change to the group's roster (who its
+                                       members are and should become, and their
+                                       addresses: kvorum.replica.roster)
 
 Time comes from the entry: handlers get `CommandContext(db, now_ms=stamp_ms)`,
 so a TTL is judged at the same instant on every replica. The leader makes
@@ -34,6 +37,9 @@ Expiry: replicas never expire keys on their own timer. The leader's cron asks
 the keyspace for due keys and proposes one EXPIRE entry (at most
 EXPIRE_KEYS_PER_ENTRY_MAX keys); lookups made while applying an entry may also
 expire a key lazily, but at the entry's stamp, identically everywhere.
+
+`GroupState` is one replica group's replicated state: its keyspace, its
+roster and its stamper. Its snapshot image holds the keyspace and the roster.
 
 `apply` returns the reply value; the leader encodes it for the client that
 proposed the entry, followers drop it. A handler's CommandError is a reply
@@ -51,9 +57,10 @@ import msgpack
 
 from kvorum.commands.table import TABLE_BY_BYTES, CommandContext
 from kvorum.protocol.values import CommandError, NullArray
+from kvorum.replica.roster import Member, Roster
 from kvorum.store.keyspace import EVICT_KEYS_PER_PLAN_MAX
 
-log = logging.getLogger("kvorum.cluster")
+log = logging.getLogger("kvorum.replica")
 
 # Keys one EXPIRE entry may carry.
 EXPIRE_KEYS_PER_ENTRY_MAX = 256
@@ -68,6 +75,11 @@ class EntryType(enum.IntEnum):
     EXEC = 2
     EXPIRE = 3
     EVICT = 4
+    ROSTER = 5
+
+
+# The first element of a snapshot image; a node refuses an image of another format.
+SNAPSHOT_FORMAT = 2
 
 
 class Stamper:
@@ -104,6 +116,11 @@ def encode_evict(stamp_ms: int, keys: list[bytes]) -> bytes:
     return msgpack.packb([EntryType.EVICT, stamp_ms, keys], use_bin_type=True)
 
 
+def encode_roster(stamp_ms: int, op: str, arg: object, known: list[Member]) -> bytes:
+    return msgpack.packb([EntryType.ROSTER, stamp_ms, [op, arg, [m.to_wire() for m in known]]],
+                         use_bin_type=True)
+
+
 def decode(data: bytes) -> tuple[int, int, object]:
     kind, stamp_ms, body = msgpack.unpackb(data, raw=False)
     return kind, stamp_ms, body
@@ -126,8 +143,8 @@ def _run(ctx: CommandContext, argv: list[bytes]):
         return CommandError(f"ERR internal error while running '{cmd.full_name}'")
 
 
-def apply(db, data: bytes, stamper: Stamper):
-    """Apply one entry's data to the keyspace `db`; returns the reply value for the proposer."""
+def apply(db, data: bytes, stamper: Stamper, roster: Roster | None = None):
+    """Apply one entry's data to the keyspace `db` (and `roster`); the reply value for the proposer."""
     kind, stamp_ms, body = decode(data)
     stamper.observe(stamp_ms)
     ctx = CommandContext(db, stamp_ms)
@@ -141,7 +158,32 @@ def apply(db, data: bytes, stamper: Stamper):
         return [_run(ctx, argv) for argv in argvs]
     if kind == EntryType.EVICT:
         return sum(db.evict(key) for key in body)
+    if kind == EntryType.ROSTER:
+        assert roster is not None
+        return roster.apply_entry(body)
     assert kind == EntryType.EXPIRE, kind
     for key in body:
         db.contains(key, stamp_ms)
     return None
+
+
+class GroupState:
+    """The replicated state of one replica group: keyspace, roster, stamper."""
+
+    def __init__(self, db) -> None:
+        self.db = db
+        self.roster = Roster()
+        self.stamper = Stamper()
+
+    def apply(self, data: bytes):
+        return apply(self.db, data, self.stamper, self.roster)
+
+    def dump(self) -> bytes:
+        return msgpack.packb([SNAPSHOT_FORMAT, self.db.dump(), self.roster.dump()], use_bin_type=True)
+
+    def load(self, blob: bytes) -> None:
+        image_format, keyspace, roster = msgpack.unpackb(blob, raw=False)
+        if image_format != SNAPSHOT_FORMAT:
+            raise ValueError(f"snapshot image format {image_format}, expected {SNAPSHOT_FORMAT}")
+        self.db.load(keyspace)
+        self.roster.load(roster)
