@@ -17,6 +17,7 @@ from kvorum import __version__
 from kvorum.cluster.topology import TopologyError
 from kvorum.server import launcher
 from kvorum.server.app import run
+from kvorum.server.join import JoinError
 from kvorum.server.launcher import check_replicated
 from kvorum.storage import CorruptLogError, DirectoryLockedError
 from kvorum.settings import LOG_LEVELS, LOG_LEVELS_PY, POLICIES, SETTINGS, SettingError, from_mapping
@@ -50,6 +51,9 @@ def main() -> None:
               help="Log verbosity (YAML key: loglevel). [default: notice]")
 @click.option("--node-id", help="This node's id in --peers (replicated mode).")
 @click.option("--peers", help="Every voter as id@host:port[@busport],...; without it the node is single.")
+@click.option("--join", help="host:port of any member of a running cluster: join it (docs/cluster.md).")
+@click.option("--learner", type=click.Choice(["yes", "no"]),
+              help="With --join: stay a non-voting learner. [default: no]")
 @click.option("--bus-port", type=int, help="Port for peer traffic. [default: --port + 10000]")
 @click.option("--data-dir", help="Directory of the write-ahead log and snapshots (replicated mode).")
 @click.option("--fsync", type=click.Choice(["always", "batch", "never"]),
@@ -78,7 +82,7 @@ def server(config_file: str | None, **flags) -> None:
     except SettingError as exc:
         raise click.UsageError(str(exc)) from None
     settings.config_file = config_file or ""
-    if settings.peers:
+    if settings.peers or settings.join:
         try:
             check_replicated(settings, port_given="port" in values)
         except TopologyError as exc:
@@ -87,6 +91,8 @@ def server(config_file: str | None, **flags) -> None:
     logging.getLogger("kvorum").setLevel(LOG_LEVELS_PY[settings.loglevel])
     try:
         run(settings)
+    except JoinError as exc:
+        raise click.ClickException(str(exc)) from None
     except (CorruptLogError, DirectoryLockedError) as exc:
         raise click.ClickException(f"cannot use the data directory {settings.data_dir}: {exc}") from None
     except OSError as exc:

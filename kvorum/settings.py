@@ -163,6 +163,8 @@ class Settings:
     # Replication (docs/cluster.md). Without `peers` the node is a single node.
     node_id: str = ""
     peers: str = ""  # id@host:port[@busport],... naming every voter, this node included
+    join: str = ""  # host:port of any member: join that cluster (instead of peers)
+    learner: bool = False  # with join: stay a non-voting learner
     bus_port: int = 0  # peer traffic; 0 = client port + 10000
     data_dir: str = ""  # the write-ahead log and snapshots; required with peers
     fsync: str = "batch"
@@ -229,6 +231,10 @@ SETTINGS: dict[str, Setting] = {
         Setting("node-id", "node_id", _text, mutable=False, doc="this node's id in peers"),
         Setting("peers", "peers", _text, mutable=False,
                 doc="id@host:port[@busport],... of every voter; empty = single node"),
+        Setting("join", "join", _text, mutable=False,
+                doc="host:port of any member of a running cluster to join (instead of peers)"),
+        Setting("learner", "learner", _yes_no, _show_bool, mutable=False,
+                doc="with join: stay a non-voting learner"),
         Setting("bus-port", "bus_port", _int_in(0, 65535), mutable=False,
                 doc="port for peer traffic; 0 = port + 10000"),
         Setting("data-dir", "data_dir", _text, mutable=False, doc="directory of the write-ahead log and snapshots"),

@@ -1,5 +1,6 @@
 """Cluster commands: CLUSTER SLOTS SHARDS NODES MYID INFO KEYSLOT, READONLY READWRITE ASKING,
-and CLIENT WRITECONCERN.
+CLIENT WRITECONCERN, and membership: CLUSTER MEMBERS, MEMBER ADD|REMOVE|PROMOTE, MOVE-LEADER,
+FAILOVER.
 
 A replicated node answers as one Redis Cluster shard that owns all 16384
 slots: its Raft leader is the shard's master, the other voters its replicas.
@@ -61,12 +62,46 @@ def cluster_nodes(ctx: CommandContext, argv: list[bytes]):
     leader = cluster.driver.leader_id()
     term = cluster.driver.status().term
     lines = []
-    for n in cluster.ordered_nodes():
+    for n in cluster.ordered_nodes(learners=True):
         flags = ("myself," if n.id == cluster.id else "") + roles[n.id]
         master = "-" if roles[n.id] == "master" else (leader or "-")
         slots = f" 0-{SLOT_LAST}" if roles[n.id] == "master" else ""
         lines.append(f"{n.id} {n.host}:{n.port}@{n.bus_port} {flags} {master} 0 0 {term} connected{slots}")
     return Verbatim("\n".join(lines) + "\n")
+
+
+# CLUSTER MEMBERS
+@command("members", container="cluster", arity=2, flags="loading stale", group="cluster",
+         summary="Lists the members of this node's replica group with their roles (kvorum).", since="7.0.0")
+def cluster_members(ctx: CommandContext, argv: list[bytes]):
+    return _cluster(ctx).member_rows()
+
+
+# CLUSTER MEMBER ADD id host:port[@busport] [LEARNER] [REPLACE old-id]
+# CLUSTER MEMBER REMOVE id
+# CLUSTER MEMBER PROMOTE id
+# Run on the leader; the reply comes once the request is in the replicated roster. The
+# membership then follows one safe step at a time (docs/cluster.md, "Membership").
+@command("member", container="cluster", arity=-4, flags="admin membership", group="cluster",
+         summary="Adds, removes or promotes a member of the replica group (kvorum).", since="7.0.0")
+def cluster_member(ctx: CommandContext, argv: list[bytes]):
+    return _cluster(ctx).member_command(argv)
+
+
+# CLUSTER MOVE-LEADER id
+@command("move-leader", container="cluster", arity=3, flags="admin membership", group="cluster",
+         summary="Hands the replica group's leadership to another voter (kvorum).", since="7.0.0")
+def cluster_move_leader(ctx: CommandContext, argv: list[bytes]):
+    return _cluster(ctx).move_leader(argv[2].decode("utf-8", "surrogateescape"))
+
+
+# CLUSTER FAILOVER [FORCE|TAKEOVER]
+@command("failover", container="cluster", arity=-2, flags="admin membership", group="cluster",
+         summary="Asks the leader to hand leadership to this node.", since="3.0.0")
+def cluster_failover(ctx: CommandContext, argv: list[bytes]):
+    if len(argv) > 3 or (len(argv) == 3 and argv[2].upper() not in (b"FORCE", b"TAKEOVER")):
+        raise CommandError("ERR syntax error")
+    return _cluster(ctx).failover()
 
 
 # CLUSTER MYID

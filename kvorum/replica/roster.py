@@ -79,6 +79,7 @@ class Roster:
 
     def __init__(self) -> None:
         self.members: dict[str, Member] = {}
+        self.changes = 0  # ROSTER entries applied (whatever their outcome), for watchers
 
     # Views.
 
@@ -147,6 +148,7 @@ class Roster:
         (another change applied first) is refused here, identically everywhere.
         """
         op, arg, known = body
+        self.changes += 1
         for row in known:
             member = Member.from_wire(row)
             self.members.setdefault(member.id, member)

@@ -9,9 +9,11 @@ written order:
 4. wait for the listener to close (bounded by SHUTDOWN_TIMEOUT_S);
 5. return, which stops the event loop.
 
-With `peers` set the node is replicated (`kvorum.server.replication`): the
-Raft driver starts before the listener and stops after the clients are closed,
-and expiry goes through the log instead of the local cycle.
+With `peers` (or `join`) set the node is replicated
+(`kvorum.server.replication`): the group driver and the peer hub start before
+the listener and stop after the clients are closed, and expiry goes through
+the log instead of the local cycle. A joining node first registers with the
+running cluster (`kvorum.server.join`).
 
 The cron runs `hz` times a second: one active expiry cycle (at most
 `active-expire-keys-per-cycle` keys), and once a second the client checks
@@ -26,8 +28,11 @@ import signal
 import time
 
 import kvorum.commands  # noqa: F401  (registers every command in the table)
+from kvorum.cluster.topology import BUS_PORT_OFFSET
+from kvorum.replica.roster import Member
 from kvorum.settings import Settings
 from kvorum.server.connection import Client
+from kvorum.server.join import join
 from kvorum.server.replication import start_replication
 from kvorum.server.state import ServerState
 
@@ -54,9 +59,9 @@ async def serve(settings: Settings, ready: asyncio.Future | None = None) -> None
     state.request_shutdown = stop.set
     hosts = settings.bind.split() or ["127.0.0.1"]
     protocol = Client
-    driver = None
-    if settings.peers:
-        driver, protocol = await start_replication(state)
+    hub = driver = None
+    if settings.peers or settings.join:
+        hub, driver, protocol = await start_replication(state, await _join(settings))
     listener = await loop.create_server(
         lambda: protocol(state), host=hosts, port=settings.port, reuse_address=True, backlog=511
     )
@@ -83,9 +88,19 @@ async def serve(settings: Settings, ready: asyncio.Future | None = None) -> None
             log.warning("listener did not close within %.0fs", SHUTDOWN_TIMEOUT_S)
         if driver is not None:
             await driver.stop()
+            await hub.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         log.info("kvorum is now ready to exit, bye bye...")
+
+
+async def _join(settings: Settings) -> list[Member] | None:
+    """With --join: register with the running cluster first; its members (None without --join)."""
+    if not settings.join:
+        return None
+    host = (settings.bind.split() or ["127.0.0.1"])[0]
+    me = Member(settings.node_id, host, settings.port, settings.bus_port or settings.port + BUS_PORT_OFFSET)
+    return await asyncio.to_thread(join, settings.join, me, settings.learner)
 
 
 async def _cron(state: ServerState) -> None:

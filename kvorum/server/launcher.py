@@ -31,10 +31,15 @@ def check_replicated(settings, port_given: bool) -> None:
     """Raise TopologyError unless the replicated settings hang together.
 
     Without an explicit port, the node listens on its own port from --peers."""
+    mode = "--join" if settings.join else "--peers"
     if not settings.node_id:
-        raise TopologyError("--peers needs --node-id")
+        raise TopologyError(f"{mode} needs --node-id")
     if not settings.data_dir:
-        raise TopologyError("--peers needs --data-dir (the log must survive a restart)")
+        raise TopologyError(f"{mode} needs --data-dir (the log must survive a restart)")
+    if settings.join:
+        if settings.peers:
+            raise TopologyError("give either --peers (a new cluster) or --join (a running one), not both")
+        return
     nodes = parse_peers(settings.peers, settings.bus_port, settings.node_id)
     me = nodes[settings.node_id]
     if not port_given:

@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from kvorum.replica import state_machine
 from kvorum.cluster.concern import WriteConcern
 from kvorum.cluster.slots import key_slot
-from kvorum.cluster.topology import NodeAddress, parse_peers
+from kvorum.cluster.topology import parse_peers
 from kvorum.commands.leases import parse_leaseset
 from kvorum.commands.table import Command
 from kvorum.consensus.replicated_log import ProposalDropped
@@ -74,8 +74,13 @@ from kvorum.protocol.parser import QUERY_BUFFER_EXCEEDED
 from kvorum.protocol.values import OOM, CommandError, NullArray
 from kvorum.server import dispatch
 from kvorum.server.connection import Client
+from kvorum.consensus.replicated_log import Membership
+from kvorum.replica.roster import Member
+from kvorum.server import cluster_views, membership
+from kvorum.server.group import Group
+from kvorum.server.group_driver import GroupDriver, Unavailable
 from kvorum.server.leases import LeaseTable
-from kvorum.server.raft_driver import RaftDriver, Unavailable
+from kvorum.server.peers import PeerHub
 
 if TYPE_CHECKING:
     from kvorum.server.state import ServerState
@@ -122,13 +127,12 @@ def _pipelinable(client: ClusterClient, cmd: Command) -> bool:
 class ClusterNode:
     """Routes one node's requests to the log, the local keyspace or a redirect."""
 
-    def __init__(self, state: ServerState, node_id: str, nodes: dict[str, NodeAddress]):
+    def __init__(self, state: ServerState, node_id: str, group: Group):
         self.state = state
         self.id = node_id
-        self.nodes = nodes
-        # Set by start_replication: the driver needs this node's apply/dump/load first.
-        self.driver: RaftDriver = None  # type: ignore[assignment]
-        self.stamper = state_machine.Stamper()
+        self.group = group
+        self.driver: GroupDriver = group.driver
+        self.stamper = group.stamper
         # READONLY reads on a follower are refused once it has not heard from a leader for
         # this long: one election timeout, after which a new leader may be taking writes.
         self.stale_read_s_max = state.settings.raft_tick_ms * state.settings.raft_election_ticks / 1000
@@ -146,31 +150,26 @@ class ClusterNode:
         tracking = self.state.tracking
         tracking.writer = origin
         try:
-            return state_machine.apply(self.state.db, data, self.stamper)
+            return self.group.apply(data)
         finally:
             tracking.writer = None
-
-    def dump(self) -> bytes:
-        return self.state.db.dump()
-
-    def load(self, blob: bytes) -> None:
-        self.state.db.load(blob)
 
     # Routing.
 
     def redirect(self, cmd: Command | None, argv: list[bytes]) -> bytes | None:
         """None on the leader; else MOVED to the leader, or CLUSTERDOWN without one."""
-        leader = self.driver.leader_id()
+        leader = self.driver.leader
         if leader == self.id:
             return None
-        if leader is None or leader not in self.nodes:
+        address = self.group.address_of(leader) if leader is not None else None
+        if address is None:
             return CLUSTERDOWN
         slot = 0
         if cmd is not None:
             keys = cmd.key_positions(len(argv))
             if keys:
                 slot = key_slot(argv[keys[0]])
-        return b"-MOVED %d %s\r\n" % (slot, self.nodes[leader].client_addr.encode())
+        return b"-MOVED %d %s\r\n" % (slot, address.client_addr.encode())
 
     def write_concern(self, client) -> WriteConcern:
         return client.write_concern or WriteConcern(self.state.settings.write_concern)
@@ -200,6 +199,8 @@ class ClusterNode:
                     client.multi_failed = True
                     return moved
             return dispatch.execute(client, argv, now_ms)
+        if "membership" in cmd.flags:
+            return membership.execute(self, client, cmd, argv)
         if name == "watch":
             return self._after_barrier(client, cmd, argv, lambda: self._watch(client, argv))
         if "unwatches" in cmd.flags:
@@ -275,7 +276,7 @@ class ClusterNode:
         """The leader's lease table, emptied when this node leads a new term: writes that
         other leaders accepted in between (a DEL of a missing key changes nothing here)
         may have voided any token it holds."""
-        term = self.driver.term()
+        term = self.driver.term
         if term != self._lease_term:
             self._lease_term = term
             self.state.leases.void(None)
@@ -376,86 +377,41 @@ class ClusterNode:
         return self._propose(client, data, False,
                              lambda logged: _encode(_exec_replies(client, plan, logged), client.resp3))
 
-    # Views (INFO replication, CLUSTER INFO / SLOTS / SHARDS / NODES).
+    # Views (INFO replication, CLUSTER INFO / SLOTS / SHARDS / NODES / MEMBERS): kvorum.server.cluster_views.
 
     def roles(self) -> dict[str, str]:
-        """node id -> "master" for the known leader, "slave" for everyone else."""
-        leader = self.driver.leader_id()
-        return {nid: ("master" if nid == leader else "slave") for nid in self.nodes}
+        return cluster_views.roles(self)
 
-    def ordered_nodes(self) -> list[NodeAddress]:
-        """The leader first (the slot owner clients write to), then the others by id."""
-        leader = self.driver.leader_id() or self.id
-        return sorted(self.nodes.values(), key=lambda n: (n.id != leader, n.id))
+    def ordered_nodes(self, learners: bool = False) -> list[Member]:
+        return cluster_views.ordered_nodes(self, learners)
 
     def replication_info(self) -> dict:
-        status = self.driver.status()
-        leader = status.leader
-        info = {
-            "role": "master" if leader == self.id else "slave",
-            "raft_role": status.role.value,
-            "raft_term": status.term,
-            "raft_leader": leader or "-",
-            "raft_commit_index": status.commit,
-            "raft_applied_index": self.driver.applied_index,
-            "raft_last_index": status.last_index,
-            "raft_snapshot_index": self.driver.snapshot_index,
-            "raft_lease_valid": int(status.lease_valid),
-            "write_concern": self.state.settings.write_concern,
-        }
-        if leader is not None and leader != self.id:
-            address = self.nodes[leader]
-            info.update(master_host=address.host, master_port=address.port, master_link_status="up")
-        else:
-            followers = [n for n in self.nodes if n != self.id]
-            info["connected_slaves"] = len(followers)
-            for i, nid in enumerate(followers):
-                progress = status.progress.get(nid)
-                match = progress.match if progress is not None else 0
-                address = self.nodes[nid]
-                info[f"slave{i}"] = (f"ip={address.host},port={address.port},state=online,offset={match},"
-                                     f"lag={status.last_index - match},id={nid}")
-        info["master_repl_offset"] = self.driver.applied_index
-        return info
+        return cluster_views.replication_info(self)
 
     def role_reply(self) -> list:
-        """ROLE: Redis' master form on the leader, its replica form elsewhere (offsets are log indexes)."""
-        status = self.driver.status()
-        applied = self.driver.applied_index
-        if status.leader == self.id:
-            replicas = [[self.nodes[nid].host, str(self.nodes[nid].port), str(progress.match)]
-                        for nid, progress in sorted(status.progress.items()) if nid != self.id]
-            return [b"master", applied, replicas]
-        if status.leader is None or status.leader not in self.nodes:
-            return [b"slave", "?", -1, b"connect", applied]
-        leader = self.nodes[status.leader]
-        return [b"slave", leader.host, leader.port, b"connected", applied]
+        return cluster_views.role_reply(self)
 
     def cluster_info(self) -> dict:
-        status = self.driver.status()
-        ok = status.leader is not None
-        info = {
-            "cluster_state": "ok" if ok else "fail",
-            "cluster_slots_assigned": 16384,
-            "cluster_slots_ok": 16384 if ok else 0,
-            "cluster_slots_pfail": 0,
-            "cluster_slots_fail": 0 if ok else 16384,
-            "cluster_known_nodes": len(self.nodes),
-            "cluster_size": 1,
-            "cluster_current_epoch": status.term,
-            "cluster_my_epoch": status.term,
-            "kvorum_node_id": self.id,
-        }
-        info.update(self.replication_info())
-        if status.progress:
-            for nid, progress in sorted(status.progress.items()):
-                info[f"raft_peer_{nid}"] = (f"match={progress.match},lag={status.last_index - progress.match},"
-                                            f"state={progress.state},active={int(progress.recent_active)}")
-        return info
+        return cluster_views.cluster_info(self)
+
+    def member_rows(self) -> list:
+        return cluster_views.member_rows(self)
+
+    # Membership (CLUSTER MEMBER, MOVE-LEADER, FAILOVER): kvorum.server.membership.
+
+    def member_command(self, argv: list[bytes]):
+        return membership.member_command(self, argv)
+
+    def move_leader(self, to: str):
+        return membership.move_leader(self, to)
+
+    def failover(self):
+        return membership.failover(self)
 
     # The leader's share of expiry (called by the server cron).
 
     def cron(self, now_ms: int) -> None:
+        self.group.cron()
         if self._expire_pending or not self.driver.is_leader():
             return
         keys = self.state.db.due_keys(now_ms, EXPIRE_KEYS_PER_CYCLE)
@@ -687,19 +643,36 @@ class ClusterClient(Client):
         self._advance()
 
 
-async def start_replication(state: ServerState) -> tuple[RaftDriver, type[ClusterClient]]:
-    """Build the cluster front end and start the Raft driver; the listener's protocol class."""
+async def start_replication(state: ServerState, join: list[Member] | None = None,
+                            ) -> tuple[PeerHub, GroupDriver, type[ClusterClient]]:
+    """Build the cluster front end and start group 0's driver; the listener's protocol class.
+
+    A node started with --peers seeds its roster from them; a joining node
+    (`join`: the roster a member sent it) starts outside the membership and
+    waits for the leader to add it as a learner.
+    """
     settings = state.settings
-    nodes = parse_peers(settings.peers, settings.bus_port, settings.node_id)
-    node = ClusterNode(state, settings.node_id, nodes)
-    driver = RaftDriver(
-        settings.node_id, nodes, settings.data_dir, settings.fsync, settings.cluster_id,
-        apply=node.apply, dump=node.dump, load=node.load, tick_ms=settings.raft_tick_ms,
+    if join is None:
+        seed = [Member(n.id, n.host, n.port, n.bus_port) for n in
+                parse_peers(settings.peers, settings.bus_port, settings.node_id).values()]
+        initial = Membership(frozenset(m.id for m in seed))
+    else:
+        seed = join
+        initial = Membership(frozenset())
+    me = next(m for m in seed if m.id == settings.node_id)
+    hub = PeerHub(settings.node_id, settings.cluster_id, (me.host, me.bus_port))
+    group = Group(0, settings.node_id, state.db, state.leases, hub, seed, on_removed=membership.removed(state))
+    driver = GroupDriver(
+        0, settings.node_id, initial, settings.data_dir, settings.fsync, hub,
+        apply=lambda data, origin: node.apply(data, origin), dump=group.dump, load=group.load,
+        on_membership=group.on_membership, tick_ms=settings.raft_tick_ms,
         election_tick=settings.raft_election_ticks, snapshot_entries=settings.snapshot_entries,
     )
-    node.driver = driver
+    group.attach(driver)
+    node = ClusterNode(state, settings.node_id, group)
     state.cluster = node
+    await hub.start()
     await driver.start()
     log.info("replicated node %s of %s, cluster id %s, data in %s (fsync %s)", settings.node_id,
-             ",".join(nodes), settings.cluster_id, settings.data_dir, settings.fsync)
-    return driver, ClusterClient
+             ",".join(m.id for m in group.roster.live()), settings.cluster_id, settings.data_dir, settings.fsync)
+    return hub, driver, ClusterClient

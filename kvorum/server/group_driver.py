@@ -1,15 +1,18 @@
-"""The asyncio driver of one Raft node: timers, peer messages, durable storage, the Ready loop.
+"""The asyncio driver of one replica group's consensus engine: timers, peer messages, storage, the Ready loop.
 
 Theory of operation
 -------------------
-`RaftDriver` owns the pure `RaftNode`, the `Storage` directory and the
-`PeerTransport`, and runs the loop described in
+`GroupDriver` owns one engine (any engine of `kvorum.consensus.engines`,
+driven only through its public `ReplicatedLog` surface: the Ready's fields,
+`advance` and `status()`), the group's `Storage` directory, and its place on
+the process's `PeerHub`, and runs the loop described in
 `kvorum.consensus.replicated_log`. Everything that feeds the engine (a tick,
 a peer message, a proposal, a read barrier) runs on the event loop and then
 sets `_wake`; one task, `_pump`, turns each Ready into work:
 
     1. a snapshot from the leader: persist it (worker thread), load it into the keyspace
     2. append entries and hard state, and start their fsync in a worker thread
+       when the Ready says it must be synced (etcd's MustSync)
     3. meanwhile apply committed entries in order (committed means durable on a
        majority already), answer the clients waiting on them, and answer read
        barriers once applied >= their index
@@ -52,22 +55,22 @@ from dataclasses import dataclass
 from typing import Callable
 
 from kvorum.cluster.concern import WriteConcern
-from kvorum.cluster.topology import NodeAddress
-from kvorum.consensus.raft import RaftConfig, RaftNode, decode_message, encode_message
-from kvorum.consensus.raft.messages import MessageDecodeError
+from kvorum.consensus import engines
 from kvorum.consensus.replicated_log import (
     Entry,
     EntryKind,
     Membership,
+    MessageDecodeError,
     ProposalDropped,
+    ReplicatedLog,
     Role,
     Snapshot,
     Status,
 )
-from kvorum.server.peer_transport import PeerTransport
+from kvorum.server.peers import PayloadKind, PeerHub
 from kvorum.storage import Storage, StorageConfig
 
-log = logging.getLogger("kvorum.raft")
+log = logging.getLogger("kvorum.group")
 
 TICK_MS_DEFAULT = 100  # one engine tick; with ELECTION_TICK_DEFAULT an election starts after 1-2 s
 ELECTION_TICK_DEFAULT = 10
@@ -105,49 +108,58 @@ class _Held:
     deadline_s: float
 
 
-class RaftDriver:
-    """Runs one RaftNode against real time, disk and network.
+class GroupDriver:
+    """Runs one replica group's engine against real time, disk and network.
 
-    `apply(data) -> reply` applies a NORMAL entry's data to the state machine;
-    `dump() -> bytes` and `load(bytes)` snapshot and restore it. All three run
-    on the event loop, in log order.
+    `apply(data, origin) -> reply` applies a NORMAL entry's data to the state
+    machine; `dump() -> bytes` and `load(bytes)` snapshot and restore it;
+    `on_membership(membership, index)` is told every membership entry applied.
+    All of them run on the event loop, in log order.
     """
 
     def __init__(
         self,
+        group_id: int,
         node_id: str,
-        nodes: dict[str, NodeAddress],
+        membership: Membership,
         data_dir: str,
         fsync: str,
-        cluster_id: str,
+        hub: PeerHub,
         apply: Callable[[bytes, object], object],
         dump: Callable[[], bytes],
         load: Callable[[bytes], None],
+        on_membership: Callable[[Membership, int], None] = lambda membership, index: None,
+        engine: str = "raft",
         tick_ms: int = TICK_MS_DEFAULT,
         election_tick: int = ELECTION_TICK_DEFAULT,
         snapshot_entries: int = SNAPSHOT_ENTRIES_DEFAULT,
     ) -> None:
-        assert node_id in nodes
         assert tick_ms > 0 and snapshot_entries > 0
         # Fixed for the driver's life.
+        self.group_id = group_id
         self.id = node_id
-        self.nodes = nodes
+        self.initial_membership = membership
         self.data_dir = data_dir
         self.fsync = fsync
-        self.cluster_id = cluster_id
+        self.hub = hub
+        self.spec = engines.get(engine)
         self.tick_ms = tick_ms
         self.election_tick = election_tick
         self.snapshot_entries = snapshot_entries
         self._apply_data = apply
         self._dump = dump
         self._load = load
+        self._on_membership = on_membership
         # Built by start().
-        self.node: RaftNode | None = None
+        self.node: ReplicatedLog | None = None
         self.storage: Storage | None = None
-        self.transport: PeerTransport | None = None
         self._tasks: list[asyncio.Task] = []
         self._wake = asyncio.Event()
         self._stopping = False
+        # What the engine last reported (Ready.soft_state and hard_state).
+        self.leader: str | None = None
+        self.role = Role.FOLLOWER
+        self.term = 0
         # Time.
         self._ticked_at_s = 0.0
         self._leader_heard_s = 0.0  # monotonic time of the last message from the current leader
@@ -155,7 +167,6 @@ class RaftDriver:
         self.applied_index = 0
         self.applied_term = 0
         self.snapshot_index = 0
-        self._synced_term_vote: tuple[int, str | None] = (0, None)  # last term and vote made durable
         # Clients waiting: writes by log index, reads by barrier context.
         self._writes: dict[int, _Write] = {}
         self._held: list[_Held] = []
@@ -174,12 +185,14 @@ class RaftDriver:
             self._load(restored.snapshot.data)
             self.applied_index = self.snapshot_index = restored.snapshot.index
             self.applied_term = restored.snapshot.term
+            self._on_membership(restored.snapshot.membership, restored.snapshot.index)
         fresh = restored.hard_state.term == 0 and restored.snapshot is None and not restored.entries
-        self._synced_term_vote = (restored.hard_state.term, restored.hard_state.vote)
-        config = RaftConfig(
+        self.term = restored.hard_state.term
+        self.node = self.spec.make(engines.NodeSettings(
             id=self.id,
-            membership=Membership(voters=frozenset(self.nodes)),
+            membership=self.initial_membership,
             rng=random.Random(),
+            restore=None if fresh else restored,
             election_tick=self.election_tick,
             heartbeat_tick=HEARTBEAT_TICK_DEFAULT,
             pre_vote=True,
@@ -187,14 +200,10 @@ class RaftDriver:
             lease_reads=True,
             lease_drift_ticks=LEASE_DRIFT_TICKS,
             max_pending_reads=PENDING_READS_MAX,
-        )
-        self.node = RaftNode(config, None if fresh else restored)
-        log.info("raft node %s: term %d, %d entries after snapshot %d restored", self.id,
-                 restored.hard_state.term, len(restored.entries), self.snapshot_index)
-        me = self.nodes[self.id]
-        bus = {nid: (n.host, n.bus_port) for nid, n in self.nodes.items()}
-        self.transport = PeerTransport(self.id, self.cluster_id, (me.host, me.bus_port), bus, self._on_message)
-        await self.transport.start()
+        ))
+        log.info("group %d on %s (%s): term %d, %d entries after snapshot %d restored", self.group_id, self.id,
+                 self.spec.name, restored.hard_state.term, len(restored.entries), self.snapshot_index)
+        self.hub.register(self.group_id, self)
         self._ticked_at_s = time.monotonic()
         self._tasks = [asyncio.create_task(self._ticker()), asyncio.create_task(self._pump())]
         for task in self._tasks:
@@ -211,8 +220,6 @@ class RaftDriver:
             except asyncio.CancelledError:
                 pass
         self._fail_all("TRYAGAIN the node is shutting down")
-        if self.transport is not None:
-            await self.transport.stop()
         if self.storage is not None:
             await asyncio.to_thread(self.storage.close)
 
@@ -220,20 +227,23 @@ class RaftDriver:
         if task.cancelled() or self._stopping:
             return
         exc = task.exception()
-        log.critical("raft driver stopped: %r; the node exits and recovers from disk on restart", exc,
-                     exc_info=exc)
+        log.critical("group %d driver stopped: %r; the node exits and recovers from disk on restart",
+                     self.group_id, exc, exc_info=exc)
         logging.shutdown()
         os._exit(EXIT_STORAGE_FAILED)
 
     # ------------------------------------------------------------------ inputs
 
-    def _on_message(self, sender: str, payload: bytes) -> None:
+    def on_peer_payload(self, sender: str, kind: PayloadKind, body: memoryview) -> None:
+        if kind is not PayloadKind.ENGINE:
+            log.warning("group %d: unexpected %s payload from %s", self.group_id, kind.name, sender)
+            return
         try:
-            message = decode_message(payload)
+            message = self.spec.decode_message(body)
         except MessageDecodeError as exc:
             log.warning("undecodable message from %s: %s", sender, exc)
             return
-        if sender == self.node.lead:
+        if sender == self.leader:
             self._leader_heard_s = time.monotonic()
         self.node.step(message)
         self._wake.set()
@@ -273,6 +283,15 @@ class RaftDriver:
         self._wake.set()
         return future
 
+    def change_membership(self, membership: Membership) -> None:
+        """Propose a membership change (the engine plans the joint phase). Raises ProposalDropped."""
+        self.node.change_membership(membership)
+        self._wake.set()
+
+    def wake(self) -> None:
+        """The engine was fed outside the driver's own inputs; run the Ready loop."""
+        self._wake.set()
+
     def read_barrier(self) -> asyncio.Future:
         """A future done once a linearizable read may be served from the local keyspace.
 
@@ -301,10 +320,14 @@ class RaftDriver:
                 if rd.snapshot is not None:
                     await asyncio.to_thread(storage.save_snapshot, rd.snapshot)
                     self._install(rd.snapshot)
+                if rd.hard_state is not None:
+                    self.term = rd.hard_state.term
+                if rd.soft_state is not None:
+                    self._follow(rd.soft_state)
                 sync = None
                 if rd.entries or rd.hard_state is not None:
                     storage.append(rd.entries, rd.hard_state)
-                    if self._must_sync(rd):
+                    if rd.must_sync:
                         sync = asyncio.ensure_future(asyncio.to_thread(storage.sync))
                 # Committed entries are durable on a majority already: they are applied
                 # (and their clients answered) while this node's own fsync runs.
@@ -322,35 +345,36 @@ class RaftDriver:
                 if sync is not None:
                     await sync
                     self._acknowledge_durable(rd.entries)
-                send = self.transport.send
+                send = self.hub.send
+                encode = self.spec.encode_message
+                group_id = self.group_id
                 for message in rd.messages:
-                    send(message.to, encode_message(message))
+                    send(message.to, PayloadKind.ENGINE, group_id, encode(message))
                 node.advance(rd)
                 if self._held:
                     self._release_held()
                 if self.applied_index - self.snapshot_index >= self.snapshot_entries:
                     await self._take_snapshot()
 
-    def _must_sync(self, rd) -> bool:
-        """Whether this Ready must be durable before its messages go out (etcd's MustSync).
-
-        Entries, a term and a vote must: a message may promise them. A commit
-        index alone need not: a node that forgets how far the log was committed
-        learns it again from the leader, and every committed entry is durable on
-        a majority already. It is written with the next group that syncs.
-        """
-        hs = rd.hard_state
-        if rd.entries or (hs is not None and (hs.term, hs.vote) != self._synced_term_vote):
-            if hs is not None:
-                self._synced_term_vote = (hs.term, hs.vote)
-            return True
-        return False
+    def _follow(self, soft) -> None:
+        """The engine reports a new leader or role: log it, one line."""
+        if soft.leader != self.leader:
+            if soft.leader == self.id:
+                log.info("group %d: %s is leader of term %d (was %s)", self.group_id, self.id, self.term,
+                         self.leader or "none")
+            elif soft.leader is not None:
+                log.info("group %d: leader is %s (was %s)", self.group_id, soft.leader, self.leader or "none")
+            else:
+                log.info("group %d: no leader (was %s)", self.group_id, self.leader or "none")
+        self.leader = soft.leader
+        self.role = soft.role
 
     def _install(self, snapshot: Snapshot) -> None:
         """A leader's snapshot replaces the state machine; writes it covers have unknown outcomes."""
         self._load(snapshot.data)
         self.applied_index = self.snapshot_index = snapshot.index
         self.applied_term = snapshot.term
+        self._on_membership(snapshot.membership, snapshot.index)
         for index in [i for i in self._writes if i <= snapshot.index]:
             self._fail(self._writes.pop(index).future,
                        "TIMEOUT the write's outcome is unknown: a snapshot replaced the log")
@@ -373,6 +397,8 @@ class RaftDriver:
         if entry.kind is EntryKind.NORMAL:
             origin = write.origin if write is not None and write.term == entry.term else None
             reply = self._apply_data(entry.data, origin)
+        elif entry.kind is EntryKind.MEMBERSHIP:
+            self._on_membership(self.spec.decode_membership(entry.data), entry.index)
         self.applied_index = entry.index
         self.applied_term = entry.term
         if write is None or write.future.done():
@@ -464,17 +490,14 @@ class RaftDriver:
         return self.node.status()
 
     def leader_id(self) -> str | None:
-        return self.node.lead
+        return self.leader
 
     def is_leader(self) -> bool:
-        return self.node.lead == self.id
-
-    def term(self) -> int:
-        return self.node.term
+        return self.leader == self.id
 
     def leader_contact_age_s(self) -> float:
         """Seconds since this follower last heard from its leader (0 on the leader, inf without one)."""
-        lead = self.node.lead
+        lead = self.leader
         if lead == self.id:
             return 0.0
         if lead is None or not self._leader_heard_s:
