@@ -185,6 +185,10 @@ class EngineConfigError(ValueError):
     """An engine refuses its configuration (raised when it is built)."""
 
 
+class MessageDecodeError(ValueError):
+    """Protocol error: a peer sent bytes that are not a valid message of the engine."""
+
+
 class ProposalDropped(Exception):
     """Operating error: the engine will not take this proposal now (retry elsewhere or later)."""
 
