@@ -144,6 +144,13 @@ class Ready:
       an accepted proposal is known to have committed when an entry with the same
       (index, term) is applied, and to be lost when another term's entry is
       applied at its index.
+    - `must_sync`: True when this Ready's writes must be fsynced before
+      `messages` go out: it carries entries or a snapshot, or the term or vote
+      changed since the hard state last handed out. A change of the commit
+      index alone needs no sync (as etcd-io/raft's MustSync): the commit index
+      can always be learned again from the leader, and a lost one only delays
+      applying. A snapshot needs a sync here too, unlike etcd, because the
+      engine acknowledges it to the leader as stored.
     """
 
     snapshot: Snapshot | None = None
@@ -153,6 +160,7 @@ class Ready:
     committed_entries: tuple[Entry, ...] = ()
     read_states: tuple[ReadState, ...] = ()
     dropped: tuple[bytes, ...] = ()
+    must_sync: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -228,6 +228,52 @@ def test_single_node_commits_and_reads_alone() -> None:
     assert st.first_index == 3 and node.log_entries(1, 3) == []
 
 
+def test_ready_must_sync_for_entries_term_and_vote_but_not_for_commit_alone() -> None:
+    """As etcd-io/raft's MustSync: what a node promised others (entries it
+    acknowledges, its term and vote) must reach disk before its messages go out;
+    a commit index it can learn again from the leader need not."""
+    m2 = Membership(frozenset({"1", "2"}))
+    leader = RaftNode(RaftConfig("1", m2, random.Random(1)))
+    follower = RaftNode(RaftConfig("2", m2, random.Random(2)))
+    nodes = {"1": leader, "2": follower}
+
+    def ready(nid: str):
+        rd = nodes[nid].ready()
+        nodes[nid].advance(rd)
+        return rd
+
+    def deliver(msgs) -> None:
+        for m in msgs:
+            nodes[m.to].step(m)
+
+    leader.campaign()  # PreVote: no term or vote of its own yet
+    rd = ready("1")
+    assert rd.hard_state is None and rd.messages and not rd.must_sync
+    deliver(rd.messages)
+    rd = ready("2")  # grants the pre-vote: still nothing promised
+    assert rd.hard_state is None and not rd.must_sync
+    deliver(rd.messages)
+    rd = ready("1")  # a real candidate: new term, votes for itself
+    assert rd.hard_state.term == 1 and rd.hard_state.vote == "1" and rd.must_sync
+    deliver(rd.messages)
+    rd = ready("2")  # grants its vote
+    assert rd.hard_state.vote == "1" and not rd.entries and rd.must_sync
+    deliver(rd.messages)
+    rd = ready("1")  # the leader's NOOP
+    assert [e.kind for e in rd.entries] == [EntryKind.NOOP] and rd.must_sync
+    deliver(rd.messages)
+    rd = ready("2")  # the follower stores it
+    assert rd.entries and rd.hard_state is None and rd.must_sync
+    deliver(rd.messages)
+    rd = ready("1")  # the NOOP commits: only the commit index moved
+    assert rd.hard_state.commit == 1 and not rd.entries and rd.committed_entries
+    assert not rd.must_sync
+    deliver(rd.messages)
+    rd = ready("2")  # the follower learns the commit index
+    assert rd.hard_state.commit == 1 and (rd.hard_state.term, rd.hard_state.vote) == (1, "1")
+    assert not rd.must_sync
+
+
 FORBIDDEN = {"asyncio", "socket", "time", "threading", "selectors", "random"}
 
 

@@ -295,19 +295,26 @@ class RaftNode:
         log = self._log
         off = log.offset
         hs = self._hard_state_tuple()
+        prev = self._prev_hs
         hard_state = None
-        if hs != self._prev_hs:
+        if hs != prev:
             hard_state = HardState(*hs)
             self._prev_hs = hs
+        entries = tuple(log.entries[log.stable + 1 - off :])
         lo = max(self._applied, log.snap_index) + 1
         rd = Ready(
             snapshot=self._pending_snapshot,
-            entries=tuple(log.entries[log.stable + 1 - off :]),
+            entries=entries,
             hard_state=hard_state,
             messages=tuple(self._msgs),
             committed_entries=tuple(log.entries[lo - off : log.committed + 1 - off]),
             read_states=tuple(self._read_states),
             dropped=tuple(self._dropped),
+            # Term and vote are promises made to other nodes; the commit index is not.
+            must_sync=bool(entries)
+            or self._pending_snapshot is not None
+            or hs[0] != prev[0]
+            or hs[1] != prev[1],
         )
         self._msgs = []
         self._read_states = []
