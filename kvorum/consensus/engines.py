@@ -118,8 +118,11 @@ def _make_raft(settings: NodeSettings) -> ReplicatedLog:
         max_entries_per_msg=settings.max_entries_per_msg,
         max_uncommitted_bytes=settings.max_uncommitted_bytes,
         max_pending_reads=settings.max_pending_reads,
-        bugs=settings.bugs,
     )
+    if settings.bugs:
+        from kvorum.consensus.raft.bugs import node_class
+
+        return node_class(settings.bugs)(config, settings.restore)
     return RaftNode(config, settings.restore)
 
 
@@ -142,7 +145,7 @@ def _decode_raft_message(data: bytes) -> Any:
 
 
 def _raft_bugs() -> frozenset[str]:
-    from kvorum.consensus.raft.config import KNOWN_BUGS
+    from kvorum.consensus.raft.bugs import KNOWN_BUGS
 
     return KNOWN_BUGS
 

@@ -32,8 +32,16 @@ from kvorum.consensus.raft import (
     decode_message,
     encode_message,
 )
+from kvorum.consensus.raft.bugs import KNOWN_BUGS, node_class
 from kvorum.consensus.raft.membership import decode_membership, encode_membership, plan_change
-from kvorum.consensus.replicated_log import Entry, EntryKind, Membership, ProposalDropped, Snapshot
+from kvorum.consensus.replicated_log import (
+    EngineConfigError,
+    Entry,
+    EntryKind,
+    Membership,
+    ProposalDropped,
+    Snapshot,
+)
 from kvorum.consensus.tracker import Inflights, Progress, ProgressState
 
 M3 = Membership(frozenset({"1", "2", "3"}))
@@ -177,7 +185,6 @@ def test_inflights_bounded() -> None:
         {"lease_reads": True, "lease_drift_ticks": 0},
         {"max_inflight_msgs": 0},
         {"max_bytes_per_msg": 0},
-        {"bugs": frozenset({"no-such-bug"})},
         {"id": ""},
     ],
 )
@@ -187,12 +194,20 @@ def test_config_validated_once_at_construction(kw: dict) -> None:
         RaftNode(RaftConfig(**{**base, **kw}))
 
 
-def test_stale_lease_bug_lifts_check_quorum_requirement() -> None:
-    RaftNode(
-        RaftConfig(
-            "1", M3, random.Random(1), lease_reads=True, check_quorum=False, bugs=frozenset({"stale-lease"})
-        )
-    )
+def test_stale_lease_bug_lifts_check_quorum_requirement_and_nothing_else() -> None:
+    stale = node_class({"stale-lease"})
+    stale(RaftConfig("1", M3, random.Random(1), lease_reads=True, check_quorum=False))
+    with pytest.raises(ValueError):
+        stale(RaftConfig("1", M3, random.Random(1), lease_reads=True, check_quorum=False, lease_drift_ticks=0))
+
+
+def test_bug_variants_are_subclasses_built_on_request() -> None:
+    assert node_class(()) is RaftNode
+    both = node_class(["forget-vote", "no-truncate"])
+    assert issubclass(both, RaftNode) and both is node_class({"no-truncate", "forget-vote"})
+    assert KNOWN_BUGS >= {"commit-old-term", "forget-vote", "stale-lease", "no-truncate"}
+    with pytest.raises(EngineConfigError):
+        node_class({"no-such-bug"})
 
 
 def test_follower_refuses_proposals_and_reads() -> None:
