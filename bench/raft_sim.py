@@ -34,9 +34,9 @@ from collections import deque
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from kvorum.consensus import engines  # noqa: E402
+from kvorum.consensus.engines import NodeSettings  # noqa: E402
 from kvorum.consensus.replicated_log import EntryKind, Membership, Role  # noqa: E402
-from kvorum.sim import engines  # noqa: E402
-from kvorum.sim.engines import NodeSettings  # noqa: E402
 
 TARGET_ENTRIES_PER_S = 100_000
 ELECTION_TICKS_MAX = 1_000

@@ -28,7 +28,7 @@ ALLOWED = {
     "storage": {"consensus"},
     "commands": {"kvorum", "protocol", "settings", "store", "cluster.slots", "cluster.concern"},
     "cluster": set(),
-    "replica": {"commands", "protocol", "store", "cluster"},
+    "replica": {"commands", "protocol", "store", "cluster", "consensus"},
     "server": {"protocol", "settings", "store", "consensus", "storage", "commands", "cluster", "replica"},
     "client": set(),
     "sim": {"consensus"},

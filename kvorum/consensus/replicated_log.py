@@ -159,6 +159,13 @@ class Ready:
       an accepted proposal is known to have committed when an entry with the same
       (index, term) is applied, and to be lost when another term's entry is
       applied at its index.
+    - `must_sync`: True when this Ready's writes must be fsynced before
+      `messages` go out: it carries entries or a snapshot, or the term or vote
+      changed since the hard state last handed out. A change of the commit
+      index alone needs no sync (as etcd-io/raft's MustSync): the commit index
+      can always be learned again from the leader, and a lost one only delays
+      applying. A snapshot needs a sync here too, unlike etcd, because the
+      engine acknowledges it to the leader as stored.
     """
 
     snapshot: Snapshot | None = None
@@ -200,6 +207,10 @@ class RestoreState:
 
 class EngineConfigError(ValueError):
     """An engine refuses its configuration (raised when it is built)."""
+
+
+class MessageDecodeError(ValueError):
+    """Protocol error: a peer sent bytes that are not a valid message of the engine."""
 
 
 class ProposalDropped(Exception):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kvorum.consensus.engines import EngineSpec, NodeSettings
 from kvorum.consensus.replicated_log import (
     Entry,
     EntryKind,
@@ -44,7 +45,6 @@ from kvorum.consensus.replicated_log import (
     Status,
 )
 from kvorum.sim.disk import Disk
-from kvorum.sim.engines import EngineSpec, NodeSettings
 from kvorum.sim.statemachine import KVStateMachine
 
 if TYPE_CHECKING:

@@ -20,8 +20,8 @@ import sys
 import time
 from typing import Any, Callable, Iterable
 
+from kvorum.consensus import engines
 from kvorum.consensus.replicated_log import EngineConfigError
-from kvorum.sim import engines
 from kvorum.sim.history import dump_jsonl
 from kvorum.sim.linearizability import Verdict
 from kvorum.sim.world import PROFILES, RunResult, SimConfig, World, profile_config

@@ -37,10 +37,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from kvorum.consensus import engines
+from kvorum.consensus.engines import NodeSettings
 from kvorum.consensus.replicated_log import Membership, ProposalDropped, Role
-from kvorum.sim import engines
 from kvorum.sim.clients import Client, ClientKnobs
-from kvorum.sim.engines import NodeSettings
 from kvorum.sim.history import Op, Recorder
 from kvorum.sim.invariants import Invariants, InvariantViolation
 from kvorum.sim.linearizability import CheckResult, Verdict, check

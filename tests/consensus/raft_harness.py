@@ -54,6 +54,7 @@ from kvorum.consensus.raft import (
     TimeoutNow,
     VoteResponse,
 )
+from kvorum.consensus.raft.bugs import node_class
 from kvorum.consensus.raft.membership import decode_membership
 from kvorum.consensus.replicated_log import (
     Entry,
@@ -142,6 +143,7 @@ class World:
     def __init__(self) -> None:
         self.nodes: dict[str, RaftNode] = {}
         self.configs: dict[str, RaftConfig] = {}
+        self.classes: dict[str, type[RaftNode]] = {}  # RaftNode or a deliberately broken variant
         self.storage: dict[str, Storage] = {}
         self.queue: list[Any] = []
         self.groups: dict[str, int] | None = None
@@ -257,11 +259,11 @@ class World:
                 max_bytes_per_msg=int(kw.get("max-bytes", 1 << 20)),
                 max_inflight_msgs=int(kw.get("max-inflight", 256)),
                 max_uncommitted_bytes=int(kw.get("max-uncommitted", 1 << 30)),
-                bugs=frozenset(kw["bugs"].split(",")) if "bugs" in kw else frozenset(),
             )
             self.configs[nid] = cfg
+            self.classes[nid] = node_class(kw["bugs"].split(",") if "bugs" in kw else ())
             self.storage[nid] = Storage()
-            self.nodes[nid] = RaftNode(cfg)
+            self.nodes[nid] = self.classes[nid](cfg)
         self.say(f"added {fmt_ids(new)} with {fmt_membership(membership)}")
 
     def cmd_campaign(self, args: list[str], kw: dict[str, str]) -> None:
@@ -323,7 +325,7 @@ class World:
         nid = args[0]
         st = self.storage[nid]
         restore = RestoreState(st.hard_state, st.snapshot, tuple(st.entries))
-        self.nodes[nid] = RaftNode(self.configs[nid], restore)
+        self.nodes[nid] = self.classes[nid](self.configs[nid], restore)
         if self.groups is not None:
             self.groups[nid] = 0
             if all(g == 0 for g in self.groups.values()):

@@ -6,7 +6,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from kvorum.consensus.raft import RaftConfig, RaftNode
+from kvorum.consensus.raft import RaftConfig
+from kvorum.consensus.raft.bugs import node_class
 from kvorum.consensus.replicated_log import Entry, HardState, Membership, RestoreState, Snapshot
 
 
@@ -18,10 +19,15 @@ class Disk:
 
 
 class Router:
-    """Nodes, their disks, and a lossy switch: `cut` holds (from, to) links that drop."""
+    """Nodes, their disks, and a lossy switch: `cut` holds (from, to) links that drop.
 
-    def __init__(self, ids: list[str], **config: Any) -> None:
+    `bugs` builds every node as that deliberately broken variant; the other
+    keywords are RaftConfig settings shared by every node.
+    """
+
+    def __init__(self, ids: list[str], bugs: frozenset[str] = frozenset(), **config: Any) -> None:
         self.membership = Membership(frozenset(ids))
+        self.node_class = node_class(bugs)
         self.config = config
         self.nodes: dict[str, RaftNode] = {}
         self.disks: dict[str, Disk] = {}
@@ -31,14 +37,14 @@ class Router:
         for nid in ids:
             self.add(nid)
 
-    def add(self, nid: str, restore: RestoreState | None = None, **extra: Any) -> RaftNode:
+    def add(self, nid: str, restore: RestoreState | None = None, **extra: Any) -> Any:
         cfg = RaftConfig(
             id=nid,
             membership=self.membership,
             rng=random.Random(hash(nid) % 1000 if not nid.isdigit() else int(nid)),
             **{**self.config, **extra},
         )
-        node = RaftNode(cfg, restore)
+        node = self.node_class(cfg, restore)
         self.nodes[nid] = node
         self.disks.setdefault(nid, Disk())
         self.applied.setdefault(nid, [])

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from kvorum.consensus.raft import RaftConfig, RaftNode
+from kvorum.consensus.raft.bugs import node_class
 from kvorum.consensus.replicated_log import (
     Entry,
     HardState,
@@ -73,12 +74,11 @@ class World:
             lease_drift_ticks=2,
             max_entries_per_msg=self.rng.choice([1, 2, 64]),
             max_inflight_msgs=4,
-            bugs=self.bugs,
         )
 
     def start(self, nid: str) -> None:
         hs, snap, entries = self.disk[nid]
-        self.nodes[nid] = RaftNode(self.config(nid), RestoreState(hs, snap, tuple(entries)))
+        self.nodes[nid] = node_class(self.bugs)(self.config(nid), RestoreState(hs, snap, tuple(entries)))
 
     def max_commit(self) -> int:
         return max(self.nodes[n].status().commit for n in self.nodes if n not in self.down)

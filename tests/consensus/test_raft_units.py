@@ -32,8 +32,16 @@ from kvorum.consensus.raft import (
     decode_message,
     encode_message,
 )
+from kvorum.consensus.raft.bugs import KNOWN_BUGS, node_class
 from kvorum.consensus.raft.membership import decode_membership, encode_membership, plan_change
-from kvorum.consensus.replicated_log import Entry, EntryKind, Membership, ProposalDropped, Snapshot
+from kvorum.consensus.replicated_log import (
+    EngineConfigError,
+    Entry,
+    EntryKind,
+    Membership,
+    ProposalDropped,
+    Snapshot,
+)
 from kvorum.consensus.tracker import Inflights, Progress, ProgressState
 
 M3 = Membership(frozenset({"1", "2", "3"}))
@@ -177,7 +185,6 @@ def test_inflights_bounded() -> None:
         {"lease_reads": True, "lease_drift_ticks": 0},
         {"max_inflight_msgs": 0},
         {"max_bytes_per_msg": 0},
-        {"bugs": frozenset({"no-such-bug"})},
         {"id": ""},
     ],
 )
@@ -187,12 +194,20 @@ def test_config_validated_once_at_construction(kw: dict) -> None:
         RaftNode(RaftConfig(**{**base, **kw}))
 
 
-def test_stale_lease_bug_lifts_check_quorum_requirement() -> None:
-    RaftNode(
-        RaftConfig(
-            "1", M3, random.Random(1), lease_reads=True, check_quorum=False, bugs=frozenset({"stale-lease"})
-        )
-    )
+def test_stale_lease_bug_lifts_check_quorum_requirement_and_nothing_else() -> None:
+    stale = node_class({"stale-lease"})
+    stale(RaftConfig("1", M3, random.Random(1), lease_reads=True, check_quorum=False))
+    with pytest.raises(ValueError):
+        stale(RaftConfig("1", M3, random.Random(1), lease_reads=True, check_quorum=False, lease_drift_ticks=0))
+
+
+def test_bug_variants_are_subclasses_built_on_request() -> None:
+    assert node_class(()) is RaftNode
+    both = node_class(["forget-vote", "no-truncate"])
+    assert issubclass(both, RaftNode) and both is node_class({"no-truncate", "forget-vote"})
+    assert KNOWN_BUGS >= {"commit-old-term", "forget-vote", "stale-lease", "no-truncate"}
+    with pytest.raises(EngineConfigError):
+        node_class({"no-such-bug"})
 
 
 def test_follower_refuses_proposals_and_reads() -> None:
@@ -226,6 +241,52 @@ def test_single_node_commits_and_reads_alone() -> None:
     node.compact(Snapshot(2, 1, Membership(frozenset()), b"img"))
     st = node.status()
     assert st.first_index == 3 and node.log_entries(1, 3) == []
+
+
+def test_ready_must_sync_for_entries_term_and_vote_but_not_for_commit_alone() -> None:
+    """As etcd-io/raft's MustSync: what a node promised others (entries it
+    acknowledges, its term and vote) must reach disk before its messages go out;
+    a commit index it can learn again from the leader need not."""
+    m2 = Membership(frozenset({"1", "2"}))
+    leader = RaftNode(RaftConfig("1", m2, random.Random(1)))
+    follower = RaftNode(RaftConfig("2", m2, random.Random(2)))
+    nodes = {"1": leader, "2": follower}
+
+    def ready(nid: str):
+        rd = nodes[nid].ready()
+        nodes[nid].advance(rd)
+        return rd
+
+    def deliver(msgs) -> None:
+        for m in msgs:
+            nodes[m.to].step(m)
+
+    leader.campaign()  # PreVote: no term or vote of its own yet
+    rd = ready("1")
+    assert rd.hard_state is None and rd.messages and not rd.must_sync
+    deliver(rd.messages)
+    rd = ready("2")  # grants the pre-vote: still nothing promised
+    assert rd.hard_state is None and not rd.must_sync
+    deliver(rd.messages)
+    rd = ready("1")  # a real candidate: new term, votes for itself
+    assert rd.hard_state.term == 1 and rd.hard_state.vote == "1" and rd.must_sync
+    deliver(rd.messages)
+    rd = ready("2")  # grants its vote
+    assert rd.hard_state.vote == "1" and not rd.entries and rd.must_sync
+    deliver(rd.messages)
+    rd = ready("1")  # the leader's NOOP
+    assert [e.kind for e in rd.entries] == [EntryKind.NOOP] and rd.must_sync
+    deliver(rd.messages)
+    rd = ready("2")  # the follower stores it
+    assert rd.entries and rd.hard_state is None and rd.must_sync
+    deliver(rd.messages)
+    rd = ready("1")  # the NOOP commits: only the commit index moved
+    assert rd.hard_state.commit == 1 and not rd.entries and rd.committed_entries
+    assert not rd.must_sync
+    deliver(rd.messages)
+    rd = ready("2")  # the follower learns the commit index
+    assert rd.hard_state.commit == 1 and (rd.hard_state.term, rd.hard_state.vote) == (1, "1")
+    assert not rd.must_sync
 
 
 FORBIDDEN = {"asyncio", "socket", "time", "threading", "selectors", "random"}

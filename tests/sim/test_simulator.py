@@ -7,8 +7,8 @@ import random
 
 import pytest
 
+from kvorum.consensus import engines
 from kvorum.consensus.replicated_log import Entry, EntryKind, HardState, Membership, Role, Snapshot
-from kvorum.sim import engines
 from kvorum.sim.disk import Disk
 from kvorum.sim.invariants import Invariants, InvariantViolation
 from kvorum.sim.runner import apply_settings, config_from_args, main, parser, replay_command, run_seed, run_seeds
@@ -30,6 +30,20 @@ def test_registry_knows_raft_and_its_bugs():
     assert {bug for bug, _, _ in BUGS} <= engines.get("raft").known_bugs()
     with pytest.raises(ValueError):
         engines.get("no-such-engine")
+
+
+def test_registry_builds_nodes_whose_messages_travel_through_its_codec():
+    spec = engines.get("raft")
+    membership = Membership(frozenset({"n1", "n2", "n3"}))
+    node = spec.make(engines.NodeSettings(id="n1", membership=membership, rng=random.Random(1)))
+    node.campaign()
+    messages = node.ready().messages
+    assert messages and all(m.frm == "n1" and m.to in {"n2", "n3"} for m in messages)
+    for m in messages:
+        assert spec.decode_message(spec.encode_message(m)) == m
+    with pytest.raises(engines.MessageDecodeError):
+        spec.decode_message(b"\x93\x01")
+    assert issubclass(engines.MessageDecodeError, ValueError)
 
 
 def test_same_seed_same_trace():

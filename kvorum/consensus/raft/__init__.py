@@ -40,23 +40,15 @@ fills in the snapshot's membership itself. A caller persisting a snapshot at
 may already hold a later, uncommitted change. `Ready.snapshot` (a follower that
 was sent one) must be persisted and installed before `Ready.entries`.
 
-Deliberate bugs (`RaftConfig.bugs`, each one marked branch, for proving that
-the simulator catches them):
-
-- "commit-old-term": the leader commits an entry of an earlier term as soon as
-  a majority stores it (paper §5.4.2, Figure 8), and appends no NOOP when
-  elected (the NOOP would travel with the old entries and hide the bug).
-- "forget-vote": `Ready.hard_state.vote` is always None, so a restarted node
-  forgets its vote and may vote twice in one term.
-- "stale-lease": with `lease_reads=True` the leader's lease never expires (and
-  check_quorum is no longer required), so a deposed leader serves stale reads.
-- "no-truncate": a follower keeps its conflicting entries and appends only
-  what lies beyond its last index, yet acknowledges the whole append.
+Deliberately broken variants, for proving that the simulator catches them,
+are subclasses that override `RaftNode`'s hook methods, one safety rule each:
+`kvorum.consensus.raft.bugs.node_class(names)` builds one (its module lists
+the bugs). Nothing here imports that module.
 """
 
 from kvorum.consensus.raft import messages
-from kvorum.consensus.raft.config import KNOWN_BUGS, RaftConfig
+from kvorum.consensus.raft.config import RaftConfig
 from kvorum.consensus.raft.messages import *  # noqa: F403  (the wire vocabulary, listed in messages.__all__)
 from kvorum.consensus.raft.node import RaftNode
 
-__all__ = ["KNOWN_BUGS", "RaftConfig", "RaftNode", *messages.__all__]
+__all__ = ["RaftConfig", "RaftNode", *messages.__all__]

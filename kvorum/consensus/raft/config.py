@@ -11,13 +11,6 @@ from kvorum.consensus.replicated_log import EngineConfigError, Membership, NodeI
 if TYPE_CHECKING:
     import random
 
-# Deliberately broken variants, for proving that the simulator catches them.
-BUG_COMMIT_OLD_TERM = "commit-old-term"  # leader counts replicas of earlier-term entries, no NOOP
-BUG_FORGET_VOTE = "forget-vote"  # the vote is left out of the persisted hard state
-BUG_STALE_LEASE = "stale-lease"  # lease reads served without an active quorum
-BUG_NO_TRUNCATE = "no-truncate"  # follower keeps conflicting entries
-KNOWN_BUGS = frozenset({BUG_COMMIT_OLD_TERM, BUG_FORGET_VOTE, BUG_STALE_LEASE, BUG_NO_TRUNCATE})
-
 
 @dataclass(frozen=True, slots=True)
 class RaftConfig:
@@ -50,7 +43,9 @@ class RaftConfig:
     - `max_uncommitted_bytes`: a leader refuses proposals while the data of its
       uncommitted entries exceeds this (one entry is always admitted).
     - `max_pending_reads`: read barriers a leader holds waiting for confirmation.
-    - `bugs`: names from KNOWN_BUGS; each turns on one deliberately unsafe branch.
+
+    The deliberately broken variants the simulator hunts are not settings:
+    they are subclasses of `RaftNode`, built by `kvorum.consensus.raft.bugs`.
     """
 
     id: NodeId
@@ -67,7 +62,6 @@ class RaftConfig:
     max_bytes_per_msg: int = 1 << 20
     max_uncommitted_bytes: int = 1 << 30
     max_pending_reads: int = 4096
-    bugs: frozenset[str] = frozenset()
 
     def validate(self) -> None:
         """Raise EngineConfigError (a ValueError) naming the first bad setting."""
@@ -82,7 +76,7 @@ class RaftConfig:
             raise EngineConfigError("lease_drift_ticks must be in [0, election_tick)")
         if self.lease_reads and self.lease_drift_ticks < 1:
             raise EngineConfigError("lease_drift_ticks must be >= 1 with lease_reads")
-        if self.lease_reads and not self.check_quorum and BUG_STALE_LEASE not in self.bugs:
+        if self.lease_reads and not self.check_quorum:
             raise EngineConfigError("lease_reads requires check_quorum")
         for name in (
             "max_inflight_msgs",
@@ -93,8 +87,5 @@ class RaftConfig:
         ):
             if getattr(self, name) < 1:
                 raise EngineConfigError(f"{name} must be >= 1")
-        unknown = set(self.bugs) - KNOWN_BUGS
-        if unknown:
-            raise EngineConfigError(f"unknown bugs: {sorted(unknown)}")
         if not hasattr(self.rng, "randrange"):
             raise EngineConfigError("rng must be a random.Random instance")

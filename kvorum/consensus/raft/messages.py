@@ -4,7 +4,8 @@ Every message is a frozen, slotted dataclass whose fields are plain values
 (str, int, bool, bytes, tuples of `Entry`, one `Snapshot`), with `to` (the
 receiver) and `frm` (the sender) first, then `term`. `encode_message` and
 `decode_message` are exact inverses; `decode_message` raises
-`MessageDecodeError` (a peer's fault) on anything malformed.
+`MessageDecodeError` (a peer's fault, shared by every engine's decoder) on
+anything malformed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from typing import Any, Union
 
 import msgpack
 
-from kvorum.consensus.replicated_log import Entry, EntryKind, Membership, NodeId, Snapshot
+from kvorum.consensus.replicated_log import (
+    Entry,
+    EntryKind,
+    Membership,
+    MessageDecodeError,
+    NodeId,
+    Snapshot,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +147,6 @@ _TAGS: dict[type, int] = {
 _TYPES: dict[int, type] = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _TAGS}
 assert len(_TYPES) == len(_TAGS), "message tags must be unique"
-
-
-class MessageDecodeError(ValueError):
-    """Protocol error: the peer sent bytes that are not a valid Raft message."""
 
 
 def _encode_value(value: Any) -> Any:

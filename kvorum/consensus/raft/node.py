@@ -45,13 +45,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from kvorum.consensus.quorum import VoteResult
-from kvorum.consensus.raft.config import (
-    BUG_COMMIT_OLD_TERM,
-    BUG_FORGET_VOTE,
-    BUG_NO_TRUNCATE,
-    BUG_STALE_LEASE,
-    RaftConfig,
-)
+from kvorum.consensus.raft.config import RaftConfig
 from kvorum.consensus.raft.log import RaftLog, new_entry
 from kvorum.consensus.raft.membership import (
     MembershipHistory,
@@ -100,15 +94,11 @@ class RaftNode:
     """One member of a Raft group; implements `ReplicatedLog`."""
 
     def __init__(self, config: RaftConfig, restore: RestoreState | None = None) -> None:
-        config.validate()
+        self._validate(config)
         self.id: NodeId = config.id
         self._cfg = config
         self._rng = config.rng
         self._election_tick = config.election_tick
-        self._bug_commit_old_term = BUG_COMMIT_OLD_TERM in config.bugs
-        self._bug_forget_vote = BUG_FORGET_VOTE in config.bugs
-        self._bug_stale_lease = BUG_STALE_LEASE in config.bugs
-        self._bug_no_truncate = BUG_NO_TRUNCATE in config.bugs
 
         # --- durable state (HardState + log) ---
         self.term = 0
@@ -239,10 +229,7 @@ class RaftNode:
             # servers we have not heard from, and a change appended now could have
             # a majority disjoint from that one's.
             raise ProposalDropped("the leader has not yet committed an entry of its term")
-        current = self._tracker.membership
-        if current.joint or self._pending_conf_index > log.committed:
-            raise ProposalDropped("a membership change is already in progress")
-        return self._append_own(_MEMBERSHIP, encode_membership(plan_change(current, membership)))
+        return self._append_own(_MEMBERSHIP, encode_membership(self._next_membership(membership)))
 
     def transfer_leadership(self, to: NodeId) -> None:
         if self._role is not Role.LEADER:
@@ -298,28 +285,32 @@ class RaftNode:
         log = self._log
         off = log.offset
         hs = self._hard_state_tuple()
+        prev = self._prev_hs
         hard_state = None
-        must_sync = False
-        if hs != self._prev_hs:
+        if hs != prev:
             hard_state = HardState(*hs)
-            must_sync = hs[:2] != self._prev_hs[:2]
             self._prev_hs = hs
         soft_state = self._soft_state()
         if soft_state == self._prev_ss:
             soft_state = None
         else:
             self._prev_ss = soft_state
+        entries = tuple(log.entries[log.stable + 1 - off :])
         lo = max(self._applied, log.snap_index) + 1
         rd = Ready(
             snapshot=self._pending_snapshot,
-            entries=tuple(log.entries[log.stable + 1 - off :]),
+            entries=entries,
             hard_state=hard_state,
             messages=tuple(self._msgs),
             committed_entries=tuple(log.entries[lo - off : log.committed + 1 - off]),
             read_states=tuple(self._read_states),
             dropped=tuple(self._dropped),
             soft_state=soft_state,
-            must_sync=must_sync or log.stable < log.last_index(),
+            # Term and vote are promises made to other nodes; the commit index is not.
+            must_sync=bool(entries)
+            or self._pending_snapshot is not None
+            or hs[0] != prev[0]
+            or hs[1] != prev[1],
         )
         self._msgs = []
         self._read_states = []
@@ -372,7 +363,14 @@ class RaftNode:
     def log_entries(self, lo: int, hi: int) -> Sequence[Entry]:
         return self._log.slice(lo, hi)
 
-    # ----------------------------------------------------------- hard state
+    # ------------------------------------------------------------------ hooks
+    #
+    # The safety rules that kvorum.consensus.raft.bugs breaks on purpose, one
+    # small method each, so that a deliberately broken variant is a subclass
+    # and the engine's own code carries no test-only branches.
+
+    def _validate(self, config: RaftConfig) -> None:
+        config.validate()
 
     def _soft_state(self) -> SoftState:
         role = self._role
@@ -381,11 +379,56 @@ class RaftNode:
         return SoftState(self.lead, role)
 
     def _hard_state_tuple(self) -> tuple[int, NodeId | None, int]:
-        if self._bug_forget_vote:
-            # BUG forget-vote: the vote never reaches disk, so a restart forgets it
-            # and the node can vote twice in one term.
-            return (self.term, None, self._log.committed)
+        """What must survive a crash besides the log (paper Figure 2)."""
         return (self.term, self.vote, self._log.committed)
+
+    def _committed_index(self) -> int:
+        """The largest index stored on a majority of every voter set in force (§5.3, §6)."""
+        return self._tracker.committed()
+
+    def _may_commit_at(self, index: int) -> bool:
+        """Paper §5.4.2 / Figure 8: counting replicas of an earlier term's entry
+        does not make it committed; only an entry of our own term commits by count."""
+        return self._log.term(index) == self.term
+
+    def _append_leader_noop(self) -> None:
+        """Paper §5.4.2 / §8: a leader commits earlier terms' entries only
+        indirectly, by committing one of its own; the NOOP is that entry."""
+        self._append_own(EntryKind.NOOP, b"")
+
+    def _tally(self) -> VoteResult:
+        """The election's outcome: a majority of every voter set in force (§5.2, §6)."""
+        return self._tracker.tally()
+
+    def _vote_requestees(self) -> list[NodeId]:
+        """Whom a candidate asks for votes: the voters, never learners (thesis 4.2.1)."""
+        return sorted(self._tracker.voter_ids() - {self.id})
+
+    def _next_membership(self, target: Membership) -> Membership:
+        """The membership entry to append for `target`; one change at a time (thesis 4.1, 4.3)."""
+        current = self._tracker.membership
+        if current.joint or self._pending_conf_index > self._log.committed:
+            raise ProposalDropped("a membership change is already in progress")
+        return plan_change(current, target)
+
+    def _truncate_conflict(self, conflict: int) -> int:
+        """Drop our entries from `conflict` on, which differ from the leader's (§5.3);
+        returns the index from which the leader's entries are appended."""
+        self._log.truncate_after(conflict - 1)
+        if self._confs.truncate_from(conflict):
+            self._apply_membership()
+        return conflict
+
+    def _lease_valid(self) -> bool:
+        """May the leader serve a read from its lease, without a heartbeat round (thesis 6.4.1)?"""
+        if self._role is not Role.LEADER or not self._cfg.lease_reads:
+            return False
+        reads = self._reads
+        if not self._cfg.check_quorum or self._lead_transferee is not None or reads.lease_forfeited:
+            return False
+        if self._tracker.voter_ids() == {self.id}:
+            return True
+        return reads.lease_holds(self._tracker.quorum_round(self.id, reads.round), self._now)
 
     # ----------------------------------------------------------- membership
 
@@ -465,17 +508,7 @@ class RaftNode:
         if pr is not None:
             pr.become_replicate()
             pr.recent_active = True
-        if self._bug_commit_old_term:
-            # BUG commit-old-term, second half: without the NOOP the new leader
-            # replicates earlier terms' entries alone, exactly as in Figure 8, so
-            # the missing term check in _maybe_commit becomes observable (the
-            # NOOP would ride along in the same append and mask it). Probe every
-            # follower at once, as the NOOP's append would have.
-            self._bcast_commit = True
-            return
-        # Paper §5.4.2 / §8: a leader commits earlier terms' entries only
-        # indirectly, by committing one of its own; the NOOP is that entry.
-        self._append_own(EntryKind.NOOP, b"")
+        self._append_leader_noop()
 
     def _hup(self, transfer: bool) -> None:
         if self._role is Role.LEADER or not self._promotable():
@@ -493,7 +526,7 @@ class RaftNode:
             self._become_candidate()
             vote_term = self.term
         self._tracker.record_vote(self.id, True)
-        if self._tracker.tally() is VoteResult.WON:
+        if self._tally() is VoteResult.WON:
             # A single-voter group wins at once.
             if pre:
                 self._campaign(pre=False, transfer=transfer)
@@ -502,9 +535,8 @@ class RaftNode:
             return
         log = self._log
         last_index, last_term = log.last_index(), log.last_term()
-        for pid in sorted(self._tracker.voter_ids()):
-            if pid != self.id:
-                self._send(RequestVote(pid, self.id, vote_term, last_index, last_term, pre, transfer))
+        for pid in self._vote_requestees():
+            self._send(RequestVote(pid, self.id, vote_term, last_index, last_term, pre, transfer))
 
     # ------------------------------------------------------------------ ticks
 
@@ -622,7 +654,7 @@ class RaftNode:
             if m.pre != (self._role is Role.PRECANDIDATE):
                 return
             self._tracker.record_vote(m.frm, not m.reject)
-            result = self._tracker.tally()
+            result = self._tally()
             if result is VoteResult.WON:
                 if self._role is Role.PRECANDIDATE:
                     self._campaign(pre=False, transfer=False)
@@ -663,14 +695,7 @@ class RaftNode:
             if conflict:
                 assert conflict > log.committed, "leader tried to overwrite a committed entry"
                 if conflict <= log.last_index():
-                    if self._bug_no_truncate:
-                        # BUG no-truncate: keep our conflicting suffix and only append
-                        # what lies beyond it; logs silently diverge.
-                        conflict = log.last_index() + 1
-                    else:
-                        log.truncate_after(conflict - 1)
-                        if self._confs.truncate_from(conflict):
-                            self._apply_membership()
+                    conflict = self._truncate_conflict(conflict)
                 new = entries[conflict - m.index - 1 :]
                 if new:
                     log.extend(new)
@@ -771,15 +796,9 @@ class RaftNode:
 
     def _maybe_commit(self) -> bool:
         log = self._log
-        index = self._tracker.committed()
-        if index <= log.committed:
+        index = self._committed_index()
+        if index <= log.committed or not self._may_commit_at(index):
             return False
-        if log.term(index) != self.term and not self._bug_commit_old_term:
-            # Paper §5.4.2 / Figure 8: counting replicas of an earlier term's
-            # entry does not make it committed; wait for one of our own.
-            return False
-        # BUG commit-old-term: the check above is skipped, so an earlier term's
-        # entry counts as committed once a majority holds it.
         old = log.committed
         log.committed = index
         self._after_commit(old, index)
@@ -892,20 +911,6 @@ class RaftNode:
             return
         self._reads.await_round(ctx, index)
         self._heartbeat_owed = True
-
-    def _lease_valid(self) -> bool:
-        if self._role is not Role.LEADER or not self._cfg.lease_reads:
-            return False
-        if self._bug_stale_lease:
-            # BUG stale-lease: the lease never expires, so a leader cut off from
-            # the group keeps serving reads after a new leader took writes.
-            return True
-        reads = self._reads
-        if not self._cfg.check_quorum or self._lead_transferee is not None or reads.lease_forfeited:
-            return False
-        if self._tracker.voter_ids() == {self.id}:
-            return True
-        return reads.lease_holds(self._tracker.quorum_round(self.id, reads.round), self._now)
 
     def _send_timeout_now(self, to: NodeId) -> None:
         self._reads.lease_forfeited = True
