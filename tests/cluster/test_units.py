@@ -13,7 +13,7 @@ from kvorum.cluster.slots import crc16, hash_tag, key_slot
 from kvorum.cluster.topology import TopologyError, parse_peers
 from kvorum.consensus.replicated_log import Membership
 from kvorum.protocol.values import CommandError, NullArray
-from kvorum.server.raft_driver import RaftDriver
+from kvorum.server.group_driver import GroupDriver
 from kvorum.store import Keyspace
 
 
@@ -102,8 +102,8 @@ def test_snapshot_recorded_an_uncommitted_membership(tmp_path):
     applied = Membership(voters=frozenset({"n1", "n2", "n3"}))
     uncommitted = Membership(voters=frozenset({"n1", "n2", "n3", "n4"}))
     saved = []
-    driver = RaftDriver("n1", parse_peers("n1@127.0.0.1:7001", node_id="n1"), str(tmp_path), "never", "c",
-                        apply=lambda data, origin: None, dump=lambda: b"keys", load=lambda blob: None)
+    driver = GroupDriver(0, "n1", applied, str(tmp_path), "never", hub=None,
+                         apply=lambda data, origin: None, dump=lambda: b"keys", load=lambda blob: None)
     driver.applied_index, driver.applied_term = 7, 2
     driver.node = SimpleNamespace(status=lambda: SimpleNamespace(membership=uncommitted),
                                   membership_at={7: applied}.__getitem__, compact=lambda snapshot: None)
