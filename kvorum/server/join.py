@@ -58,14 +58,13 @@ def join(seed: str, me: Member, learner: bool) -> list[Member]:
             log.info("joined the cluster through %s:%d as %s; %d members", target[0], target[1], me.id,
                      len(members))
             return members
+        except redis.exceptions.MovedError as exc:
+            target = (exc.host, int(exc.port))
+            continue
+        except (redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError) as exc:
+            last_error = str(exc)
         except redis.ResponseError as exc:
-            text = str(exc)
-            if text.startswith("MOVED "):
-                target = _address(text.split()[2])
-                continue
-            if not text.startswith(("TRYAGAIN", "CLUSTERDOWN")):
-                raise JoinError(f"the cluster refused {me.id}: {text}") from None
-            last_error = text
+            raise JoinError(f"the cluster refused {me.id}: {exc}") from None
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             last_error = str(exc)
         finally:

@@ -96,8 +96,10 @@ def member_command(node: ClusterNode, argv: list[bytes]) -> object:
         if sub == b"ADD":
             member = _parse_add(node_id, argv)
             roster.check_add(member)
-            known = roster.get(node_id)
-            if known is not None and (known.goal, known.replaces) == (member.goal, member.replaces):
+            if roster.get(node_id) is not None:
+                # Already registered at this address (check_add passed): joining again, as a
+                # restarted node or one registered by `kvorum cluster replace` does, changes
+                # nothing; PROMOTE changes a learner's goal.
                 return OK
             return _propose(group, "add", member.to_wire())
         if len(argv) != 4:

@@ -53,12 +53,16 @@ class ClusterNode:
         self.process: subprocess.Popen | None = None
         self.paused = False
         self.peers: str | None = None  # this node's own --peers list, instead of the cluster's
+        self.join: str | None = None  # host:port of a member to --join, instead of --peers
+        self.join_flags: tuple[str, ...] = ()
 
     def start(self) -> None:
         assert self.process is None or self.process.poll() is not None
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        topology = (["--join", self.join, "--bus-port", str(self.bus_port), *self.join_flags] if self.join
+                    else ["--peers", self.peers or self.cluster.peers])
         cmd = [sys.executable, "-m", "kvorum", "server", "--node-id", self.id, "--port", str(self.port),
-               "--peers", self.peers or self.cluster.peers, "--data-dir", str(self.data_dir),
+               *topology, "--data-dir", str(self.data_dir),
                "--fsync", self.cluster.fsync,
                "--log-level", "verbose", *self.cluster.extra_flags]
         log = open(self.log_path, "ab")
@@ -137,6 +141,35 @@ class LocalCluster:
             node.wait_listening()
         self.wait_leader()
         return self
+
+    def add_node(self, node_id: str, join_via: ClusterNode | None = None,
+                 join_flags: tuple[str, ...] = ()) -> ClusterNode:
+        """A new node (not started) that joins the running cluster through `join_via` (any live member)."""
+        port, bus_port = free_ports(2)
+        node = ClusterNode(self, node_id, port, bus_port)
+        via = join_via or next(n for n in self.nodes if n.alive and not n.paused)
+        node.join = f"127.0.0.1:{via.port}"
+        node.join_flags = join_flags
+        self.nodes.append(node)
+        return node
+
+    def members(self) -> dict[str, str]:
+        """CLUSTER MEMBERS as the leader reports it: id -> "voter" | "learner"."""
+        with self.wait_leader().client(socket_timeout=2, decode_responses=True) as r:
+            return {row[0]: row[4] for row in r.execute_command("CLUSTER", "MEMBERS")}
+
+    def wait_members(self, expected: dict[str, str], timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        seen = None
+        while time.monotonic() < deadline:
+            try:
+                seen = self.members()
+                if seen == expected:
+                    return
+            except (redis.RedisError, OSError, AssertionError):
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"members {seen}, expected {expected}\n" + self.logs())
 
     def node(self, node_id: str) -> ClusterNode:
         return next(n for n in self.nodes if n.id == node_id)

@@ -1,0 +1,204 @@
+"""Membership changes on real clusters: join, remove, replace, transfer, with writes going on.
+
+Each test starts real kvorum processes on loopback and talks to them with
+redis-py. A background writer keeps acknowledged writes flowing through every
+change; at the end every acknowledged write is read back from the group, and
+every live member holds the same keys.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import redis
+
+from tests.cluster.harness import REPO, LocalCluster
+
+
+
+
+class Writer(threading.Thread):
+    """SETs w:<i> = i through a RedisCluster client, recording every acknowledged i."""
+
+    def __init__(self, cluster: LocalCluster):
+        super().__init__(daemon=True)
+        self.cluster = cluster
+        self.acked: list[int] = []
+        self.errors = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        rc = None
+        i = 0
+        while not self.stopping.is_set():
+            try:
+                if rc is None:
+                    rc = self.cluster.cluster_client(socket_timeout=2)
+                i += 1
+                rc.set(f"w:{i}", i)
+                self.acked.append(i)
+            except (redis.RedisError, OSError, IndexError):
+                # Failover or a node going away: a fresh client rediscovers the leader.
+                self.errors += 1
+                rc = None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=30)
+
+
+def _keyspaces_equal(cluster: LocalCluster, nodes) -> None:
+    """Every node applies to the leader's index and holds the same keys and values."""
+    leader = cluster.wait_leader()
+    index = int(leader.info()["raft_commit_index"])
+    cluster.wait_applied(index, nodes)
+    images = {}
+    for node in nodes:
+        with node.client(decode_responses=True) as r:
+            r.execute_command("READONLY")
+            keys = sorted(r.keys("*"))
+            images[node.id] = (keys, r.mget(keys) if keys else [])
+    first = next(iter(images.values()))
+    assert all(image == first for image in images.values()), {k: len(v[0]) for k, v in images.items()}
+
+
+def _all_acked_present(cluster: LocalCluster, acked: list[int]) -> None:
+    leader = cluster.wait_leader()
+    with leader.client(decode_responses=True) as r:
+        values = r.mget([f"w:{i}" for i in acked]) if acked else []
+    missing = [i for i, v in zip(acked, values) if v != str(i)]
+    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = LocalCluster(tmp_path / "cluster", 3).start()
+    yield c
+    c.stop()
+
+
+def test_join_then_remove_the_leader_then_replace_a_dead_node(cluster):
+    writer = Writer(cluster)
+    writer.start()
+    try:
+        time.sleep(0.5)
+        # A fourth node joins as a learner, catches up and is promoted.
+        n4 = cluster.add_node("n4")
+        n4.start()
+        n4.wait_listening()
+        cluster.wait_members({"n1": "voter", "n2": "voter", "n3": "voter", "n4": "voter"})
+
+        # Removing the leader moves leadership away first; the removed node stops by itself.
+        leader = cluster.wait_leader()
+        with leader.client(decode_responses=True) as r:
+            assert r.execute_command("CLUSTER", "MEMBER", "REMOVE", leader.id) == "OK"
+        expected = {n: "voter" for n in ("n1", "n2", "n3", "n4") if n != leader.id}
+        cluster.wait_members(expected)
+        leader.process.wait(timeout=30)
+        assert cluster.wait_leader().id != leader.id
+
+        # A dead voter is replaced in one joint change, once its replacement caught up.
+        dead = next(n for n in cluster.nodes if n.alive and n.id != cluster.wait_leader().id)
+        dead.kill()
+        n5 = cluster.add_node("n5")
+        with cluster.wait_leader().client(decode_responses=True) as r:
+            reply = r.execute_command("CLUSTER", "MEMBER", "ADD", "n5", f"127.0.0.1:{n5.port}@{n5.bus_port}",
+                                      "REPLACE", dead.id)
+            assert reply == "OK"
+        n5.start()
+        n5.wait_listening()
+        expected = {n: "voter" for n in expected if n != dead.id} | {"n5": "voter"}
+        cluster.wait_members(expected)
+        time.sleep(0.5)
+    finally:
+        writer.stop()
+    assert len(writer.acked) > 50
+    _all_acked_present(cluster, writer.acked)
+    _keyspaces_equal(cluster, [n for n in cluster.nodes if n.alive])
+
+
+def test_a_removed_id_is_never_reused(cluster):
+    leader = cluster.wait_leader()
+    victim = next(n for n in cluster.nodes if n.id != leader.id)
+    with leader.client(decode_responses=True) as r:
+        r.set("k", "v")
+        assert r.execute_command("CLUSTER", "MEMBER", "REMOVE", victim.id) == "OK"
+    cluster.wait_members({n.id: "voter" for n in cluster.nodes if n is not victim})
+    victim.process.wait(timeout=30)
+    again = cluster.add_node(victim.id)
+    again.start()
+    assert again.process.wait(timeout=30) != 0
+    assert "never reused" in again.log_path.read_text()
+
+
+def test_learner_stays_a_learner_and_cannot_be_counted(cluster):
+    n4 = cluster.add_node("n4", join_flags=("--learner", "yes"))
+    n4.start()
+    n4.wait_listening()
+    cluster.wait_members({"n1": "voter", "n2": "voter", "n3": "voter", "n4": "learner"})
+    with cluster.wait_leader().client(decode_responses=True) as r:
+        r.set("seen-by-learner", "1")
+        slots = r.execute_command("CLUSTER", "SLOTS")
+    # Learners are not offered to routing clients as replicas.
+    assert {row[2] for row in slots[0][2:]} == {"n1", "n2", "n3"}
+    _keyspaces_equal(cluster, [n for n in cluster.nodes if n.alive])
+    with cluster.wait_leader().client(decode_responses=True) as r:
+        assert r.execute_command("CLUSTER", "MEMBER", "PROMOTE", "n4") == "OK"
+    cluster.wait_members({"n1": "voter", "n2": "voter", "n3": "voter", "n4": "voter"})
+
+
+def test_move_leader_and_failover(cluster):
+    leader = cluster.wait_leader()
+    target = next(n for n in cluster.nodes if n.id != leader.id)
+    with leader.client(decode_responses=True) as r:
+        assert r.execute_command("CLUSTER", "MOVE-LEADER", target.id) == "OK"
+    deadline = time.monotonic() + 10
+    while cluster.leader() is None or cluster.leader().id != target.id:
+        assert time.monotonic() < deadline, cluster.logs()
+        time.sleep(0.05)
+    back = leader
+    with back.client(decode_responses=True) as r:
+        assert r.execute_command("CLUSTER", "FAILOVER") == "OK"
+    deadline = time.monotonic() + 10
+    while cluster.leader() is None or cluster.leader().id != back.id:
+        assert time.monotonic() < deadline, cluster.logs()
+        time.sleep(0.05)
+    with cluster.wait_leader().client(decode_responses=True) as r:
+        with pytest.raises(redis.ResponseError, match="to a replica"):
+            r.execute_command("CLUSTER", "FAILOVER")
+        with pytest.raises(redis.ResponseError, match="not a voter"):
+            r.execute_command("CLUSTER", "MOVE-LEADER", "nobody")
+
+
+def test_membership_requests_with_bad_input_change_nothing(cluster):
+    leader = cluster.wait_leader()
+    follower = next(n for n in cluster.nodes if n.id != leader.id)
+    with follower.client(decode_responses=True) as r:
+        with pytest.raises(redis.exceptions.MovedError):
+            r.execute_command("CLUSTER", "MEMBER", "ADD", "n9", "127.0.0.1:1")
+    with leader.client(decode_responses=True) as r:
+        for bad, error in [
+            (("ADD", "n9", "nohost"), "invalid address"),
+            (("ADD", "n9", "127.0.0.1:99999"), "invalid address"),
+            (("ADD", "n9", "127.0.0.1:7000", "BOGUS"), "syntax"),
+            (("ADD", "n9", "127.0.0.1:7000", "REPLACE", "nobody"), "no member nobody"),
+            (("ADD", "n1", "127.0.0.1:1"), "already a member"),
+            (("REMOVE", "nobody"), "no member"),
+            (("PROMOTE", "nobody"), "no member"),
+            (("FROB", "x"), "unknown subcommand"),
+        ]:
+            with pytest.raises(redis.ResponseError, match=error):
+                r.execute_command("CLUSTER", "MEMBER", *bad)
+        assert r.ping()
+    assert cluster.members() == {"n1": "voter", "n2": "voter", "n3": "voter"}
+
+
+def test_join_refuses_a_node_without_its_settings(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "kvorum", "server", "--join", "127.0.0.1:1"], cwd=REPO,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0 and "--join needs --node-id" in result.stderr
