@@ -15,7 +15,7 @@ import yaml
 
 from kvorum import __version__
 from kvorum.cluster.topology import TopologyError
-from kvorum.server import launcher
+from kvorum.server import admin, launcher
 from kvorum.server.app import run
 from kvorum.server.join import JoinError
 from kvorum.server.launcher import check_replicated
@@ -127,3 +127,47 @@ def cluster_status(count: int, base_port: int, host: str, peers: str | None) -> 
     """Show every node's role, term, commit and apply indexes and lag (from CLUSTER INFO)."""
     addresses = launcher.status_addresses(count, base_port, host, peers)
     click.echo(launcher.status_table(addresses))
+
+
+_SEED = click.option("--seed", default="127.0.0.1:7001", show_default=True,
+                     help="host:port of any member; the request goes to the leader.")
+_TIMEOUT = click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True,
+                        help="Seconds to wait for the change to complete.")
+
+
+def _admin(action, *args) -> None:
+    try:
+        action(*args, lambda line: click.echo(line))
+    except admin.AdminError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cluster.command("remove")
+@click.argument("node_id")
+@_SEED
+@_TIMEOUT
+def cluster_remove(node_id: str, seed: str, timeout_s: float) -> None:
+    """Remove NODE_ID from the cluster (moving leadership away first), showing progress."""
+    _admin(admin.remove, seed, node_id, timeout_s)
+
+
+@cluster.command("replace")
+@click.argument("dead")
+@click.argument("new")
+@_SEED
+@_TIMEOUT
+def cluster_replace(dead: str, new: str, seed: str, timeout_s: float) -> None:
+    """Replace member DEAD by NEW (id@host:port[@busport]) in one joint change once NEW caught up.
+
+    Start NEW with `kvorum server --node-id ID --port PORT --data-dir DIR --join SEED`.
+    """
+    _admin(admin.replace, seed, dead, new, timeout_s)
+
+
+@cluster.command("move-leader")
+@click.argument("node_id")
+@_SEED
+@_TIMEOUT
+def cluster_move_leader(node_id: str, seed: str, timeout_s: float) -> None:
+    """Hand leadership to NODE_ID (a voter) and wait until it leads."""
+    _admin(admin.move_leader, seed, node_id, timeout_s)

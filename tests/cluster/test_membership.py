@@ -202,3 +202,34 @@ def test_join_refuses_a_node_without_its_settings(tmp_path):
     result = subprocess.run([sys.executable, "-m", "kvorum", "server", "--join", "127.0.0.1:1"], cwd=REPO,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode != 0 and "--join needs --node-id" in result.stderr
+
+
+def _cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kvorum", "cluster", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout_s)
+
+
+def test_cluster_replace_move_leader_and_remove_from_the_command_line(cluster):
+    seed = f"127.0.0.1:{cluster.nodes[0].port}"
+    old = cluster.node("n3")
+    old.kill()
+    n4 = cluster.add_node("n4")
+    replace = subprocess.Popen([sys.executable, "-m", "kvorum", "cluster", "replace", "n3",
+                                f"n4@127.0.0.1:{n4.port}@{n4.bus_port}", "--seed", seed, "--timeout", "60"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1.0)  # registered first, started second: --join of a registered node just starts it
+    n4.start()
+    out, _ = replace.communicate(timeout=90)
+    assert replace.returncode == 0, out + cluster.logs()
+    assert "n4 replaced n3" in out and "  n1 voter, n2 voter" in out  # progress lines while it ran
+    assert cluster.members() == {"n1": "voter", "n2": "voter", "n4": "voter"}
+
+    moved = _cli("move-leader", "n4", "--seed", seed)
+    assert moved.returncode == 0 and "n4 leads" in moved.stdout, moved.stdout + moved.stderr
+    removed = _cli("remove", "n4", "--seed", seed)
+    assert removed.returncode == 0 and "n4 removed" in removed.stdout, removed.stdout + removed.stderr
+    assert cluster.members() == {"n1": "voter", "n2": "voter"}
+    n4.process.wait(timeout=30)
+
+    refused = _cli("remove", "nobody", "--seed", seed)
+    assert refused.returncode != 0 and "no member nobody" in refused.stderr
