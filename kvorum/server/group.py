@@ -137,8 +137,7 @@ class Group:
         return self.driver.propose(data, WriteConcern.MAJORITY, False, origin)
 
     def transfer_leadership(self, to: str) -> None:
-        self.driver.node.transfer_leadership(to)
-        self.driver.wake()
+        self.driver.transfer_leadership(to)
 
     # The leader's cron.
 

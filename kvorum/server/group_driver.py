@@ -6,7 +6,10 @@ Theory of operation
 driven only through its public `ReplicatedLog` surface: the Ready's fields,
 `advance` and `status()`), the group's `Storage` directory, and its place on
 the process's `PeerHub`, and runs the loop described in
-`kvorum.consensus.replicated_log`. Everything that feeds the engine (a tick,
+`kvorum.consensus.replicated_log`; what a Ready does to the state machine and
+to waiting clients is `kvorum.replica.ready_loop`, shared with the simulator,
+so this module holds only what is real here: time, disk, network, futures.
+Everything that feeds the engine (a tick,
 a peer message, a proposal, a read barrier) runs on the event loop and then
 sets `_wake`; one task, `_pump`, turns each Ready into work:
 
@@ -51,22 +54,20 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from kvorum.cluster.concern import WriteConcern
 from kvorum.consensus import engines
 from kvorum.consensus.replicated_log import (
     Entry,
-    EntryKind,
     Membership,
     MessageDecodeError,
     ProposalDropped,
-    ReplicatedLog,
     Role,
     Snapshot,
     Status,
 )
+from kvorum.replica.ready_loop import ReadyLoop
 from kvorum.server.peers import PayloadKind, PeerHub
 from kvorum.storage import Storage, StorageConfig
 
@@ -88,24 +89,65 @@ class Unavailable(Exception):
     """Operating error for the client: its message is a Redis error line without the '-'."""
 
 
-@dataclass(slots=True)
 class _Write:
-    term: int
-    future: asyncio.Future
-    concern: WriteConcern
-    blind: bool
-    deadline_s: float
-    origin: object = None  # who proposed it (a client connection), told to apply
+    """A client waiting for its proposal (a `ready_loop.Waiter`)."""
+
+    __slots__ = ("driver", "future", "concern", "blind", "deadline_s", "origin")
+
+    def __init__(self, driver: GroupDriver, future: asyncio.Future, concern: WriteConcern, blind: bool,
+                 deadline_s: float, origin: object) -> None:
+        self.driver = driver
+        self.future = future
+        self.concern = concern
+        self.blind = blind
+        self.deadline_s = deadline_s
+        self.origin = origin  # who proposed it (a client connection), told to apply
+
+    def applied(self, index: int, reply: Any) -> None:
+        if self.future.done():
+            return
+        if self.concern is WriteConcern.ALL:
+            self.driver.hold(_Held(index, self.future, reply, self.deadline_s))
+        else:
+            self.future.set_result(reply)
+
+    def failed(self, message: str) -> None:
+        _fail(self.future, message)
 
 
-@dataclass(slots=True)
+class _Read:
+    """A client waiting for a read barrier to pass and apply (a `ready_loop.Waiter`)."""
+
+    __slots__ = ("future", "deadline_s")
+    origin = None
+
+    def __init__(self, future: asyncio.Future, deadline_s: float) -> None:
+        self.future = future
+        self.deadline_s = deadline_s
+
+    def applied(self, index: int, reply: Any) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+    def failed(self, message: str) -> None:
+        _fail(self.future, message)
+
+
 class _Held:
     """An applied `all` write waiting for every voter to store its entry."""
 
-    index: int
-    future: asyncio.Future
-    reply: object
-    deadline_s: float
+    __slots__ = ("index", "future", "reply", "deadline_s")
+
+    def __init__(self, index: int, future: asyncio.Future, reply: object, deadline_s: float) -> None:
+        self.index = index
+        self.future = future
+        self.reply = reply
+        self.deadline_s = deadline_s
+
+
+def _fail(future: asyncio.Future, message: str) -> None:
+    if not future.done():
+        future.set_exception(Unavailable(message))
 
 
 class GroupDriver:
@@ -146,33 +188,20 @@ class GroupDriver:
         self.tick_ms = tick_ms
         self.election_tick = election_tick
         self.snapshot_entries = snapshot_entries
-        self._apply_data = apply
-        self._dump = dump
-        self._load = load
-        self._on_membership = on_membership
+        self.machine = _Machine(apply, dump, load, on_membership)
         # Built by start().
-        self.node: ReplicatedLog | None = None
+        self.node = None
+        self.loop: ReadyLoop | None = None
         self.storage: Storage | None = None
         self._tasks: list[asyncio.Task] = []
         self._wake = asyncio.Event()
         self._stopping = False
-        # What the engine last reported (Ready.soft_state and hard_state).
-        self.leader: str | None = None
-        self.role = Role.FOLLOWER
-        self.term = 0
         # Time.
         self._ticked_at_s = 0.0
         self._leader_heard_s = 0.0  # monotonic time of the last message from the current leader
-        # Applying.
-        self.applied_index = 0
-        self.applied_term = 0
-        self.snapshot_index = 0
-        # Clients waiting: writes by log index, reads by barrier context.
-        self._writes: dict[int, _Write] = {}
+        # Applied `all` writes waiting for every voter; read-barrier contexts.
         self._held: list[_Held] = []
         self._read_ctx_last = 0
-        self._reads_waiting: dict[bytes, tuple[asyncio.Future, float]] = {}
-        self._reads_ready: list[tuple[int, asyncio.Future, float]] = []  # (index, future, deadline_s)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -181,13 +210,12 @@ class GroupDriver:
         for repair in self.storage.repairs:
             log.warning("storage repaired: %s", repair)
         restored = self.storage.restored
+        applied_index = applied_term = 0
         if restored.snapshot is not None:
-            self._load(restored.snapshot.data)
-            self.applied_index = self.snapshot_index = restored.snapshot.index
-            self.applied_term = restored.snapshot.term
-            self._on_membership(restored.snapshot.membership, restored.snapshot.index)
+            self.machine.load(restored.snapshot.data)
+            self.machine.on_membership(restored.snapshot.membership, restored.snapshot.index)
+            applied_index, applied_term = restored.snapshot.index, restored.snapshot.term
         fresh = restored.hard_state.term == 0 and restored.snapshot is None and not restored.entries
-        self.term = restored.hard_state.term
         self.node = self.spec.make(engines.NodeSettings(
             id=self.id,
             membership=self.initial_membership,
@@ -201,8 +229,10 @@ class GroupDriver:
             lease_drift_ticks=LEASE_DRIFT_TICKS,
             max_pending_reads=PENDING_READS_MAX,
         ))
+        self.loop = ReadyLoop(self.node, self.machine, self.spec.decode_membership, applied_index, applied_term)
+        self.loop.term = restored.hard_state.term
         log.info("group %d on %s (%s): term %d, %d entries after snapshot %d restored", self.group_id, self.id,
-                 self.spec.name, restored.hard_state.term, len(restored.entries), self.snapshot_index)
+                 self.spec.name, restored.hard_state.term, len(restored.entries), applied_index)
         self.hub.register(self.group_id, self)
         self._ticked_at_s = time.monotonic()
         self._tasks = [asyncio.create_task(self._ticker()), asyncio.create_task(self._pump())]
@@ -243,7 +273,7 @@ class GroupDriver:
         except MessageDecodeError as exc:
             log.warning("undecodable message from %s: %s", sender, exc)
             return
-        if sender == self.leader:
+        if sender == self.loop.leader:
             self._leader_heard_s = time.monotonic()
         self.node.step(message)
         self._wake.set()
@@ -275,11 +305,10 @@ class GroupDriver:
         `origin` (the proposing client) is handed to `apply` with the entry when
         this node applies it in the term it proposed it. Raises ProposalDropped
         when this node cannot take it now (not the leader)."""
-        if len(self._writes) + len(self._held) >= PENDING_WRITES_MAX:
+        if len(self.loop.writes) + len(self._held) >= PENDING_WRITES_MAX:
             raise ProposalDropped("too many writes in flight")
-        index, term = self.node.propose(data)
         future = asyncio.get_running_loop().create_future()
-        self._writes[index] = _Write(term, future, concern, blind, time.monotonic() + WAIT_S_MAX, origin)
+        self.loop.propose(data, _Write(self, future, concern, blind, time.monotonic() + WAIT_S_MAX, origin))
         self._wake.set()
         return future
 
@@ -288,22 +317,22 @@ class GroupDriver:
         self.node.change_membership(membership)
         self._wake.set()
 
-    def wake(self) -> None:
-        """The engine was fed outside the driver's own inputs; run the Ready loop."""
+    def transfer_leadership(self, to: str) -> None:
+        """Hand leadership to `to` once it is caught up. Raises ProposalDropped."""
+        self.node.transfer_leadership(to)
         self._wake.set()
 
     def read_barrier(self) -> asyncio.Future:
         """A future done once a linearizable read may be served from the local keyspace.
 
         Raises ProposalDropped when this node is not the leader."""
-        if len(self._reads_waiting) + len(self._reads_ready) >= PENDING_READS_MAX:
+        loop = self.loop
+        if len(loop.reads_waiting) + len(loop.reads_ready) >= PENDING_READS_MAX:
             raise ProposalDropped("too many reads waiting")
         self._catch_up_ticks()
         self._read_ctx_last += 1
-        ctx = self._read_ctx_last.to_bytes(8, "big")
-        self.node.read_barrier(ctx)
         future = asyncio.get_running_loop().create_future()
-        self._reads_waiting[ctx] = (future, time.monotonic() + WAIT_S_MAX)
+        loop.read_barrier(self._read_ctx_last.to_bytes(8, "big"), _Read(future, time.monotonic() + WAIT_S_MAX))
         self._wake.set()
         return future
 
@@ -311,7 +340,11 @@ class GroupDriver:
 
     async def _pump(self) -> None:
         node = self.node
+        loop = self.loop
         storage = self.storage
+        send = self.hub.send
+        encode = self.spec.encode_message
+        group_id = self.group_id
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -319,110 +352,53 @@ class GroupDriver:
                 rd = node.ready()
                 if rd.snapshot is not None:
                     await asyncio.to_thread(storage.save_snapshot, rd.snapshot)
-                    self._install(rd.snapshot)
-                if rd.hard_state is not None:
-                    self.term = rd.hard_state.term
-                if rd.soft_state is not None:
-                    self._follow(rd.soft_state)
+                leader = loop.leader
+                # Committed entries are durable on a majority already: they are applied
+                # (and their clients answered) while this node's own fsync runs.
                 sync = None
                 if rd.entries or rd.hard_state is not None:
                     storage.append(rd.entries, rd.hard_state)
                     if rd.must_sync:
                         sync = asyncio.ensure_future(asyncio.to_thread(storage.sync))
-                # Committed entries are durable on a majority already: they are applied
-                # (and their clients answered) while this node's own fsync runs.
-                for entry in rd.committed_entries:
-                    self._apply(entry)
-                for read in rd.read_states:
-                    waiting = self._reads_waiting.pop(read.ctx, None)
-                    if waiting is not None:
-                        self._reads_ready.append((read.index, waiting[0], waiting[1]))
-                for ctx in rd.dropped:
-                    waiting = self._reads_waiting.pop(ctx, None)
-                    if waiting is not None and not waiting[0].done():
-                        waiting[0].set_exception(Unavailable("TRYAGAIN leadership changed during the read"))
-                self._serve_reads()
+                loop.process(rd)
+                if rd.soft_state is not None and loop.leader != leader:
+                    self._log_leader(leader)
                 if sync is not None:
                     await sync
                     self._acknowledge_durable(rd.entries)
-                send = self.hub.send
-                encode = self.spec.encode_message
-                group_id = self.group_id
                 for message in rd.messages:
                     send(message.to, PayloadKind.ENGINE, group_id, encode(message))
                 node.advance(rd)
                 if self._held:
                     self._release_held()
-                if self.applied_index - self.snapshot_index >= self.snapshot_entries:
+                if loop.applied_index - loop.snapshot_index >= self.snapshot_entries:
                     await self._take_snapshot()
 
-    def _follow(self, soft) -> None:
-        """The engine reports a new leader or role: log it, one line."""
-        if soft.leader != self.leader:
-            if soft.leader == self.id:
-                log.info("group %d: %s is leader of term %d (was %s)", self.group_id, self.id, self.term,
-                         self.leader or "none")
-            elif soft.leader is not None:
-                log.info("group %d: leader is %s (was %s)", self.group_id, soft.leader, self.leader or "none")
-            else:
-                log.info("group %d: no leader (was %s)", self.group_id, self.leader or "none")
-        self.leader = soft.leader
-        self.role = soft.role
-
-    def _install(self, snapshot: Snapshot) -> None:
-        """A leader's snapshot replaces the state machine; writes it covers have unknown outcomes."""
-        self._load(snapshot.data)
-        self.applied_index = self.snapshot_index = snapshot.index
-        self.applied_term = snapshot.term
-        self._on_membership(snapshot.membership, snapshot.index)
-        for index in [i for i in self._writes if i <= snapshot.index]:
-            self._fail(self._writes.pop(index).future,
-                       "TIMEOUT the write's outcome is unknown: a snapshot replaced the log")
-        log.info("installed snapshot at index %d term %d", snapshot.index, snapshot.term)
+    def _log_leader(self, was: str | None) -> None:
+        """One line per leader change."""
+        now = self.loop.leader
+        if now == self.id:
+            log.info("group %d: %s is leader of term %d (was %s)", self.group_id, self.id, self.loop.term,
+                     was or "none")
+        elif now is not None:
+            log.info("group %d: leader is %s (was %s)", self.group_id, now, was or "none")
+        else:
+            log.info("group %d: no leader (was %s)", self.group_id, was or "none")
 
     def _acknowledge_durable(self, entries: tuple[Entry, ...]) -> None:
         """`one`: a blind write is acknowledged once its entry is on the leader's disk."""
+        writes = self.loop.writes
         for entry in entries:
-            write = self._writes.get(entry.index)
-            if (write is not None and write.concern is WriteConcern.ONE and write.blind
-                    and write.term == entry.term):
-                del self._writes[entry.index]
-                if not write.future.done():
+            found = writes.get(entry.index)
+            if found is None:
+                continue
+            write = found[1]
+            if write.concern is WriteConcern.ONE and write.blind:
+                if self.loop.take_write(entry.index, entry.term) is not None and not write.future.done():
                     write.future.set_result(None)
 
-    def _apply(self, entry: Entry) -> None:
-        assert entry.index == self.applied_index + 1, (entry.index, self.applied_index)
-        write = self._writes.pop(entry.index, None)
-        reply = None
-        if entry.kind is EntryKind.NORMAL:
-            origin = write.origin if write is not None and write.term == entry.term else None
-            reply = self._apply_data(entry.data, origin)
-        elif entry.kind is EntryKind.MEMBERSHIP:
-            self._on_membership(self.spec.decode_membership(entry.data), entry.index)
-        self.applied_index = entry.index
-        self.applied_term = entry.term
-        if write is None or write.future.done():
-            return
-        if write.term != entry.term:
-            self._fail(write.future, "TRYAGAIN the write was not applied: leadership changed before it committed")
-        elif write.concern is WriteConcern.ALL:
-            self._held.append(_Held(entry.index, write.future, reply, write.deadline_s))
-        else:
-            write.future.set_result(reply)
-
-    def _serve_reads(self) -> None:
-        if not self._reads_ready:
-            return
-        applied = self.applied_index
-        waiting = []
-        for item in self._reads_ready:
-            index, future, _ = item
-            if index <= applied:
-                if not future.done():
-                    future.set_result(None)
-            else:
-                waiting.append(item)
-        self._reads_ready = waiting
+    def hold(self, held: _Held) -> None:
+        self._held.append(held)
 
     def _release_held(self) -> None:
         status = self.node.status()
@@ -441,50 +417,51 @@ class GroupDriver:
         self._held = held
 
     async def _take_snapshot(self) -> None:
-        # The membership in force at the applied index: status() may already hold a
-        # later, uncommitted membership entry that a new leader could still undo.
-        membership = self.node.membership_at(self.applied_index)
-        snapshot = Snapshot(self.applied_index, self.applied_term, membership, self._dump())
+        snapshot = self.loop.snapshot()
         await asyncio.to_thread(self.storage.save_snapshot, snapshot)
-        self.node.compact(snapshot)
-        self.snapshot_index = snapshot.index
+        self.loop.compacted(snapshot)
         log.info("snapshot at index %d (%d bytes)", snapshot.index, len(snapshot.data))
 
     # ------------------------------------------------------------------ waiting clients
 
-    @staticmethod
-    def _fail(future: asyncio.Future, message: str) -> None:
-        if not future.done():
-            future.set_exception(Unavailable(message))
-
     def _expire_waiters(self, now_s: float) -> None:
+        loop = self.loop
         late = "TIMEOUT no answer within %.0fs; the outcome is unknown" % WAIT_S_MAX
-        for index in [i for i, w in self._writes.items() if w.deadline_s <= now_s]:
-            self._fail(self._writes.pop(index).future, late)
+        for index in [i for i, (_, w) in loop.writes.items() if w.deadline_s <= now_s]:
+            loop.writes.pop(index)[1].failed(late)
         for item in [h for h in self._held if h.deadline_s <= now_s]:
-            self._fail(item.future, "TIMEOUT the write committed but not every replica stored it in time")
+            _fail(item.future, "TIMEOUT the write committed but not every replica stored it in time")
         self._held = [h for h in self._held if h.deadline_s > now_s]
-        for ctx in [c for c, (_, d) in self._reads_waiting.items() if d <= now_s]:
-            self._fail(self._reads_waiting.pop(ctx)[0], "TRYAGAIN no read point within %.0fs" % WAIT_S_MAX)
-        for _, future, _ in [r for r in self._reads_ready if r[2] <= now_s]:
-            self._fail(future, "TRYAGAIN the read point was not applied within %.0fs" % WAIT_S_MAX)
-        self._reads_ready = [r for r in self._reads_ready if r[2] > now_s]
+        for ctx in [c for c, w in loop.reads_waiting.items() if w.deadline_s <= now_s]:
+            loop.reads_waiting.pop(ctx).failed("TRYAGAIN no read point within %.0fs" % WAIT_S_MAX)
+        for _, waiter in [r for r in loop.reads_ready if r[1].deadline_s <= now_s]:
+            waiter.failed("TRYAGAIN the read point was not applied within %.0fs" % WAIT_S_MAX)
+        loop.reads_ready = [r for r in loop.reads_ready if r[1].deadline_s > now_s]
 
     def _fail_all(self, message: str) -> None:
-        for write in self._writes.values():
-            self._fail(write.future, message)
+        if self.loop is not None:
+            self.loop.fail_all(message)
         for item in self._held:
-            self._fail(item.future, message)
-        for future, _ in self._reads_waiting.values():
-            self._fail(future, message)
-        for _, future, _ in self._reads_ready:
-            self._fail(future, message)
-        self._writes.clear()
+            _fail(item.future, message)
         self._held.clear()
-        self._reads_waiting.clear()
-        self._reads_ready.clear()
 
     # ------------------------------------------------------------------ views
+
+    @property
+    def leader(self) -> str | None:
+        return self.loop.leader if self.loop is not None else None
+
+    @property
+    def term(self) -> int:
+        return self.loop.term if self.loop is not None else 0
+
+    @property
+    def applied_index(self) -> int:
+        return self.loop.applied_index if self.loop is not None else 0
+
+    @property
+    def snapshot_index(self) -> int:
+        return self.loop.snapshot_index if self.loop is not None else 0
 
     def status(self) -> Status:
         return self.node.status()
@@ -495,6 +472,10 @@ class GroupDriver:
     def is_leader(self) -> bool:
         return self.leader == self.id
 
+    def wake(self) -> None:
+        """The engine was fed outside the driver's own inputs; run the Ready loop."""
+        self._wake.set()
+
     def leader_contact_age_s(self) -> float:
         """Seconds since this follower last heard from its leader (0 on the leader, inf without one)."""
         lead = self.leader
@@ -503,3 +484,15 @@ class GroupDriver:
         if lead is None or not self._leader_heard_s:
             return float("inf")
         return time.monotonic() - self._leader_heard_s
+
+
+class _Machine:
+    """The state-machine callbacks a driver was given, as a `ready_loop.StateMachine`."""
+
+    __slots__ = ("apply", "dump", "load", "on_membership")
+
+    def __init__(self, apply, dump, load, on_membership) -> None:
+        self.apply = apply
+        self.dump = dump
+        self.load = load
+        self.on_membership = on_membership

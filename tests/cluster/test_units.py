@@ -13,7 +13,7 @@ from kvorum.cluster.slots import crc16, hash_tag, key_slot
 from kvorum.cluster.topology import TopologyError, parse_peers
 from kvorum.consensus.replicated_log import Membership
 from kvorum.protocol.values import CommandError, NullArray
-from kvorum.server.group_driver import GroupDriver
+from kvorum.replica.ready_loop import ReadyLoop
 from kvorum.store import Keyspace
 
 
@@ -97,19 +97,19 @@ def test_stamps_never_go_back():
     assert stamper.next_ms() >= 10**15
 
 
-def test_snapshot_recorded_an_uncommitted_membership(tmp_path):
-    """The driver's snapshot holds the membership at its applied index, not the engine's latest."""
+def test_snapshot_recorded_an_uncommitted_membership():
+    """A snapshot holds the membership at its applied index, not the engine's latest."""
     applied = Membership(voters=frozenset({"n1", "n2", "n3"}))
     uncommitted = Membership(voters=frozenset({"n1", "n2", "n3", "n4"}))
-    saved = []
-    driver = GroupDriver(0, "n1", applied, str(tmp_path), "never", hub=None,
-                         apply=lambda data, origin: None, dump=lambda: b"keys", load=lambda blob: None)
-    driver.applied_index, driver.applied_term = 7, 2
-    driver.node = SimpleNamespace(status=lambda: SimpleNamespace(membership=uncommitted),
-                                  membership_at={7: applied}.__getitem__, compact=lambda snapshot: None)
-    driver.storage = SimpleNamespace(save_snapshot=saved.append)
-    asyncio.run(driver._take_snapshot())
-    assert saved[0].membership == applied and saved[0].index == 7
+    compacted = []
+    engine = SimpleNamespace(status=lambda: SimpleNamespace(membership=uncommitted),
+                             membership_at={7: applied}.__getitem__, compact=compacted.append)
+    machine = SimpleNamespace(dump=lambda: b"keys")
+    loop = ReadyLoop(engine, machine, decode_membership=None, applied_index=7, applied_term=2)
+    snapshot = loop.snapshot()
+    assert snapshot.membership == applied and snapshot.index == 7 and snapshot.data == b"keys"
+    loop.compacted(snapshot)
+    assert compacted == [snapshot] and loop.snapshot_index == 7
 
 
 class _RecordingTransport:
