@@ -1,4 +1,4 @@
-"""Parts of bench/cluster_compare: processes, load generation, and one module per system.
+"""Parts of bench/cluster_compare and bench/failover: processes, load generation, one module per system.
 
 - procs:             starting and stopping server processes, free ports, CPU accounting
 - latency:           latency samples and their percentiles
@@ -9,4 +9,6 @@
 - etcd_cluster:      a 3-member etcd cluster and its writer
 - kvorum_cluster:    a 3-node kvorum cluster and its redis-py writer
 - pysyncobj_cluster: 3 PySyncObj processes (pysyncobj_node) and their redis-py writer
+- node_view:         who a node says leads, the same for every system (bench/failover polls it)
+- counter_writer:    bench/failover's writer thread (RedisCluster for kvorum, HTTP for etcd) and its log
 """

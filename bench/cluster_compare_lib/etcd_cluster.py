@@ -25,6 +25,7 @@ import urllib.request
 
 from .http1 import HttpConnection, HttpError
 from .load import WriteError
+from .node_view import HEALTHY_LAG_MAX, NodeView
 from .procs import BenchError, PortPicker, Proc, stop_all, wait_until
 
 MEMBERS = 3
@@ -82,11 +83,14 @@ class EtcdCluster:
         self.prefix = ""
         self.leader_port = 0
         self.version = ""
+        self.member_ids: list[str] = []  # etcd's member id of each member, by index
+
+    def describe_servers(self) -> str:
+        return (f"etcd {self.version}, {MEMBERS} members (defaults: heartbeat 100 ms, election timeout "
+                f"1000 ms), client ports {','.join(map(str, self.client_ports))}")
 
     def describe(self) -> str:
-        return (f"etcd {self.version}, {MEMBERS} members, client ports "
-                f"{','.join(map(str, self.client_ports))}, leader on {self.leader_port}, "
-                f"gateway {self.prefix}/kv/put")
+        return f"{self.describe_servers()}, leader on {self.leader_port}, gateway {self.prefix}/kv/put"
 
     def check_installed(self) -> None:
         if shutil.which(self.binary) is None:
@@ -121,6 +125,7 @@ class EtcdCluster:
             proc.start()
         self.prefix = wait_until(self._gateway_prefix, "etcd gateway", self.procs, START_TIMEOUT_S)
         self.leader_port = wait_until(self._leader_port, "etcd leader", self.procs, START_TIMEOUT_S)
+        self.member_ids = [self._status(i)["header"]["member_id"] for i in range(MEMBERS)]
 
     def _gateway_prefix(self) -> str | None:
         for prefix in GATEWAY_PREFIXES:
@@ -145,6 +150,47 @@ class EtcdCluster:
     def check_alive(self) -> None:
         for proc in self.procs:
             proc.check_alive()
+
+    # Single members: bench/failover kills the leader, watches the others elect
+    # one, restarts the killed member and waits until it has caught up.
+
+    def _status(self, index: int) -> dict:
+        status, reply = _post_json(self.client_ports[index], f"{self.prefix}/maintenance/status", {})
+        if status != 200:
+            raise ValueError(f"etcd e{index + 1} status: HTTP {status}")
+        return reply
+
+    def view(self, index: int) -> NodeView:
+        reply = self._status(index)
+        leader = reply.get("leader", "0")
+        return NodeView(index, int(reply.get("raftTerm", 0)),
+                        self.member_ids.index(leader) if leader in self.member_ids else None)
+
+    def leader_index(self) -> int | None:
+        """The one live member that says it leads, or None."""
+        leaders = [i for i in range(MEMBERS) if self.procs[i].alive() and self.view(i).leads]
+        return leaders[0] if len(leaders) == 1 else None
+
+    def healthy(self) -> bool:
+        """Every member runs and follows one leader, and none trails the others' raft index by much."""
+        if not all(proc.alive() for proc in self.procs):
+            return False
+        replies = [self._status(i) for i in range(MEMBERS)]
+        leaders = {r.get("leader", "0") for r in replies}
+        if len(leaders) != 1 or leaders & {"0", None}:
+            return False
+        indexes = [int(r.get("raftIndex", 0)) for r in replies]
+        return max(indexes) - min(indexes) <= HEALTHY_LAG_MAX
+
+    def kill(self, index: int) -> None:
+        self.procs[index].kill()
+
+    def restart(self, index: int) -> None:
+        self.procs[index].restart()
+
+    def endpoints(self) -> list[int]:
+        """Client ports by index."""
+        return list(self.client_ports)
 
     async def open_writer(self) -> EtcdWriter:
         return EtcdWriter(self.leader_port, f"{self.prefix}/kv/put")

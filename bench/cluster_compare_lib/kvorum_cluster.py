@@ -22,6 +22,7 @@ import sys
 
 import redis.asyncio
 
+from .node_view import HEALTHY_LAG_MAX, NodeView
 from .procs import BenchError, PortPicker, Proc, stop_all, wait_until
 from .redis_writer import SOCKET_TIMEOUT_S, RedisClusterWriter, RedisWriter
 from .resp import resp_call
@@ -31,6 +32,15 @@ SLOTS = 16384
 BUS_PORT_OFFSET = 10000
 START_TIMEOUT_S = 60.0
 CLIENT_MODES = ("leader", "cluster")
+
+
+def cluster_info(port: int) -> dict[str, str]:
+    """CLUSTER INFO of the node on `port` as a dict."""
+    reply = resp_call(port, b"CLUSTER", b"INFO")
+    if not isinstance(reply, bytes):
+        raise ValueError(f"CLUSTER INFO on port {port} answered {reply!r}")
+    lines = reply.decode().splitlines()
+    return dict(line.split(":", 1) for line in lines if ":" in line)
 
 
 def primaries(slots_reply) -> dict[int, int]:
@@ -50,21 +60,27 @@ class KvorumCluster:
     name = "kvorum"
 
     def __init__(self, work_dir: str, ports: PortPicker, kvorum_root: str, fsync: str = "batch",
-                 client: str = "leader") -> None:
+                 client: str = "leader", log_level: str = "warning", config_file: str | None = None) -> None:
         assert client in CLIENT_MODES, client
         self.work_dir = os.path.join(work_dir, "kvorum")
         self.kvorum_root = kvorum_root
         self.fsync = fsync
         self.client = client
+        self.log_level = log_level
+        self.config_file = config_file  # a YAML file given to every node with --config
         self.ports = [ports.pick(partner_offset=BUS_PORT_OFFSET) for _ in range(NODES)]
         self.procs: list[Proc] = []
         self.leader_port = 0
         self.shared_cluster: redis.asyncio.RedisCluster | None = None
         self.writers_open = 0
 
+    def describe_servers(self) -> str:
+        config = f", --config {self.config_file}" if self.config_file else ""
+        return (f"kvorum ({self.kvorum_root}), {NODES} nodes, --fsync {self.fsync}{config}, ports "
+                f"{','.join(map(str, self.ports))}")
+
     def describe(self) -> str:
-        return (f"kvorum ({self.kvorum_root}), {NODES} nodes, --fsync {self.fsync}, ports "
-                f"{','.join(map(str, self.ports))}, leader on {self.leader_port}, "
+        return (f"{self.describe_servers()}, leader on {self.leader_port}, "
                 f"client redis-py {redis.__version__} ({self.client})")
 
     def check_installed(self) -> None:
@@ -86,8 +102,10 @@ class KvorumCluster:
                 "--data-dir", os.path.join(self.work_dir, name),
                 "--peers", peers,
                 "--fsync", self.fsync,
-                "--log-level", "warning",
+                "--log-level", self.log_level,
             ]  # fmt: skip
+            if self.config_file:
+                argv += ["--config", self.config_file]
             # `python -m` puts the working directory first on sys.path, so it
             # chooses which kvorum runs.
             proc = Proc(f"kvorum {name}", argv, os.path.join(self.work_dir, f"{name}.log"),
@@ -114,6 +132,49 @@ class KvorumCluster:
     def check_alive(self) -> None:
         for proc in self.procs:
             proc.check_alive()
+
+    # Single nodes: bench/failover kills the leader, watches the others elect
+    # one, restarts the killed node and waits until it has caught up.
+
+    def node_ids(self) -> list[str]:
+        return [f"n{i + 1}" for i in range(NODES)]
+
+    def view(self, index: int) -> NodeView:
+        info = cluster_info(self.ports[index])
+        leader = info.get("raft_leader", "-")
+        ids = self.node_ids()
+        return NodeView(index, int(info["raft_term"]), ids.index(leader) if leader in ids else None)
+
+    def leader_index(self) -> int | None:
+        """The one live node that says it leads, or None."""
+        leaders = [i for i in range(NODES) if self.procs[i].alive() and self.view(i).leads]
+        return leaders[0] if len(leaders) == 1 else None
+
+    def healthy(self) -> bool:
+        """Every node runs and follows one leader, which replicates to each with little lag."""
+        if not all(proc.alive() for proc in self.procs):
+            return False
+        views = [self.view(i) for i in range(NODES)]
+        leader = views[0].leader
+        if leader is None or any(v.leader != leader for v in views):
+            return False
+        info = cluster_info(self.ports[leader])
+        for node_id in self.node_ids():
+            fields = dict(kv.split("=", 1) for kv in info.get(f"raft_peer_{node_id}", "").split(",") if "=" in kv)
+            if (fields.get("state") != "replicate" or fields.get("active") != "1"
+                    or int(fields.get("lag", HEALTHY_LAG_MAX + 1)) > HEALTHY_LAG_MAX):
+                return False
+        return True
+
+    def kill(self, index: int) -> None:
+        self.procs[index].kill()
+
+    def restart(self, index: int) -> None:
+        self.procs[index].restart()
+
+    def endpoints(self) -> list[int]:
+        """Client ports by index."""
+        return list(self.ports)
 
     async def open_writer(self):
         if self.client == "leader":

@@ -1,4 +1,4 @@
-"""Server processes for the benchmark: start, wait until ready, account CPU, stop.
+"""Server processes for the benchmarks: start, wait until ready, account CPU, kill and restart, stop.
 
 Every process is started in its own session, so a Ctrl-C typed at the terminal
 reaches only the benchmark, which then stops the clusters in order; and with
@@ -117,7 +117,15 @@ class Proc:
 
     def start(self) -> None:
         assert self.popen is None, f"{self.name} started twice"
-        with open(self.log_path, "wb") as log:
+        self._spawn("wb")
+
+    def restart(self) -> None:
+        """Start the process again after it exited (killed or stopped), appending to its log."""
+        assert self.popen is not None and self.popen.poll() is not None, f"{self.name} is still running"
+        self._spawn("ab")
+
+    def _spawn(self, log_mode: str) -> None:
+        with open(self.log_path, log_mode) as log:
             try:
                 self.popen = subprocess.Popen(
                     self.argv,
@@ -152,6 +160,13 @@ class Proc:
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL the process and reap it: when this returns, it is gone and its sockets closed."""
+        if self.alive():
+            self.popen.kill()
+        if self.popen is not None:
+            self.popen.wait()
 
     def terminate(self) -> None:
         if self.alive():
