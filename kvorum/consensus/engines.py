@@ -22,6 +22,7 @@ from kvorum.consensus.replicated_log import (
     NodeId,
     ReplicatedLog,
     RestoreState,
+    Snapshot,
 )
 
 if TYPE_CHECKING:
@@ -78,6 +79,11 @@ class EngineSpec:
     encode_message: Callable[[Any], bytes]
     decode_message: Callable[[bytes], Any]
     known_bugs: Callable[[], frozenset[str]]
+    # A message that carries a whole snapshot: (sender's term, snapshot), else None. A
+    # driver sends the image out of band, in chunks, and rebuilds the message on the
+    # other side with `snapshot_message(to, frm, term, snapshot)`.
+    snapshot_in: Callable[[Any], tuple[int, Snapshot] | None] = lambda message: None
+    snapshot_message: Callable[[NodeId, NodeId, int, Snapshot], Any] | None = None
 
 
 _ENGINES: dict[str, EngineSpec] = {}
@@ -144,6 +150,20 @@ def _decode_raft_message(data: bytes) -> Any:
     return decode_message(data)
 
 
+def _raft_snapshot_in(message: Any) -> tuple[int, Snapshot] | None:
+    from kvorum.consensus.raft.messages import InstallSnapshot
+
+    if type(message) is InstallSnapshot:
+        return message.term, message.snapshot
+    return None
+
+
+def _raft_snapshot_message(to: NodeId, frm: NodeId, term: int, snapshot: Snapshot) -> Any:
+    from kvorum.consensus.raft.messages import InstallSnapshot
+
+    return InstallSnapshot(to, frm, term, snapshot)
+
+
 def _raft_bugs() -> frozenset[str]:
     from kvorum.consensus.raft.bugs import KNOWN_BUGS
 
@@ -158,5 +178,7 @@ register(
         encode_message=_encode_raft_message,
         decode_message=_decode_raft_message,
         known_bugs=_raft_bugs,
+        snapshot_in=_raft_snapshot_in,
+        snapshot_message=_raft_snapshot_message,
     )
 )

@@ -34,6 +34,14 @@ every voter's match index reaches the entry (the leader's progress view).
 as soon as the leader's own append is durable, before it commits; a write
 whose reply depends on the data still waits for its entry to be applied.
 
+Snapshots to followers. A message that carries a whole snapshot (Raft's
+InstallSnapshot) is not sent as one payload: its image goes out of band as a
+chunked, resumable transfer (kvorum.server.snapshot_transfer), one sender per
+follower on the leader and one receiver here, and the receiving driver
+rebuilds the message and steps its engine with it once the image is whole.
+Images larger than one peer frame therefore reach a new or far-behind member,
+and a dropped connection costs a few chunks, not the whole image.
+
 Time. A tick is `tick_ms` of the monotonic clock. The ticker does not count
 sleeps: it ticks the engine once per tick of elapsed time (at most
 TICKS_CATCH_UP_MAX at once), and so does every read barrier before it asks
@@ -68,7 +76,9 @@ from kvorum.consensus.replicated_log import (
     Status,
 )
 from kvorum.replica.ready_loop import ReadyLoop
+from kvorum.server.peer_frames import RemoteProtocolError
 from kvorum.server.peers import PayloadKind, PeerHub
+from kvorum.server.snapshot_transfer import SnapshotMeta, SnapshotReceiver, SnapshotSender
 from kvorum.storage import Storage, StorageConfig
 
 log = logging.getLogger("kvorum.group")
@@ -82,6 +92,7 @@ SNAPSHOT_ENTRIES_DEFAULT = 10_000  # applied entries between two snapshots of th
 PENDING_WRITES_MAX = 100_000  # proposals waiting for their entry to apply (or, for `all`, to reach every voter)
 PENDING_READS_MAX = 4096  # reads waiting for a barrier or for its index to apply (also the engine's limit)
 WAIT_S_MAX = 10.0  # a client waiting longer for a write or read gets an unknown-outcome error
+SNAPSHOT_QUEUE_BYTES_MAX = 4 * 1024 * 1024  # image bytes queued to one follower at a time
 EXIT_STORAGE_FAILED = 70  # process exit status when persisting failed (EX_SOFTWARE)
 
 
@@ -202,6 +213,9 @@ class GroupDriver:
         # Applied `all` writes waiting for every voter; read-barrier contexts.
         self._held: list[_Held] = []
         self._read_ctx_last = 0
+        # Snapshot images in transit: to each follower (while leading), and from the leader.
+        self._snapshot_senders: dict[str, SnapshotSender] = {}
+        self._snapshot_receiver = SnapshotReceiver()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -266,7 +280,7 @@ class GroupDriver:
 
     def on_peer_payload(self, sender: str, kind: PayloadKind, body: memoryview) -> None:
         if kind is not PayloadKind.ENGINE:
-            log.warning("group %d: unexpected %s payload from %s", self.group_id, kind.name, sender)
+            self._on_snapshot_payload(sender, kind, bytes(body))
             return
         try:
             message = self.spec.decode_message(body)
@@ -278,6 +292,49 @@ class GroupDriver:
         self.node.step(message)
         self._wake.set()
 
+    def _on_snapshot_payload(self, peer: str, kind: PayloadKind, body: bytes) -> None:
+        try:
+            if kind is PayloadKind.SNAPSHOT_ACK:
+                sender = self._snapshot_senders.get(peer)
+                if sender is not None:
+                    sender.on_ack(body)
+                    self._send_chunks(peer, sender)
+                return
+            ack, done = self._snapshot_receiver.on_chunk(body)
+        except RemoteProtocolError as exc:
+            log.warning("group %d: bad snapshot %s from %s: %s", self.group_id, kind.name, peer, exc)
+            return
+        if ack is not None:
+            self.hub.send(peer, PayloadKind.SNAPSHOT_ACK, self.group_id, ack)
+        if done is not None:
+            meta, data = done
+            log.info("group %d: received a snapshot at index %d (%d bytes) from %s", self.group_id, meta.index,
+                     len(data), peer)
+            self.node.step(self.spec.snapshot_message(self.id, peer, meta.term, meta.snapshot(data)))
+            self._wake.set()
+
+    def _send_snapshot(self, to: str, term: int, snapshot: Snapshot) -> None:
+        sender = self._snapshot_senders.get(to)
+        if sender is None:
+            sender = self._snapshot_senders[to] = SnapshotSender()
+        if sender.start(SnapshotMeta.of(term, snapshot), snapshot.data):
+            log.info("group %d: sending the snapshot at index %d (%d bytes) to %s", self.group_id,
+                     snapshot.index, len(snapshot.data), to)
+        self._send_chunks(to, sender)
+
+    def _send_chunks(self, to: str, sender: SnapshotSender) -> None:
+        for chunk in sender.next_chunks(SNAPSHOT_QUEUE_BYTES_MAX):
+            self.hub.send(to, PayloadKind.SNAPSHOT_CHUNK, self.group_id, chunk)
+
+    def _tick_snapshot_senders(self) -> None:
+        if self.loop.leader != self.id:
+            # Senders belong to one leadership: a new leader decides anew what to send.
+            self._snapshot_senders.clear()
+            return
+        for to, sender in self._snapshot_senders.items():
+            sender.tick()
+            self._send_chunks(to, sender)
+
     def _catch_up_ticks(self) -> None:
         now_s = time.monotonic()
         elapsed = int((now_s - self._ticked_at_s) * 1000 // self.tick_ms)
@@ -286,6 +343,8 @@ class GroupDriver:
         self._ticked_at_s += elapsed * self.tick_ms / 1000
         for _ in range(min(elapsed, TICKS_CATCH_UP_MAX)):
             self.node.tick()
+        if self._snapshot_senders:
+            self._tick_snapshot_senders()
         self._wake.set()
 
     async def _ticker(self) -> None:
@@ -344,6 +403,7 @@ class GroupDriver:
         storage = self.storage
         send = self.hub.send
         encode = self.spec.encode_message
+        snapshot_in = self.spec.snapshot_in
         group_id = self.group_id
         while True:
             await self._wake.wait()
@@ -367,7 +427,11 @@ class GroupDriver:
                     await sync
                     self._acknowledge_durable(rd.entries)
                 for message in rd.messages:
-                    send(message.to, PayloadKind.ENGINE, group_id, encode(message))
+                    carried = snapshot_in(message)
+                    if carried is not None:
+                        self._send_snapshot(message.to, *carried)
+                    else:
+                        send(message.to, PayloadKind.ENGINE, group_id, encode(message))
                 node.advance(rd)
                 if self._held:
                     self._release_held()

@@ -233,3 +233,28 @@ def test_cluster_replace_move_leader_and_remove_from_the_command_line(cluster):
 
     refused = _cli("remove", "nobody", "--seed", seed)
     assert refused.returncode != 0 and "no member nobody" in refused.stderr
+
+
+def test_a_newcomer_catches_up_from_a_snapshot_larger_than_a_peer_frame(tmp_path):
+    """A 20 MiB image (a peer frame holds 16 MiB) reaches a joining node in chunks."""
+    config = tmp_path / "kvorum.yaml"
+    config.write_text("snapshot-entries: 8\n")
+    cluster = LocalCluster(tmp_path / "big", 3, extra_flags=("--config", str(config))).start()
+    try:
+        value = b"x" * (1024 * 1024)
+        with cluster.wait_leader().client() as r:
+            for i in range(20):
+                r.set(f"big:{i}", value + str(i).encode())
+        n4 = cluster.add_node("n4")
+        n4.start()
+        n4.wait_listening()
+        cluster.wait_members({"n1": "voter", "n2": "voter", "n3": "voter", "n4": "voter"}, timeout_s=60)
+        assert "sending the snapshot" in "".join(n.log_path.read_text() for n in cluster.nodes[:3])
+        assert "received a snapshot" in n4.log_path.read_text()
+        cluster.wait_applied(int(cluster.wait_leader().info()["raft_commit_index"]), [n4])
+        with n4.client() as r:
+            r.execute_command("READONLY")
+            assert r.dbsize() == 20
+            assert r.get("big:7") == value + b"7"
+    finally:
+        cluster.stop()
