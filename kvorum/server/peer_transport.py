@@ -635,9 +635,11 @@ class PeerTransport:
     async def _run_link(self, link: _Link) -> None:
         """Dial, serve, and redial `link`'s peer until cancelled or replaced.
 
-        The loop also checks that it is still the link's task and that the
-        transport is not stopping, because `asyncio.wait_for` in Python 3.11
-        can swallow a cancellation that races with the dial's own result.
+        The loop also checks that it is still the link's task, that the
+        transport is not stopping and that the task is not being cancelled,
+        because `asyncio.wait_for` in Python 3.11 can swallow a cancellation
+        that races with the dial's own result; a link that then waited on its
+        connection would keep `asyncio.run` from ever finishing.
         """
         failures = 0
         while link.task is asyncio.current_task() and not self.stopping:
@@ -652,8 +654,8 @@ class PeerTransport:
                 log.log(level, "dial %s at %s failed: %r", link.peer_id, link.address, error)
                 await asyncio.sleep(backoff_delay_s(failures, self.limits, self.rng))
                 continue
-            if link.task is not asyncio.current_task() or self.stopping:
-                protocol.close()  # replaced or stopped while the dial completed
+            if link.task is not asyncio.current_task() or self.stopping or asyncio.current_task().cancelling():
+                protocol.close()  # replaced, stopped or cancelled while the dial completed
                 return
             failures = 0
             if link.stats.connects > 0:
