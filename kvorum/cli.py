@@ -18,6 +18,7 @@ from kvorum.cluster.topology import TopologyError
 from kvorum.server import launcher
 from kvorum.server.app import run
 from kvorum.server.launcher import check_replicated
+from kvorum.server.peer_transport import ListenError
 from kvorum.storage import CorruptLogError, DirectoryLockedError
 from kvorum.settings import LOG_LEVELS, LOG_LEVELS_PY, POLICIES, SETTINGS, SettingError, from_mapping
 
@@ -89,8 +90,10 @@ def server(config_file: str | None, **flags) -> None:
         run(settings)
     except (CorruptLogError, DirectoryLockedError) as exc:
         raise click.ClickException(f"cannot use the data directory {settings.data_dir}: {exc}") from None
+    except ListenError as exc:
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {settings.bind} port {settings.port}: {exc}") from None
+        raise click.ClickException(f"cannot start the node: {exc}") from None
 
 
 @main.group()

@@ -77,7 +77,9 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import os
 import random
+import socket
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -102,6 +104,23 @@ log = logging.getLogger(__name__)
 Address = tuple[str, int]
 OnMessage = Callable[[str, bytes], None]
 OnLinkChange = Callable[[str, bool], None]
+
+
+class ListenError(OSError):
+    """A listening socket could not be bound: the message names the address and why, in one line.
+
+    The bus listener raises it here and the server raises it for the client
+    port, so a node that cannot listen on either says which in the same words.
+    """
+
+    @classmethod
+    def of(cls, host: str, what: str, port: int, exc: OSError) -> ListenError:
+        # asyncio's own message repeats the address; the errno's text is the reason alone.
+        if exc.errno and not isinstance(exc, socket.gaierror):
+            reason = os.strerror(exc.errno)
+        else:
+            reason = exc.strerror or str(exc)
+        return cls(f"cannot listen on {host} {what} {port}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,7 +467,10 @@ class PeerTransport:
         assert not self.started and not self.stopping, "a transport starts once, before stop()"
         self.loop = asyncio.get_running_loop()
         host, port = self.bind_addr
-        self.server = await self.loop.create_server(lambda: _InboundProtocol(self), host, port)
+        try:
+            self.server = await self.loop.create_server(lambda: _InboundProtocol(self), host, port)
+        except OSError as exc:
+            raise ListenError.of(host, "bus port", port, exc) from exc
         self.started = True
         for link in self.links.values():
             self._start_link(link)
