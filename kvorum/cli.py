@@ -12,11 +12,13 @@ import sys
 
 import click
 import yaml
+from click.core import ParameterSource
 
 from kvorum import __version__
-from kvorum.cluster.topology import TopologyError
+from kvorum.cluster.topology import TopologyError, parse_peers
 from kvorum.server import launcher
 from kvorum.server.app import run
+from kvorum.server.cluster_status import Member, parse_address, report
 from kvorum.server.launcher import check_replicated
 from kvorum.server.peer_transport import ListenError
 from kvorum.storage import CorruptLogError, DirectoryLockedError
@@ -116,11 +118,37 @@ def cluster_up(count: int, base_port: int, data_dir: str, fsync: str) -> None:
 
 
 @cluster.command("status")
-@click.option("--nodes", "count", type=click.IntRange(1, 7), default=3, show_default=True)
-@click.option("--base-port", type=int, default=7001, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--peers", help="Ask these nodes instead (id@host:port,...).")
-def cluster_status(count: int, base_port: int, host: str, peers: str | None) -> None:
-    """Show every node's role, term, commit and apply indexes and lag (from CLUSTER INFO)."""
-    addresses = launcher.status_addresses(count, base_port, host, peers)
-    click.echo(launcher.status_table(addresses))
+@click.option("--seed", help="Ask this node (HOST:PORT) for the members; the options below are the "
+                             "fallback when it does not answer.")
+@click.option("--nodes", "count", type=click.IntRange(1, 7), default=3, show_default=True,
+              help="Members n1..nN, as `cluster up` numbers them.")
+@click.option("--base-port", type=int, default=7001, show_default=True, help="Client port of n1.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Host of n1..nN.")
+@click.option("--peers", help="The members as id@host:port,... instead of --nodes.")
+@click.pass_context
+def cluster_status(ctx: click.Context, seed: str | None, count: int, base_port: int, host: str,
+                   peers: str | None) -> None:
+    """Show every node's role, indexes and lag; exit 1 unless healthy.
+
+    One row per node: role, term, leader, commit and applied indexes, lag behind
+    the leader's log, and the pid of a node on this machine. Exits 0 when a node
+    leads and every node answers, 1 otherwise, and says why in the last line. A
+    node that does not answer within 0.5 s is unreachable.
+    """
+    # With a seed and no list given, the seed alone stands in for the members when it
+    # does not answer: the default n1..n3 from port 7001 could be another cluster.
+    listed = any(ctx.get_parameter_source(name) != ParameterSource.DEFAULT
+                 for name in ("count", "base_port", "host", "peers"))
+    try:
+        seeds = [parse_address(seed)] if seed else []
+        if peers:
+            fallback = [Member(n.id, n.host, n.port) for n in parse_peers(peers).values()]
+        elif seed and not listed:
+            fallback = [Member("seed", *seeds[0])]
+        else:
+            fallback = [Member(f"n{i}", host, base_port + i - 1) for i in range(1, count + 1)]
+    except (ValueError, TopologyError) as exc:
+        raise click.UsageError(str(exc)) from None
+    healthy, text = report(seeds or [(m.host, m.port) for m in fallback], fallback)
+    click.echo(text)
+    sys.exit(0 if healthy else 1)
