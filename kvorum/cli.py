@@ -109,12 +109,32 @@ def cluster() -> None:
 @click.option("--base-port", type=int, default=7001, show_default=True,
               help="Client port of the first node; node i listens on base-port + i - 1.")
 @click.option("--data-dir", default="kvorum-cluster", show_default=True,
-              help="Parent directory; node i keeps its log in DATA_DIR/n<i>.")
+              help="Parent directory; node i keeps its log in DATA_DIR/n<i>, and DATA_DIR/cluster.json "
+                   "describes the running nodes.")
 @click.option("--fsync", type=click.Choice(["always", "batch", "never"]), default="batch", show_default=True)
 def cluster_up(count: int, base_port: int, data_dir: str, fsync: str) -> None:
-    """Start COUNT local nodes, print their addresses, stop them all on Ctrl-C."""
+    """Start COUNT local nodes, print their addresses, stop them all on Ctrl-C.
+
+    A node that dies is reported, not restarted; `kvorum cluster restart` restarts it.
+    """
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(launcher.cluster_up(count, base_port, data_dir, fsync))
+
+
+@cluster.command("restart")
+@click.argument("node_id")
+@click.option("--data-dir", default="kvorum-cluster", show_default=True,
+              help="The DATA_DIR of the running `kvorum cluster up`.")
+def cluster_restart(node_id: str, data_dir: str) -> None:
+    """Restart one node (n1, n2, ...) of a running `cluster up`.
+
+    The launcher of DATA_DIR stops the node if it runs (SIGTERM, SIGKILL after
+    10 s) and starts it again with the same command and output.
+    """
+    try:
+        click.echo(launcher.request_restart(data_dir, node_id))
+    except launcher.LauncherError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cluster.command("status")
