@@ -12,13 +12,16 @@ import sys
 
 import click
 import yaml
+from click.core import ParameterSource
 
 from kvorum import __version__
-from kvorum.cluster.topology import TopologyError
+from kvorum.cluster.topology import TopologyError, parse_peers
 from kvorum.server import admin, launcher
 from kvorum.server.app import run
+from kvorum.server.cluster_status import Member, parse_address, report
 from kvorum.server.join import JoinError
 from kvorum.server.launcher import check_replicated
+from kvorum.server.peer_transport import ListenError
 from kvorum.storage import CorruptLogError, DirectoryLockedError
 from kvorum.settings import LOG_LEVELS, LOG_LEVELS_PY, POLICIES, SETTINGS, SettingError, from_mapping
 
@@ -95,8 +98,10 @@ def server(config_file: str | None, **flags) -> None:
         raise click.ClickException(str(exc)) from None
     except (CorruptLogError, DirectoryLockedError) as exc:
         raise click.ClickException(f"cannot use the data directory {settings.data_dir}: {exc}") from None
+    except ListenError as exc:
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {settings.bind} port {settings.port}: {exc}") from None
+        raise click.ClickException(f"cannot start the node: {exc}") from None
 
 
 @main.group()
@@ -110,23 +115,69 @@ def cluster() -> None:
 @click.option("--base-port", type=int, default=7001, show_default=True,
               help="Client port of the first node; node i listens on base-port + i - 1.")
 @click.option("--data-dir", default="kvorum-cluster", show_default=True,
-              help="Parent directory; node i keeps its log in DATA_DIR/n<i>.")
+              help="Parent directory; node i keeps its log in DATA_DIR/n<i>, and DATA_DIR/cluster.json "
+                   "describes the running nodes.")
 @click.option("--fsync", type=click.Choice(["always", "batch", "never"]), default="batch", show_default=True)
 def cluster_up(count: int, base_port: int, data_dir: str, fsync: str) -> None:
-    """Start COUNT local nodes, print their addresses, stop them all on Ctrl-C."""
+    """Start COUNT local nodes, print their addresses, stop them all on Ctrl-C.
+
+    A node that dies is reported, not restarted; `kvorum cluster restart` restarts it.
+    """
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(launcher.cluster_up(count, base_port, data_dir, fsync))
 
 
+@cluster.command("restart")
+@click.argument("node_id")
+@click.option("--data-dir", default="kvorum-cluster", show_default=True,
+              help="The DATA_DIR of the running `kvorum cluster up`.")
+def cluster_restart(node_id: str, data_dir: str) -> None:
+    """Restart one node (n1, n2, ...) of a running `cluster up`.
+
+    The launcher of DATA_DIR stops the node if it runs (SIGTERM, SIGKILL after
+    10 s) and starts it again with the same command and output.
+    """
+    try:
+        click.echo(launcher.request_restart(data_dir, node_id))
+    except launcher.LauncherError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @cluster.command("status")
-@click.option("--nodes", "count", type=click.IntRange(1, 7), default=3, show_default=True)
-@click.option("--base-port", type=int, default=7001, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--peers", help="Ask these nodes instead (id@host:port,...).")
-def cluster_status(count: int, base_port: int, host: str, peers: str | None) -> None:
-    """Show every node's role, term, commit and apply indexes and lag (from CLUSTER INFO)."""
-    addresses = launcher.status_addresses(count, base_port, host, peers)
-    click.echo(launcher.status_table(addresses))
+@click.option("--seed", help="Ask this node (HOST:PORT) for the members; the options below are the "
+                             "fallback when it does not answer.")
+@click.option("--nodes", "count", type=click.IntRange(1, 7), default=3, show_default=True,
+              help="Members n1..nN, as `cluster up` numbers them.")
+@click.option("--base-port", type=int, default=7001, show_default=True, help="Client port of n1.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Host of n1..nN.")
+@click.option("--peers", help="The members as id@host:port,... instead of --nodes.")
+@click.pass_context
+def cluster_status(ctx: click.Context, seed: str | None, count: int, base_port: int, host: str,
+                   peers: str | None) -> None:
+    """Show every node's role, indexes and lag; exit 1 unless healthy.
+
+    One row per node: role, term, leader, commit and applied indexes, lag behind
+    the leader's log, and the pid of a node on this machine. Exits 0 when a node
+    leads and every node answers, 1 otherwise, and says why in the last line. A
+    node that does not answer within 0.5 s is unreachable.
+    """
+    # With a seed and no list given, the seed alone stands in for the members when it
+    # does not answer: the default n1..n3 from port 7001 could be another cluster.
+    listed = any(ctx.get_parameter_source(name) != ParameterSource.DEFAULT
+                 for name in ("count", "base_port", "host", "peers"))
+    try:
+        seeds = [parse_address(seed)] if seed else []
+        if peers:
+            fallback = [Member(n.id, n.host, n.port) for n in parse_peers(peers).values()]
+        elif seed and not listed:
+            fallback = [Member("seed", *seeds[0])]
+        else:
+            fallback = [Member(f"n{i}", host, base_port + i - 1) for i in range(1, count + 1)]
+    except (ValueError, TopologyError) as exc:
+        raise click.UsageError(str(exc)) from None
+    healthy, text = report(seeds or [(m.host, m.port) for m in fallback], fallback)
+    click.echo(text)
+    sys.exit(0 if healthy else 1)
 
 
 _SEED = click.option("--seed", default="127.0.0.1:7001", show_default=True,

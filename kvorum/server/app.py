@@ -9,11 +9,13 @@ written order:
 4. wait for the listener to close (bounded by SHUTDOWN_TIMEOUT_S);
 5. return, which stops the event loop.
 
-With `peers` (or `join`) set the node is replicated
-(`kvorum.server.replication`): the group driver and the peer hub start before
-the listener and stop after the clients are closed, and expiry goes through
-the log instead of the local cycle. A joining node first registers with the
-running cluster (`kvorum.server.join`).
+With `peers` (or `join`) set the node is replicated (`kvorum.server.replication`).
+Start binds the client port first, then (after registering with the running
+cluster, for a joining node: `kvorum.server.join`) starts the group driver and
+the peer hub (which binds the bus port), and only then serves clients: a node
+that cannot listen on either port exits at once with a `ListenError` instead of
+running as a voter no client can reach. The driver and hub stop after the
+clients are closed, and expiry goes through the log instead of the local cycle.
 
 The cron runs `hz` times a second: one active expiry cycle (at most
 `active-expire-keys-per-cycle` keys), and once a second the client checks
@@ -33,6 +35,7 @@ from kvorum.replica.roster import Member
 from kvorum.settings import Settings
 from kvorum.server.connection import Client
 from kvorum.server.join import join
+from kvorum.server.peer_transport import ListenError
 from kvorum.server.replication import start_replication
 from kvorum.server.state import ServerState
 
@@ -60,11 +63,26 @@ async def serve(settings: Settings, ready: asyncio.Future | None = None) -> None
     hosts = settings.bind.split() or ["127.0.0.1"]
     protocol = Client
     hub = driver = None
-    if settings.peers or settings.join:
-        hub, driver, protocol = await start_replication(state, await _join(settings))
-    listener = await loop.create_server(
-        lambda: protocol(state), host=hosts, port=settings.port, reuse_address=True, backlog=511
-    )
+    # Bound now, served once replication runs: the factory reads `protocol` when a
+    # connection arrives, by which time start_replication has replaced it.
+    try:
+        listener = await loop.create_server(
+            lambda: protocol(state), host=hosts, port=settings.port, reuse_address=True, backlog=511,
+            start_serving=False,
+        )
+    except OSError as exc:
+        raise ListenError.of(" ".join(hosts), "port", settings.port, exc) from exc
+    try:
+        if settings.peers or settings.join:
+            hub, driver, protocol = await start_replication(state, await _join(settings))
+        await listener.start_serving()
+    except BaseException:
+        listener.close()
+        if driver is not None:
+            await driver.stop()
+        if hub is not None:
+            await hub.stop()
+        raise
     state.port = listener.sockets[0].getsockname()[1]
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

@@ -28,6 +28,7 @@ from kvorum.cluster.concern import WriteConcern
 from kvorum.consensus.replicated_log import Membership, ProposalDropped
 from kvorum.replica import reconfigure, state_machine
 from kvorum.replica.roster import Member, Roster
+from kvorum.server.events import log_membership_change, node_set
 from kvorum.server.group_driver import GroupDriver
 from kvorum.server.leases import LeaseTable
 from kvorum.server.peers import PeerHub
@@ -39,9 +40,9 @@ REMOVED_SILENCE_S = 5.0
 
 
 def _fmt(m: Membership) -> str:
-    text = "voters={%s} learners={%s}" % (",".join(sorted(m.voters)), ",".join(sorted(m.learners)))
+    text = f"voters={node_set(m.voters)} learners={node_set(m.learners)}"
     if m.joint:
-        text += " outgoing={%s}" % ",".join(sorted(m.voters_outgoing))
+        text += f" outgoing={node_set(m.voters_outgoing)}"
     return text
 
 
@@ -103,7 +104,7 @@ class Group:
         old = self.applied_membership
         self.applied_membership = membership
         if membership != old:
-            log.info("group %d: membership %s at index %d (was %s)", self.id, _fmt(membership), index, _fmt(old))
+            log_membership_change(self.id, old, membership, index)
         self._update_addresses()
         if self.roster.is_removed(self.node_id) and self.node_id not in membership.members():
             self.on_removed(f"node {self.node_id} was removed from the cluster at index {index}")

@@ -76,6 +76,7 @@ from kvorum.consensus.replicated_log import (
     Status,
 )
 from kvorum.replica.ready_loop import ReadyLoop
+from kvorum.server.events import log_leader_change
 from kvorum.server.peer_frames import RemoteProtocolError
 from kvorum.server.peers import PayloadKind, PeerHub
 from kvorum.server.snapshot_transfer import SnapshotMeta, SnapshotReceiver, SnapshotSender
@@ -422,7 +423,7 @@ class GroupDriver:
                         sync = asyncio.ensure_future(asyncio.to_thread(storage.sync))
                 loop.process(rd)
                 if rd.soft_state is not None and loop.leader != leader:
-                    self._log_leader(leader)
+                    log_leader_change(group_id, self.id, leader, loop.leader, loop.term)
                 if sync is not None:
                     await sync
                     self._acknowledge_durable(rd.entries)
@@ -437,17 +438,6 @@ class GroupDriver:
                     self._release_held()
                 if loop.applied_index - loop.snapshot_index >= self.snapshot_entries:
                     await self._take_snapshot()
-
-    def _log_leader(self, was: str | None) -> None:
-        """One line per leader change."""
-        now = self.loop.leader
-        if now == self.id:
-            log.info("group %d: %s is leader of term %d (was %s)", self.group_id, self.id, self.loop.term,
-                     was or "none")
-        elif now is not None:
-            log.info("group %d: leader is %s (was %s)", self.group_id, now, was or "none")
-        else:
-            log.info("group %d: no leader (was %s)", self.group_id, was or "none")
 
     def _acknowledge_durable(self, entries: tuple[Entry, ...]) -> None:
         """`one`: a blind write is acknowledged once its entry is on the leader's disk."""

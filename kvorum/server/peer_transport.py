@@ -77,7 +77,9 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import os
 import random
+import socket
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -102,6 +104,23 @@ log = logging.getLogger(__name__)
 Address = tuple[str, int]
 OnMessage = Callable[[str, bytes], None]
 OnLinkChange = Callable[[str, bool], None]
+
+
+class ListenError(OSError):
+    """A listening socket could not be bound: the message names the address and why, in one line.
+
+    The bus listener raises it here and the server raises it for the client
+    port, so a node that cannot listen on either says which in the same words.
+    """
+
+    @classmethod
+    def of(cls, host: str, what: str, port: int, exc: OSError) -> ListenError:
+        # asyncio's own message repeats the address; the errno's text is the reason alone.
+        if exc.errno and not isinstance(exc, socket.gaierror):
+            reason = os.strerror(exc.errno)
+        else:
+            reason = exc.strerror or str(exc)
+        return cls(f"cannot listen on {host} {what} {port}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,7 +467,10 @@ class PeerTransport:
         assert not self.started and not self.stopping, "a transport starts once, before stop()"
         self.loop = asyncio.get_running_loop()
         host, port = self.bind_addr
-        self.server = await self.loop.create_server(lambda: _InboundProtocol(self), host, port)
+        try:
+            self.server = await self.loop.create_server(lambda: _InboundProtocol(self), host, port)
+        except OSError as exc:
+            raise ListenError.of(host, "bus port", port, exc) from exc
         self.started = True
         for link in self.links.values():
             self._start_link(link)
@@ -635,9 +657,11 @@ class PeerTransport:
     async def _run_link(self, link: _Link) -> None:
         """Dial, serve, and redial `link`'s peer until cancelled or replaced.
 
-        The loop also checks that it is still the link's task and that the
-        transport is not stopping, because `asyncio.wait_for` in Python 3.11
-        can swallow a cancellation that races with the dial's own result.
+        The loop also checks that it is still the link's task, that the
+        transport is not stopping and that the task is not being cancelled,
+        because `asyncio.wait_for` in Python 3.11 can swallow a cancellation
+        that races with the dial's own result; a link that then waited on its
+        connection would keep `asyncio.run` from ever finishing.
         """
         failures = 0
         while link.task is asyncio.current_task() and not self.stopping:
@@ -652,8 +676,8 @@ class PeerTransport:
                 log.log(level, "dial %s at %s failed: %r", link.peer_id, link.address, error)
                 await asyncio.sleep(backoff_delay_s(failures, self.limits, self.rng))
                 continue
-            if link.task is not asyncio.current_task() or self.stopping:
-                protocol.close()  # replaced or stopped while the dial completed
+            if link.task is not asyncio.current_task() or self.stopping or asyncio.current_task().cancelling():
+                protocol.close()  # replaced, stopped or cancelled while the dial completed
                 return
             failures = 0
             if link.stats.connects > 0:

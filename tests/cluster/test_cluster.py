@@ -338,50 +338,6 @@ def test_corrupted_wal_record_stops_the_node_with_a_clear_error(cluster):
     assert "cannot use the data directory" in log and segment.name in log
 
 
-def test_cluster_up_starts_a_cluster_and_status_shows_it(tmp_path):
-    import os
-    import signal
-    import sys
-
-    import random
-    import socket
-
-    from harness import REPO
-
-    def bindable(port):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-        return True
-
-    # cluster up takes ports base..base+2 and their bus ports base+10000..base+10002.
-    base = next(b for b in (random.randrange(20000, 30000) for _ in range(100))
-                if all(bindable(b + d) for d in (0, 1, 2, 10000, 10001, 10002)))
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    up = subprocess.Popen([sys.executable, "-m", "kvorum", "cluster", "up", "--nodes", "3", "--base-port", str(base),
-                           "--data-dir", str(tmp_path / "c")], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        table = ""
-        roles: list[str] = []
-        while time.monotonic() < deadline and roles != ["follower", "follower", "leader"]:
-            time.sleep(0.3)
-            table = subprocess.run([sys.executable, "-m", "kvorum", "cluster", "status", "--nodes", "3",
-                                    "--base-port", str(base)], cwd=REPO, env=env, capture_output=True,
-                                   text=True, timeout=20).stdout
-            roles = sorted(line.split()[2] for line in table.splitlines()[1:])
-        lines = table.splitlines()
-        assert roles == ["follower", "follower", "leader"], table
-        assert lines[0].split() == ["node", "address", "role", "term", "leader", "commit", "applied", "last", "lag"]
-    finally:
-        up.send_signal(signal.SIGINT)
-        out, _ = up.communicate(timeout=30)
-    assert up.returncode == 0, out
-
-
 def test_leaseset_answered_internal_error_on_every_replica(cluster):
     leader = cluster.leader()
     r = leader.client()

@@ -43,7 +43,7 @@ import pytest
 import redis
 from redis.exceptions import ClusterDownError, TryAgainError
 
-from kvorum.server.launcher import status_table
+from kvorum.server.cluster_status import Member, render, survey
 from kvorum.sim.history import Recorder, dump_jsonl
 from kvorum.sim.linearizability import check
 from netproxy import BLACKHOLE, RESET, partitionable_cluster
@@ -326,7 +326,7 @@ def test_history_under_kills_pauses_and_partitions_is_linearizable(net_cluster, 
     for key in sorted({op.key for op in recorder.history()}):
         assert final.one_op(key, "get") == "ok", (
             f"final read of {key} failed: {final.last_refusal}\n"
-            + status_table([(n.id, "127.0.0.1", n.port) for n in cluster.nodes]))
+            + render(survey([Member(n.id, "127.0.0.1", n.port) for n in cluster.nodes])))
     final.close()
 
     history = recorder.history()
