@@ -33,7 +33,7 @@ import kvorum.commands  # noqa: F401  (registers every command in the table)
 from kvorum.cluster.topology import BUS_PORT_OFFSET
 from kvorum.replica.roster import Member
 from kvorum.settings import Settings
-from kvorum.server.connection import Client
+from kvorum.server.connection import Connection
 from kvorum.server.join import join
 from kvorum.server.peer_transport import ListenError
 from kvorum.server.replication import start_replication
@@ -61,20 +61,18 @@ async def serve(settings: Settings, ready: asyncio.Future | None = None) -> None
     stop = asyncio.Event()
     state.request_shutdown = stop.set
     hosts = settings.bind.split() or ["127.0.0.1"]
-    protocol = Client
     hub = driver = None
-    # Bound now, served once replication runs: the factory reads `protocol` when a
-    # connection arrives, by which time start_replication has replaced it.
+    # Bound now, served once replication runs (a connection reads state.cluster).
     try:
         listener = await loop.create_server(
-            lambda: protocol(state), host=hosts, port=settings.port, reuse_address=True, backlog=511,
+            lambda: Connection(state), host=hosts, port=settings.port, reuse_address=True, backlog=511,
             start_serving=False,
         )
     except OSError as exc:
         raise ListenError.of(" ".join(hosts), "port", settings.port, exc) from exc
     try:
         if settings.peers or settings.join:
-            hub, driver, protocol = await start_replication(state, await _join(settings))
+            hub, driver = await start_replication(state, await _join(settings))
         await listener.start_serving()
     except BaseException:
         listener.close()

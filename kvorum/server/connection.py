@@ -1,24 +1,32 @@
-"""One client connection: an asyncio.Protocol around a RequestParser.
+"""One client connection, single node or replicated: an asyncio.Protocol around a RequestParser.
 
 Theory of operation
 -------------------
 `data_received` is the whole hot path: feed the bytes to the parser, take the
-clock once for the batch, run every complete request in order through
-`dispatch.execute` (`dispatch.execute_batch` for a pipelined batch), and write all replies of the batch with one
-`transport.write`. A batch stops once its replies pass the pause mark; the rest
-of it waits in `backlog`, with reading paused, and runs when the transport has
-room again. A request that closes the connection (QUIT, CLIENT KILL of itself)
-stops the batch; a protocol error is answered after the requests before it, and
-then the connection closes, as in Redis.
+clock once for the batch, run every complete request in order, and write all
+replies of the batch with one `transport.write`. A request that closes the
+connection (QUIT, CLIENT KILL of itself) stops the batch; a protocol error is
+answered after the requests before it, and then the connection closes, as in
+Redis.
 
-Back-pressure: the transport calls `pause_writing` when its buffer passes the
-high-water mark (`client-output-pause-bytes`, or the output-buffer hard limit
-when that is lower); reading pauses until `resume_writing`, so a client that
-does not read its replies cannot make the node buffer more than one batch past
-the mark. Over the hard limit of `client-output-buffer-limit`, or over the soft
-limit for longer than its seconds (checked by the server cron), the client is
-dropped like Redis drops it, without a reply. Output is thereby bounded by the
-mark plus one reply, and parsed input by one read.
+Requests run through the node's executor: `dispatch.execute` on a single node
+(every reply is known at once; a pipelined batch takes `dispatch.execute_batch`),
+`ClusterNode.execute` on a replicated one, whose reply may be a Future (a
+write waiting for the log, a read for its barrier) or None (the request must
+wait until the connection's earlier replies are known). Replies go out strictly
+in request order: `pending` holds parsed requests not run yet, `replies` the
+replies not written yet (bytes, or Futures of them) behind the first one not
+known yet.
+
+Back-pressure has one object, `Flow`, whichever the mode: reading pauses while
+the transport's buffer is past its high-water mark (`client-output-pause-bytes`,
+or the output-buffer hard limit when that is lower), or while more than
+PIPELINE_REQUESTS_MAX requests are pending, and resumes when both are below.
+A batch stops once its replies pass the pause mark, the rest stays pending, so
+a client that does not read its replies cannot make the node buffer more than
+one batch past the mark. Over the hard limit of `client-output-buffer-limit`,
+or over the soft limit for longer than its seconds (checked by the server
+cron), the client is dropped like Redis drops it, without a reply.
 
 State is grouped by lifetime: shared server state, then the connection's own.
 """
@@ -26,6 +34,7 @@ State is grouped by lifetime: shared server state, then the connection's own.
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import logging
 import socket
@@ -40,6 +49,10 @@ from kvorum.server.state import ServerState
 log = logging.getLogger("kvorum.server")
 
 MAXCLIENTS_REPLY = b"-ERR max number of clients reached\r\n"
+# Parsed requests one connection may hold while earlier ones wait (for the log, or for
+# the client to read its replies); past it, reading from that connection pauses. Also
+# the most replies one connection may have waiting for the log at once.
+PIPELINE_REQUESTS_MAX = 1024
 PROTECTED_MODE_REPLY = (
     b"-DENIED Redis is running in protected mode because protected mode is enabled and no password "
     b"is set for the default user. In this mode connections are only accepted from the loopback "
@@ -73,10 +86,34 @@ def _format_address(address) -> str:
     return str(address or "")
 
 
-class Client(asyncio.Protocol):
+class Flow:
+    """A connection's back-pressure: reading pauses while output is backed up or too much is pending."""
+
+    __slots__ = ("transport", "reading_paused", "writing_paused")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reading_paused = False
+        self.writing_paused = False  # the transport's buffer is past its high-water mark
+
+    def update(self, pending: int, backlog: bool = False) -> None:
+        """`pending`: requests not run yet; `backlog`: some of them wait only for the
+        client to read its replies (a single node's batch stopped at the output mark)."""
+        busy = self.writing_paused or backlog or pending > PIPELINE_REQUESTS_MAX
+        if busy and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        elif not busy and self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+
+class Connection(asyncio.Protocol):
     def __init__(self, server: ServerState):
         # Shared server state.
         self.server = server
+        # The replicated node's front end (kvorum.server.replication.ClusterNode), or None.
+        self.cluster = server.cluster
         # Connection state: identity, then protocol, then transaction, then flow control.
         self.id = server.next_client_id()
         self.transport: asyncio.Transport | None = None
@@ -108,6 +145,10 @@ class Client(asyncio.Protocol):
         # WATCH: key -> whether it existed at WATCH time; dirty once one changed.
         self.watched: dict[bytes, bool] = {}
         self.watch_dirty = False
+        # Replicated node: READONLY, CLIENT WRITECONCERN, WATCH versions (carried by EXEC).
+        self.readonly_reads = False
+        self.write_concern = None
+        self.watch_versions: dict[bytes, int] = {}
         # CLIENT TRACKING options (kvorum.commands.tracking.ClientTracking), None while off.
         self.tracking = None
         # Pub/sub subscriptions (kvorum.server.pubsub).
@@ -118,15 +159,20 @@ class Client(asyncio.Protocol):
         self.closed = False
         self.output_soft_since_ms = 0
         self.registered = False
-        # Parsed requests not run yet because their client is not reading its replies.
-        self.backlog: list[list[bytes]] = []
-        self.writing_paused = False
+        # Flow: requests not run yet; replies not written yet (the first one not known yet
+        # heads them); the last Future among them; the last read served after a barrier.
+        self.pending: collections.deque[list[bytes]] = collections.deque()
+        self.replies: collections.deque[bytes | asyncio.Future] = collections.deque()
+        self.waiting: asyncio.Future | None = None
+        self.read_waiting: asyncio.Future | None = None
+        self.flow = Flow()
         self.output_hard_bytes = 0
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        self.flow.transport = transport
         server = self.server
         settings = server.settings
         server.stats.connections_received += 1
@@ -179,57 +225,138 @@ class Client(asyncio.Protocol):
             return
         self.server.stats.net_input_bytes += len(data)
         requests = self.parser.feed(data)
-        if self.backlog:
-            self.backlog.extend(requests)
+        if self.pending or self.replies or self.parser.error is not None or len(requests) != 1:
+            self.pending.extend(requests)
+            self._advance()
             return
-        if self.parser.error is None:
-            if not requests:
-                return
-            if len(requests) > 1:
-                self._run(requests)
-                return
-            argv = requests[0]
-            now_ms = int(time.time() * 1000)
-            self.last_ms = now_ms
-            out = execute(self, argv, now_ms)
-            self.last_command = argv[0]
-            stats = self.server.stats
-            stats.commands_processed += 1
-            stats.net_output_bytes += len(out)
-            self.transport.write(out)
-            if self.output_hard_bytes or self.close_after_reply:
-                self._after_write()
-            return
-        self._run(requests)
-
-    def _run(self, requests: list[list[bytes]]) -> None:
-        """Run a batch, stopping once its replies pass the pause mark (the rest waits in backlog)."""
+        # The common case: one request, nothing before it waits.
+        argv = requests[0]
+        now_ms = int(time.time() * 1000)
+        self.last_ms = now_ms
+        cluster = self.cluster
+        out = execute(self, argv, now_ms) if cluster is None else cluster.execute(self, argv, now_ms)
+        self.last_command = argv[0]
         stats = self.server.stats
+        stats.commands_processed += 1
+        if out.__class__ is not bytes:
+            # A Future: the reply comes from the log (nothing earlier waits, so it ran).
+            self.replies.append(out)
+            self.waiting = out
+            out.add_done_callback(self._reply_ready)
+            return
+        stats.net_output_bytes += len(out)
+        self.transport.write(out)
+        if self.output_hard_bytes or self.close_after_reply:
+            self._after_write()
+
+    def _advance(self) -> None:
+        """Run pending requests until one has to wait, then write what is ready in one write."""
+        if self.closed:
+            return
+        if self.cluster is None:
+            parts = self._run_batch()
+        else:
+            parts = self._run_replicated()
+        if not self.pending and not self.replies and not self.close_after_reply:
+            parts.extend(self._protocol_error())
+        if self.closed:
+            return
+        if self.close_after_reply:
+            self.pending.clear()  # requests after QUIT or a protocol error are not run
+        self._write(b"".join(parts))
+        if self.closed:
+            return
+        backlog = bool(self.pending) and not self.replies
+        if backlog and not self.flow.writing_paused:
+            # The batch stopped at the output mark and the transport took everything:
+            # go on after other connections had their turn.
+            asyncio.get_running_loop().call_soon(self._advance)
+        self.flow.update(len(self.pending), backlog)
+
+    def _run_batch(self) -> list[bytes]:
+        """Single node: the pending requests as one batch, up to the output pause mark."""
+        pending = self.pending
+        if not pending or self.close_after_reply or self.flow.writing_paused:
+            return []
+        requests = list(pending)
         now_ms = int(time.time() * 1000)
         self.last_ms = now_ms
         parts = execute_batch(self, requests, now_ms, self.server.settings.client_output_pause_bytes)
         done = len(parts)
-        if done < len(requests) and not self.close_after_reply:
-            self.backlog = requests[done:]
-            self.transport.pause_reading()
+        for _ in range(done):
+            pending.popleft()
         if done:
-            stats.commands_processed += done
+            self.server.stats.commands_processed += done
             self.last_command = requests[done - 1][0]
-        out = b"".join(parts)
+        return parts
+
+    def _run_replicated(self) -> list[bytes]:
+        """Replicated node: run pending requests in order until one must wait for earlier replies."""
+        parts = []
+        stats = self.server.stats
+        pending = self.pending
+        replies = self.replies
+        execute_one = self.cluster.execute
+        while (pending and not self.close_after_reply and not self.flow.writing_paused
+               and len(replies) < PIPELINE_REQUESTS_MAX):
+            argv = pending[0]
+            now_ms = int(time.time() * 1000)
+            reply = execute_one(self, argv, now_ms)
+            if reply is None:
+                break
+            pending.popleft()
+            self.last_ms = now_ms
+            self.last_command = argv[0]
+            stats.commands_processed += 1
+            if reply.__class__ is bytes:
+                if replies:
+                    replies.append(reply)
+                else:
+                    parts.append(reply)
+                continue
+            replies.append(reply)
+            self.waiting = reply
+            reply.add_done_callback(self._reply_ready)
+        return parts
+
+    def _protocol_error(self) -> list[bytes]:
         error = self.parser.error
-        if error is not None and not self.backlog and not self.close_after_reply:
-            if error == QUERY_BUFFER_EXCEEDED:
-                log.warning("closing client id=%d addr=%s that reached max query buffer length",
-                            self.id, self.addr)
-                self.kill()
-                return
-            log.info("protocol error from client id=%d addr=%s: %s", self.id, self.addr, error)
-            out += error_line("ERR " + error)
-            self.close_after_reply = True
-        self._write(out)
-        if self.backlog and not self.closed and not self.writing_paused:
-            # The transport took everything: go on after other connections had their turn.
-            asyncio.get_running_loop().call_soon(self._drain_backlog)
+        if error is None:
+            return []
+        if error == QUERY_BUFFER_EXCEEDED:
+            log.warning("closing client id=%d addr=%s that reached max query buffer length", self.id, self.addr)
+            self.kill()
+            return []
+        log.info("protocol error from client id=%d addr=%s: %s", self.id, self.addr, error)
+        self.close_after_reply = True
+        return [error_line("ERR " + error)]
+
+    def unanswered(self) -> list[asyncio.Future]:
+        """This connection's replies that are not known yet (at most PIPELINE_REQUESTS_MAX)."""
+        return [r for r in self.replies if r.__class__ is not bytes and not r.done()]
+
+    def _reply_ready(self, _future: asyncio.Future) -> None:
+        if self.closed:
+            return
+        self._write_known_replies()
+        self._advance()
+
+    def _write_known_replies(self) -> None:
+        """Write the replies that are known, up to the first that is not, in order."""
+        replies = self.replies
+        parts = []
+        while replies:
+            head = replies[0]
+            if head.__class__ is not bytes:
+                if not head.done():
+                    break
+                head = head.result()
+            replies.popleft()
+            parts.append(head)
+        if not replies:
+            self.waiting = None
+        if parts:
+            self._write(b"".join(parts))
 
     def _write(self, out: bytes) -> None:
         if out:
@@ -251,21 +378,12 @@ class Client(asyncio.Protocol):
         return False
 
     def pause_writing(self) -> None:
-        self.writing_paused = True
-        self.transport.pause_reading()
+        self.flow.writing_paused = True
+        self.flow.update(len(self.pending), False)
 
     def resume_writing(self) -> None:
-        self.writing_paused = False
-        self._drain_backlog()
-
-    def _drain_backlog(self) -> None:
-        if self.closed or self.writing_paused:
-            return
-        if self.backlog:
-            requests, self.backlog = self.backlog, []
-            self._run(requests)
-        if not self.backlog and not self.closed and not self.writing_paused:
-            self.transport.resume_reading()
+        self.flow.writing_paused = False
+        self._advance()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -310,13 +428,25 @@ class Client(asyncio.Protocol):
     def make_room(self, now_ms: int) -> bool:
         """Evict per the policy until within maxmemory; False when that is not possible.
 
-        A replicated node's connection evicts through the log instead (ClusterClient)."""
+        A replicated node evicts through the log (the leader proposes the victims)."""
+        if self.cluster is not None:
+            return self.cluster.make_room()
         return self.db.free_memory_if_needed(now_ms)
 
     def write_push(self, out: bytes) -> None:
-        """Write a message the client did not ask for (pub/sub, invalidation) now."""
-        if not self.closed:
-            self._write(out)
+        """Write a message the client did not ask for (pub/sub, an invalidation), after every
+        reply already known.
+
+        On a replicated node a read's reply is computed when its barrier passes and
+        written by a callback that runs later; a change applied in between must not
+        reach the client before the old value it invalidates. Replies not known yet
+        (behind an unfinished write) are never read replies, which wait for every
+        earlier reply, so the message need not wait for them."""
+        if self.closed:
+            return
+        if self.replies:
+            self._write_known_replies()
+        self._write(out)
 
     def output_buffer_bytes(self) -> int:
         return 0 if self.closed else self.transport.get_write_buffer_size()

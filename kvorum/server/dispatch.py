@@ -34,7 +34,7 @@ from kvorum.protocol.encoder import OK_REPLY, encode, error_line
 from kvorum.protocol.values import NOAUTH, OK, OOM, QUEUED, CommandError
 
 if TYPE_CHECKING:
-    from kvorum.server.connection import Client
+    from kvorum.server.connection import Connection
 
 log = logging.getLogger("kvorum.server")
 
@@ -59,7 +59,7 @@ def prepare() -> None:
 
 
 def decode_arg(arg: bytes) -> str:
-    """Client bytes as text for error messages, byte-exact on the way back out."""
+    """Connection bytes as text for error messages, byte-exact on the way back out."""
     return arg.decode("utf-8", "surrogateescape")
 
 
@@ -95,7 +95,7 @@ def resolve(argv: list[bytes]) -> Command | str:
     return cmd
 
 
-def execute(client: Client, argv: list[bytes], now_ms: int) -> bytes:
+def execute(client: Connection, argv: list[bytes], now_ms: int) -> bytes:
     """Run one request; the encoded reply.
 
     The common case, a plain command (no subcommands) with the right arity from an
@@ -134,7 +134,7 @@ def execute(client: Client, argv: list[bytes], now_ms: int) -> bytes:
     return encode(reply, client.resp3)
 
 
-def execute_batch(client: Client, requests: list[list[bytes]], now_ms: int, out_bytes_max: int) -> list[bytes]:
+def execute_batch(client: Connection, requests: list[list[bytes]], now_ms: int, out_bytes_max: int) -> list[bytes]:
     """Run a pipelined batch in order; the encoded replies, one per request run.
 
     Stops after the reply that takes the batch's output past `out_bytes_max`,
@@ -192,7 +192,7 @@ def execute_batch(client: Client, requests: list[list[bytes]], now_ms: int, out_
     return parts
 
 
-def _data_gates_pass(client: Client) -> bool:
+def _data_gates_pass(client: Connection) -> bool:
     """Whether `execute` runs a data command of the right arity straight from its
     `_PLAIN` entry without a memory check: authenticated, outside MULTI, without
     CLIENT TRACKING, no maxmemory."""
@@ -200,7 +200,7 @@ def _data_gates_pass(client: Client) -> bool:
             and not client.db.maxmemory)
 
 
-def execute_gated(client: Client, argv: list[bytes], now_ms: int) -> bytes:
+def execute_gated(client: Connection, argv: list[bytes], now_ms: int) -> bytes:
     """The full line of gates, in Redis' order."""
     cmd = resolve(argv)
     if cmd.__class__ is str:
@@ -241,19 +241,19 @@ def _data_commands(plain: dict[bytes, tuple]) -> dict[bytes, tuple]:
     }
 
 
-def reject(client: Client, message: str) -> bytes:
+def reject(client: Connection, message: str) -> bytes:
     client.server.stats.error_replies += 1
     if client.multi is not None:
         client.multi_failed = True
     return error_line(message)
 
 
-def memory_ok(client: Client, now_ms: int) -> bool:
+def memory_ok(client: Connection, now_ms: int) -> bool:
     """Evict per the policy (`client.make_room`); False when still over maxmemory and the client may not pass."""
     return client.make_room(now_ms) or client.no_evict
 
 
-def queue(client: Client, cmd: Command, argv: list[bytes], now_ms: int) -> bytes:
+def queue(client: Connection, cmd: Command, argv: list[bytes], now_ms: int) -> bytes:
     """Queue a command inside MULTI. Queueing grows memory, so it is refused over maxmemory."""
     if "no_multi" in cmd.flags:
         return reject(client, "ERR Command not allowed inside a transaction")
@@ -263,7 +263,7 @@ def queue(client: Client, cmd: Command, argv: list[bytes], now_ms: int) -> bytes
     return _QUEUED
 
 
-def call(client: Client, cmd: Command, argv: list[bytes], now_ms: int):
+def call(client: Connection, cmd: Command, argv: list[bytes], now_ms: int):
     """Run the handler (for EXEC): its reply value, or the CommandError it raised."""
     ctx = client.ctx
     ctx.now_ms = now_ms

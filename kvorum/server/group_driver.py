@@ -210,7 +210,7 @@ class GroupDriver:
         self._stopping = False
         # Time.
         self._ticked_at_s = 0.0
-        self._leader_heard_s = 0.0  # monotonic time of the last message from the current leader
+        self._heard_s: dict[str, float] = {}  # peer -> monotonic time of its last engine message
         # Applied `all` writes waiting for every voter; read-barrier contexts.
         self._held: list[_Held] = []
         self._read_ctx_last = 0
@@ -288,8 +288,7 @@ class GroupDriver:
         except MessageDecodeError as exc:
             log.warning("undecodable message from %s: %s", sender, exc)
             return
-        if sender == self.loop.leader:
-            self._leader_heard_s = time.monotonic()
+        self._heard_s[sender] = time.monotonic()
         self.node.step(message)
         self._wake.set()
 
@@ -535,9 +534,10 @@ class GroupDriver:
         lead = self.leader
         if lead == self.id:
             return 0.0
-        if lead is None or not self._leader_heard_s:
+        heard_s = self._heard_s.get(lead) if lead is not None else None
+        if heard_s is None:
             return float("inf")
-        return time.monotonic() - self._leader_heard_s
+        return time.monotonic() - heard_s
 
 
 class _Machine:

@@ -19,17 +19,17 @@ from kvorum.protocol.values import Push
 from kvorum.store.glob import matcher
 
 if TYPE_CHECKING:
-    from kvorum.server.connection import Client
+    from kvorum.server.connection import Connection
 
 
 class PubSub:
     def __init__(self) -> None:
         # channel -> subscribers; pattern -> subscribers.
         # Invariant: a client is in channels[c] iff c in client.channels (same for patterns).
-        self.channels: dict[bytes, set[Client]] = {}
-        self.patterns: dict[bytes, set[Client]] = {}
+        self.channels: dict[bytes, set[Connection]] = {}
+        self.patterns: dict[bytes, set[Connection]] = {}
 
-    def subscribe(self, client: Client, channel: bytes, pattern: bool) -> bool:
+    def subscribe(self, client: Connection, channel: bytes, pattern: bool) -> bool:
         """Add a subscription; False when the client already had it."""
         mine = client.patterns if pattern else client.channels
         if channel in mine:
@@ -40,7 +40,7 @@ class PubSub:
         subscribers.add(client)
         return True
 
-    def unsubscribe(self, client: Client, channel: bytes, pattern: bool) -> bool:
+    def unsubscribe(self, client: Connection, channel: bytes, pattern: bool) -> bool:
         """Drop a subscription; False when the client did not have it."""
         mine = client.patterns if pattern else client.channels
         if channel not in mine:
@@ -54,7 +54,7 @@ class PubSub:
             del index[channel]
         return True
 
-    def unsubscribe_all(self, client: Client) -> None:
+    def unsubscribe_all(self, client: Connection) -> None:
         for channel in list(client.channels):
             self.unsubscribe(client, channel, False)
         for pattern in list(client.patterns):

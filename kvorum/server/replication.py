@@ -40,7 +40,7 @@ it), and empties its table when it leads a new term, since writes accepted by
 other leaders in between never passed through it.
 
 A request that needs the log returns a Future of its encoded reply. The
-connection (`ClusterClient`) answers one connection's requests strictly in
+connection (`Connection`) answers one connection's requests strictly in
 order. While earlier replies wait, it goes on with writes (proposed back to
 back, so one pipeline shares one append and one commit round trip; entries
 apply in log order, which is request order) and linearizable reads (a read
@@ -57,41 +57,33 @@ comes from many connections, whose proposals share each fsync.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from kvorum.replica import state_machine
 from kvorum.cluster.concern import WriteConcern
 from kvorum.cluster.slots import key_slot
 from kvorum.cluster.topology import parse_peers
 from kvorum.commands.leases import parse_leaseset
 from kvorum.commands.table import Command
-from kvorum.consensus.replicated_log import ProposalDropped
+from kvorum.consensus.replicated_log import Membership, ProposalDropped
 from kvorum.protocol.encoder import OK_REPLY, encode, error_line
-from kvorum.protocol.parser import QUERY_BUFFER_EXCEEDED
 from kvorum.protocol.values import OOM, CommandError, NullArray
-from kvorum.server import dispatch
-from kvorum.server.connection import Client
-from kvorum.consensus.replicated_log import Membership
+from kvorum.replica import state_machine
 from kvorum.replica.roster import Member
-from kvorum.server import cluster_views, membership
+from kvorum.server import cluster_views, dispatch, membership
 from kvorum.server.group import Group
 from kvorum.server.group_driver import GroupDriver, Unavailable
 from kvorum.server.leases import LeaseTable
 from kvorum.server.peers import PeerHub
 
 if TYPE_CHECKING:
+    from kvorum.server.connection import Connection
     from kvorum.server.state import ServerState
 
 log = logging.getLogger("kvorum.cluster")
 
 CLUSTERDOWN = b"-CLUSTERDOWN The cluster is down\r\n"
-# Parsed requests one connection may hold while one of its requests waits for
-# the log; past it, reading from that connection pauses. Also the most replies
-# one connection may have waiting for the log at once.
-PIPELINE_REQUESTS_MAX = 1024
 # Expired keys the leader's cron proposes per cycle (one EXPIRE entry).
 EXPIRE_KEYS_PER_CYCLE = state_machine.EXPIRE_KEYS_PER_ENTRY_MAX
 
@@ -109,7 +101,7 @@ def _is_data(cmd: Command) -> bool:
     return "write" in flags or "readonly" in flags
 
 
-def _pipelinable(client: ClusterClient, cmd: Command) -> bool:
+def _pipelinable(client: Connection, cmd: Command) -> bool:
     """Whether a request may start before the connection's earlier replies are known:
     a write (its entry follows theirs in the log) or a linearizable read, outside MULTI.
 
@@ -143,7 +135,7 @@ class ClusterNode:
 
     # The state machine, as the driver calls it.
 
-    def apply(self, data: bytes, origin: ClusterClient | None):
+    def apply(self, data: bytes, origin: Connection | None):
         """Apply one entry; `origin` is the connection that proposed it, when it was this node.
 
         Its changes are then its own for CLIENT TRACKING (NOLOOP skips them)."""
@@ -176,7 +168,7 @@ class ClusterNode:
 
     # Requests.
 
-    def execute(self, client: ClusterClient, argv: list[bytes], now_ms: int) -> bytes | asyncio.Future | None:
+    def execute(self, client: Connection, argv: list[bytes], now_ms: int) -> bytes | asyncio.Future | None:
         """The encoded reply or a Future of it; None (nothing done) when the request has
         to wait until the connection's earlier replies are known."""
         cmd = dispatch.resolve(argv)
@@ -217,7 +209,7 @@ class ClusterNode:
                                        client.unanswered() if earlier is not None else ())
         return dispatch.execute(client, argv, now_ms)
 
-    def _write(self, client: ClusterClient, cmd: Command, argv: list[bytes], now_ms: int) -> bytes | asyncio.Future:
+    def _write(self, client: Connection, cmd: Command, argv: list[bytes], now_ms: int) -> bytes | asyncio.Future:
         """Propose a write, voiding its keys' leases first (the single node's `void_keys`)."""
         if "denyoom" in cmd.flags and self.state.db.maxmemory and not dispatch.memory_ok(client, now_ms):
             return dispatch.reject(client, OOM)
@@ -267,7 +259,7 @@ class ClusterNode:
         if not future.cancelled():
             future.exception()  # retrieved: a lost eviction is planned again by the next write
 
-    def _read(self, client: ClusterClient, name: str, argv: list[bytes]) -> bytes:
+    def _read(self, client: Connection, name: str, argv: list[bytes]) -> bytes:
         if name == "leaseget":
             self._leases()
         return dispatch.execute(client, argv, int(time.time() * 1000))
@@ -293,13 +285,13 @@ class ClusterNode:
             return None
         return [b"SET", argv[1], argv[2], *argv[4:]]
 
-    def _stale_read(self, client: ClusterClient, argv: list[bytes], now_ms: int) -> bytes:
+    def _stale_read(self, client: Connection, argv: list[bytes], now_ms: int) -> bytes:
         """READONLY: the local keyspace, if this node heard from a leader within the staleness bound."""
         if self.driver.leader_contact_age_s() > self.stale_read_s_max:
             return error_line(f"TRYAGAIN no contact with a leader for over {self.stale_read_s_max:g}s")
         return dispatch.execute(client, argv, now_ms)
 
-    def _propose(self, client: ClusterClient, data: bytes, blind: bool,
+    def _propose(self, client: Connection, data: bytes, blind: bool,
                  finish: Callable[[object], bytes] | None = None) -> bytes | asyncio.Future:
         try:
             inner = self.driver.propose(data, self.write_concern(client), blind, client)
@@ -310,7 +302,7 @@ class ClusterNode:
             return _chain(inner, lambda reply: OK_REPLY if reply is None else _encode(reply, client.resp3))
         return _chain(inner, finish or (lambda reply: _encode(reply, client.resp3)))
 
-    def _after_barrier(self, client: ClusterClient, cmd: Command, argv: list[bytes],
+    def _after_barrier(self, client: Connection, cmd: Command, argv: list[bytes],
                        serve: Callable[[], bytes], earlier: Sequence[asyncio.Future] = ()) -> bytes | asyncio.Future:
         """serve() once a read barrier issued now has passed and every `earlier` future is done."""
         moved = self.redirect(cmd, argv)
@@ -325,7 +317,7 @@ class ClusterNode:
         client.read_waiting = _chain(inner, lambda _none: serve())
         return client.read_waiting
 
-    def _watch(self, client: ClusterClient, argv: list[bytes]) -> bytes:
+    def _watch(self, client: Connection, argv: list[bytes]) -> bytes:
         now_ms = int(time.time() * 1000)
         reply = dispatch.execute(client, argv, now_ms)
         if reply == OK_REPLY:
@@ -334,7 +326,7 @@ class ClusterNode:
                 client.watch_versions.setdefault(key, db.version_of(key, now_ms))
         return reply
 
-    def _exec(self, client: ClusterClient) -> bytes | asyncio.Future:
+    def _exec(self, client: Connection) -> bytes | asyncio.Future:
         queued = client.multi
         failed = client.multi_failed
         watches = list(client.watch_versions.items())
@@ -437,7 +429,7 @@ def _encode(reply, resp3: bool) -> bytes:
     return encode(reply, resp3)
 
 
-def _exec_replies(client: ClusterClient, plan: list, logged):
+def _exec_replies(client: Connection, plan: list, logged):
     """EXEC's reply: the log entry's replies and the local ones, in the queued order.
 
     The local commands run once the entry is applied, and not at all when a
@@ -499,153 +491,9 @@ def _chain(inner: asyncio.Future, finish: Callable) -> asyncio.Future:
     return outer
 
 
-class ClusterClient(Client):
-    """A client connection of a replicated node: requests may wait for the log.
-
-    Replies go out strictly in request order. `pending` holds parsed requests
-    not run yet; `replies` the replies not written yet (bytes, or Futures of
-    them), at most PIPELINE_REQUESTS_MAX; `waiting` is the last Future among
-    them. While one waits, `ClusterNode.execute` runs only the writes and
-    linearizable reads that may go ahead (module doc) and leaves the rest
-    pending. Reading pauses while `pending` is past PIPELINE_REQUESTS_MAX or
-    the transport's buffer is full, so one connection holds a bounded amount
-    of work.
-    """
-
-    def __init__(self, server: ServerState):
-        super().__init__(server)
-        self.cluster: ClusterNode = server.cluster
-        # Per connection: READONLY, CLIENT WRITECONCERN, WATCH versions.
-        self.readonly_reads = False
-        self.write_concern: WriteConcern | None = None
-        self.watch_versions: dict[bytes, int] = {}
-        # Flow.
-        self.pending: collections.deque[list[bytes]] = collections.deque()
-        self.replies: collections.deque[bytes | asyncio.Future] = collections.deque()
-        self.waiting: asyncio.Future | None = None
-        # The last reply served from the keyspace once a read barrier passes (see _pipelinable).
-        self.read_waiting: asyncio.Future | None = None
-        self.reading_paused = False
-
-    def make_room(self, now_ms: int) -> bool:
-        return self.cluster.make_room()
-
-    def data_received(self, data: bytes) -> None:
-        if self.closed:
-            return
-        self.server.stats.net_input_bytes += len(data)
-        self.pending.extend(self.parser.feed(data))
-        self._advance()
-
-    def _advance(self) -> None:
-        """Run pending requests until one has to wait, then write what is ready in one write."""
-        if self.closed:
-            return
-        parts = []
-        stats = self.server.stats
-        pending = self.pending
-        replies = self.replies
-        while (pending and not self.close_after_reply and not self.writing_paused
-               and len(replies) < PIPELINE_REQUESTS_MAX):
-            argv = pending[0]
-            now_ms = int(time.time() * 1000)
-            reply = self.cluster.execute(self, argv, now_ms)
-            if reply is None:
-                break
-            pending.popleft()
-            self.last_ms = now_ms
-            self.last_command = argv[0]
-            stats.commands_processed += 1
-            if reply.__class__ is bytes:
-                if replies:
-                    replies.append(reply)
-                else:
-                    parts.append(reply)
-                continue
-            replies.append(reply)
-            self.waiting = reply
-            reply.add_done_callback(self._reply_ready)
-        if not pending and not replies and not self.close_after_reply:
-            parts.extend(self._protocol_error())
-        if self.closed:
-            return
-        self._write(b"".join(parts))
-        self._flow()
-
-    def _protocol_error(self) -> list[bytes]:
-        error = self.parser.error
-        if error is None:
-            return []
-        if error == QUERY_BUFFER_EXCEEDED:
-            log.warning("closing client id=%d addr=%s that reached max query buffer length", self.id, self.addr)
-            self.kill()
-            return []
-        self.close_after_reply = True
-        return [error_line("ERR " + error)]
-
-    def unanswered(self) -> list[asyncio.Future]:
-        """This connection's replies that are not known yet (at most PIPELINE_REQUESTS_MAX)."""
-        return [r for r in self.replies if r.__class__ is not bytes and not r.done()]
-
-    def _reply_ready(self, _future: asyncio.Future) -> None:
-        if self.closed:
-            return
-        self._write_known_replies()
-        self._advance()
-
-    def write_push(self, out: bytes) -> None:
-        """Write a message the client did not ask for (an invalidation), after every reply already known.
-
-        A read's reply is computed when its barrier passes and written by a
-        callback that runs later; a change applied in between must not reach
-        the client before the old value it invalidates. Replies not known yet
-        (behind an unfinished write) are never read replies, which wait for
-        every earlier reply, so the message need not wait for them."""
-        if self.closed:
-            return
-        self._write_known_replies()
-        self._write(out)
-
-    def _write_known_replies(self) -> None:
-        """Write the replies that are known, up to the first that is not, in order."""
-        replies = self.replies
-        parts = []
-        while replies:
-            head = replies[0]
-            if head.__class__ is not bytes:
-                if not head.done():
-                    break
-                head = head.result()
-            replies.popleft()
-            parts.append(head)
-        if not replies:
-            self.waiting = None
-        if parts:
-            self._write(b"".join(parts))
-
-    def _flow(self) -> None:
-        if self.closed:
-            return
-        busy = len(self.pending) > PIPELINE_REQUESTS_MAX or self.writing_paused
-        if busy and not self.reading_paused:
-            self.reading_paused = True
-            self.transport.pause_reading()
-        elif not busy and self.reading_paused:
-            self.reading_paused = False
-            self.transport.resume_reading()
-
-    def pause_writing(self) -> None:
-        self.writing_paused = True
-        self._flow()
-
-    def resume_writing(self) -> None:
-        self.writing_paused = False
-        self._advance()
-
-
 async def start_replication(state: ServerState, join: list[Member] | None = None,
-                            ) -> tuple[PeerHub, GroupDriver, type[ClusterClient]]:
-    """Build the cluster front end and start group 0's driver; the listener's protocol class.
+                            ) -> tuple[PeerHub, GroupDriver]:
+    """Build the cluster front end and start group 0's driver.
 
     A node started with --peers seeds its roster from them; a joining node
     (`join`: the roster a member sent it) starts outside the membership and
@@ -675,4 +523,4 @@ async def start_replication(state: ServerState, join: list[Member] | None = None
     await driver.start()
     log.info("replicated node %s of %s, cluster id %s, data in %s (fsync %s)", settings.node_id,
              ",".join(m.id for m in group.roster.live()), settings.cluster_id, settings.data_dir, settings.fsync)
-    return hub, driver, ClusterClient
+    return hub, driver

@@ -28,7 +28,7 @@ from kvorum.server.tracking import Tracking
 from kvorum.store import Keyspace
 
 if TYPE_CHECKING:
-    from kvorum.server.connection import Client
+    from kvorum.server.connection import Connection
 
 
 class Stats:
@@ -77,10 +77,10 @@ class ServerState:
         # Writes since start (INFO persistence: rdb_changes_since_last_save).
         self.dirty = 0
         # id -> client, in connection order (CLIENT LIST).
-        self.clients: dict[int, Client] = {}
+        self.clients: dict[int, Connection] = {}
         self.client_id_last = 0
         # key -> clients watching it.
-        self.watchers: dict[bytes, set[Client]] = {}
+        self.watchers: dict[bytes, set[Connection]] = {}
         # LEASEGET / LEASESET tokens, held by this node only (never replicated).
         self.leases = LeaseTable(self.db, token_base=int.from_bytes(os.urandom(8)) % TOKEN_MAX)
         # CLIENT TRACKING (client-side caching) and pub/sub of this node.
@@ -128,7 +128,7 @@ class ServerState:
 
     # WATCH.
 
-    def watch(self, client: Client, key: bytes, now_ms: int) -> None:
+    def watch(self, client: Connection, key: bytes, now_ms: int) -> None:
         if key in client.watched:
             return
         client.watched[key] = self.db.contains(key, now_ms)
@@ -136,7 +136,7 @@ class ServerState:
             self.db.add_key_listener(self.key_modified)
         self.watchers.setdefault(key, set()).add(client)
 
-    def unwatch_all(self, client: Client) -> None:
+    def unwatch_all(self, client: Connection) -> None:
         for key in client.watched:
             clients = self.watchers.get(key)
             if clients is not None:
@@ -162,7 +162,7 @@ class ServerState:
                 if client.watched.get(watched_key):
                     client.watch_dirty = True
 
-    def watched_key_expired(self, client: Client, now_ms: int) -> bool:
+    def watched_key_expired(self, client: Connection, now_ms: int) -> bool:
         """Redis 7's isWatchedKeyExpired: a key live at WATCH time has since expired.
 
         Looking the key up expires it, which fires the hook and dirties the watch.

@@ -62,7 +62,7 @@ from kvorum.protocol.values import Push
 if TYPE_CHECKING:
     from kvorum.commands.table import Command
     from kvorum.commands.tracking import ClientTracking
-    from kvorum.server.connection import Client
+    from kvorum.server.connection import Connection
     from kvorum.server.state import ServerState
 
 # Redis' tracking-table-max-keys default.
@@ -79,13 +79,13 @@ class Tracking:
         # Default mode: key -> ids of clients that read it, oldest key first.
         self.table: dict[bytes, set[int]] = {}
         # BCAST mode: prefix -> clients that registered it.
-        self.prefixes: dict[bytes, set[Client]] = {}
+        self.prefixes: dict[bytes, set[Connection]] = {}
         # Clients with tracking on.
         # Invariant: the keyspace listener is installed iff `clients` is not empty.
-        self.clients: set[Client] = set()
+        self.clients: set[Connection] = set()
         # The client whose command is running, while a tracking client runs one
         # (set by dispatch): NOLOOP, and the order of its own invalidations.
-        self.writer: Client | None = None
+        self.writer: Connection | None = None
         # Invalidations for the client whose command is running, sent by `flush`
         # after its replies: client id -> keys (a dict used as an ordered set),
         # or None for "everything" (a flush).
@@ -94,7 +94,7 @@ class Tracking:
 
     # ------------------------------------------------------------ enabling
 
-    def enable(self, client: Client, options: ClientTracking) -> None:
+    def enable(self, client: Connection, options: ClientTracking) -> None:
         if client.tracking is not None:
             self._drop_prefixes(client)
         client.tracking = options
@@ -105,7 +105,7 @@ class Tracking:
         self.clients.add(client)
         assert self.server.db.has_key_listener(self.key_modified)
 
-    def disable(self, client: Client) -> None:
+    def disable(self, client: Connection) -> None:
         """Tracking off (CLIENT TRACKING OFF, RESET, disconnect); its table entries go lazily."""
         if client.tracking is None:
             return
@@ -119,7 +119,7 @@ class Tracking:
             self.server.db.remove_key_listener(self.key_modified)
         assert self.server.db.has_key_listener(self.key_modified) == bool(self.clients)
 
-    def _drop_prefixes(self, client: Client) -> None:
+    def _drop_prefixes(self, client: Connection) -> None:
         options = client.tracking
         for prefix in options.prefixes or ([b""] if options.bcast else []):
             clients = self.prefixes.get(prefix)
@@ -130,7 +130,7 @@ class Tracking:
 
     # ------------------------------------------------------------ commands
 
-    def remember(self, client: Client, cmd: Command, argv: list[bytes]) -> None:
+    def remember(self, client: Connection, cmd: Command, argv: list[bytes]) -> None:
         """After a readonly command of a tracking client: track the keys it read."""
         if not client.tracking.remembers():
             return
@@ -144,7 +144,7 @@ class Tracking:
                 table[key] = ids = set()
             ids.add(client.id)
 
-    def command_done(self, client: Client, cmd: Command) -> None:
+    def command_done(self, client: Connection, cmd: Command) -> None:
         """After a command of a tracking client: CLIENT CACHING lasts one command (or transaction)."""
         options = client.tracking
         if options is not None and cmd.full_name != "client|caching" and client.multi is None:
@@ -172,7 +172,7 @@ class Tracking:
                         if not (client is writer and client.tracking.noloop):
                             self._deliver(client, key)
 
-    def _table_clients(self, ids: set[int]) -> list[Client]:
+    def _table_clients(self, ids: set[int]) -> list[Connection]:
         """The clients of a table entry that still track in default mode."""
         clients = self.server.clients
         found = []
@@ -188,7 +188,7 @@ class Tracking:
         for client in self._table_clients(self.table.pop(key)):
             self._deliver(client, key)
 
-    def _deliver(self, client: Client, key: bytes | None) -> None:
+    def _deliver(self, client: Connection, key: bytes | None) -> None:
         """Send one invalidation now, or after the running command's batch for its own client.
 
         Any other connection has written every reply it computed, so its
@@ -220,7 +220,7 @@ class Tracking:
             if client is not None and client.tracking is not None:
                 self._send(client, None if keys is None else list(keys))
 
-    def _send(self, client: Client, keys: list[bytes] | None) -> None:
+    def _send(self, client: Connection, keys: list[bytes] | None) -> None:
         options = client.tracking
         target = client
         if options.redirect:

@@ -131,14 +131,14 @@ class _RecordingTransport:
 
 def test_invalidation_is_written_after_a_read_reply_already_known():
     """The read's old value was computed, its write callback had not run yet: the push waits for it."""
-    from kvorum.server.replication import ClusterClient
+    from kvorum.server.connection import Connection
     from kvorum.server.state import ServerState
     from kvorum.settings import Settings
 
     async def scenario():
         state = ServerState(Settings())
         state.cluster = None
-        client = ClusterClient(state)
+        client = Connection(state)
         transport = _RecordingTransport()
         client.connection_made(transport)
         loop = asyncio.get_running_loop()
