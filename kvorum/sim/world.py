@@ -662,7 +662,8 @@ class World:
 
     # --- the main loop -------------------------------------------------------------
 
-    def run(self) -> RunResult:
+    def start(self) -> None:
+        """Start every node, the clients and the nemesis (`run` does this first)."""
         cfg = self.config
         self.trace(
             f"seed {self.seed} engine {cfg.engine} nodes {sorted(self.nodes)} lease_reads {self.lease_reads} "
@@ -673,6 +674,25 @@ class World:
         for client in self.clients:
             self._push(self.rng.uniform(0, cfg.tick_ms * cfg.election_tick), _CLIENT_NEXT, client)
         self._push(self.rng.uniform(cfg.nemesis_ms_min, cfg.nemesis_ms_max) * 2, _NEMESIS)
+
+    def run_until(self, done: Callable[[], bool], steps_max: int) -> bool:
+        """Handle events until `done()` holds (True) or `steps_max` events passed (False).
+
+        For scripted scenarios: after `start()`, a test alternates its own
+        moves (a partition, a membership change) with stretches of the world's
+        events. Invariant violations propagate as InvariantViolation.
+        """
+        for _ in range(steps_max):
+            if done():
+                return True
+            if not self._queue:
+                return False
+            self._step()
+        return done()
+
+    def run(self) -> RunResult:
+        cfg = self.config
+        self.start()
         violation: InvariantViolation | None = None
         steps = 0
         try:

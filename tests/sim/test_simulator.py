@@ -11,6 +11,7 @@ from kvorum.consensus import engines
 from kvorum.consensus.replicated_log import Entry, EntryKind, HardState, Membership, Role, Snapshot
 from kvorum.sim.disk import Disk
 from kvorum.sim.invariants import Invariants, InvariantViolation
+from kvorum.sim.network import split_links
 from kvorum.sim.runner import apply_settings, config_from_args, main, parser, replay_command, run_seed, run_seeds
 from kvorum.sim.statemachine import Command, KVStateMachine, decode_command, encode_command
 from kvorum.sim.world import SimConfig, World, profile_config
@@ -413,3 +414,52 @@ def test_invariants_catch_a_second_change_while_one_is_uncommitted_or_a_too_larg
     with pytest.raises(InvariantViolation) as err:
         inv.on_append(leader, (swap,))
     assert "in one step" in err.value.detail
+
+
+@pytest.mark.parametrize("pre_vote,check_quorum", [("on", "on"), ("off", "on"), ("on", "off")])
+def test_scenario_removed_node_keeps_campaigning_without_disrupting_the_group(pre_vote, check_quorum):
+    """Thesis 4.2.3 in the simulated world: a voter cut off while it is removed
+    never learns of its removal, so once the partition heals it keeps ticking,
+    timing out and asking its old peers for (pre-)votes. The leader no longer
+    talks to it; PreVote keeps its term from rising, and CheckQuorum (PreVote
+    alone, for pre-votes) makes the others ignore it while they hear from their
+    leader: the group's term does not rise and the leader stays."""
+    quiet = dict(
+        nodes=4,
+        spares=0,
+        partitions=False,
+        crashes=False,
+        membership_changes=False,
+        transfers=False,
+        new_leader_fault_rate=0.0,
+        crash_after_fsync_rate=0.0,
+        lease_reads="off",
+        pre_vote=pre_vote,
+        check_quorum=check_quorum,
+        network=dataclasses.replace(SimConfig().network, drop_rate=0.0),
+    )
+    lines: list[str] = []
+    world = World(5, dataclasses.replace(SimConfig(), **quiet), verbose=lines.append)
+    world.start()
+    assert world.run_until(lambda: world._leader() is not None and world._leader().status().commit > 0, 20_000)
+    leader = world._leader()
+    removed = max(set(world.nodes) - {leader.id})
+    others = sorted(set(world.nodes) - {removed})
+    world.network.partition(split_links([removed], others, one_way=False))
+    index, _ = leader.engine.change_membership(Membership(frozenset(others)))
+    leader.drain()
+    assert world.run_until(lambda: leader.status().commit >= index, 20_000)
+    assert removed in world.nodes[removed].status().membership.voters  # it never heard
+    world.network.heal()
+    term = leader.status().term
+    healed_at = len(lines)
+    timeouts_ms = 30 * world.config.election_tick * world.config.tick_ms
+    until = world.now + timeouts_ms
+    assert world.run_until(lambda: world.now >= until, 200_000)
+    for nid in others:
+        status = world.nodes[nid].status()
+        assert (status.term, status.leader) == (term, leader.id), (nid, status.term, status.leader)
+    asked = [line for line in lines[healed_at:] if f"deliver RequestVote {removed}->" in line]
+    assert len(asked) >= 3 * 10, "the removed node kept campaigning"
+    assert world.nodes[removed].status().role is not Role.LEADER
+    world.invariants.sweep(list(world.nodes.values()))
