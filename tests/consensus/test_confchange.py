@@ -32,7 +32,7 @@ import pathlib
 import pytest
 
 from kvorum.consensus.raft import confchange
-from kvorum.consensus.raft.confchange import Change, Config, ConfChangeError, Op
+from kvorum.consensus.raft.confchange import Change, ConfChangeError, Config, Op
 from kvorum.consensus.raft.membership import leave_joint, plan_change
 from kvorum.consensus.replicated_log import Membership
 from kvorum.consensus.tracker import ProgressState, ProgressTracker
