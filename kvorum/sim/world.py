@@ -20,7 +20,13 @@ faults: a partition (isolate one node, split in two, or cut one direction
 only), which heals after a while; a crash, followed by a restart from the
 node's disk (losing unsynced writes); a membership change through the leader
 (add a learner, promote it, remove a voter, possibly the leader, or swap two
-voters at once, which needs joint consensus); or a leadership transfer.
+voters at once, which needs joint consensus), sometimes followed at once by
+another (`membership_burst_rate`), which a correct engine refuses while the
+first is uncommitted; a replacement (a voter is destroyed for good, a new
+node joins as a learner and, once caught up, is swapped in for it by one
+joint change, over several nemesis-independent steps); or a leadership
+transfer. Every fault can strike while a membership change is under way,
+and `stats` counts how often they met.
 
 The invariant checker runs after every event a node handles, and sweeps all
 logs every `sweep_every` events; the client history is checked for
@@ -95,8 +101,29 @@ class SimConfig:
     # the moment when anything the engine forgot to persist is lost.
     crash_after_fsync_rate: float = 0.002
     membership_changes: bool = True
+    # Relative weight of a membership change among the nemesis's faults (each
+    # other fault weighs 1): the membership profile makes changes the usual event.
+    membership_weight: int = 1
+    # Chance that a membership change is followed, within `membership_burst_ms_max`,
+    # by another one, while the first is most likely still uncommitted.
+    membership_burst_rate: float = 0.2
+    membership_burst_ms_max: float = 8.0
+    # Chance that another fault (a partition, a crash or a transfer) strikes
+    # within `membership_fault_ms_max` of a membership change, while it is in flight.
+    membership_fault_rate: float = 0.1
+    membership_fault_ms_max: float = 15.0
+    # Voters destroyed for good and replaced by a new node, at most this many per
+    # run (each adds a node, so the world stays bounded); 0 turns replacements off.
+    replacements_max: int = 1
+    # A replacement's steps are retried this often, and abandoned after this many tries.
+    replace_step_ms: float = 25.0
+    replace_tries_max: int = 80
     transfers: bool = True
     sweep_every: int = 400
+    # The membership checks (commit quorum, membership change safety). Off,
+    # only the paper's four properties and linearizability judge the run: a
+    # way to see what a membership bug breaks downstream.
+    membership_checks: bool = True
     check_states_max: int = 200_000
     bugs: frozenset[str] = frozenset()
 
@@ -109,6 +136,9 @@ class SimConfig:
         assert self.max_entries_per_msg and min(self.max_entries_per_msg) >= 1
         assert 0 < self.fsync_ms_min <= self.fsync_ms_max
         assert 0 < self.nemesis_ms_min <= self.nemesis_ms_max
+        assert self.membership_weight >= 1 and 0 <= self.membership_burst_rate <= 1
+        assert 0 <= self.membership_fault_rate <= 1
+        assert self.replacements_max >= 0 and self.replace_step_ms > 0 and self.replace_tries_max >= 1
 
 
 # Named sets of knob overrides. "default" is every fault on at a moderate
@@ -152,6 +182,24 @@ PROFILES: dict[str, dict[str, Any]] = {
     # without CheckQuorum at start (the runner says so); the profile is for
     # `--bug stale-lease`, which must be caught here.
     "stale-leader": dict(steps=12_000, lease_reads="on", check_quorum="off"),
+    # Membership changes as the usual event, often two in a row, replacements,
+    # transfers, and every other fault in between: two spares (so a learner
+    # is often around to promote or swap in), frequent small snapshots (so new
+    # members catch up by InstallSnapshot), four initial voters (so removals
+    # happen from the start).
+    "membership": dict(
+        nodes=4,
+        spares=2,
+        steps=12_000,
+        nemesis_ms_min=30.0,
+        nemesis_ms_max=120.0,
+        membership_weight=4,
+        membership_burst_rate=0.5,
+        membership_fault_rate=0.4,
+        replacements_max=2,
+        compact_every=32,
+        partition_ms_max=250.0,
+    ),
 }
 
 
@@ -203,7 +251,20 @@ class RunResult:
     _HEAL,
     _RESTART,
     _LEADER_FAULT,
-) = range(10)
+    _MEMBERSHIP,
+    _REPLACE,
+    _CHANGE_FAULT,
+) = range(13)
+
+
+@dataclass(slots=True)
+class _Replacement:
+    """A replacement under way: `dead` was destroyed; `new` joins, then takes its place."""
+
+    dead: str
+    new: str
+    stage: str = "add"  # "add" (as a learner), then "swap" (once caught up)
+    tries: int = 0
 
 
 class World:
@@ -218,24 +279,45 @@ class World:
         self._hash = hashlib.sha256()
         self._tail: deque[str] = deque(maxlen=TRACE_TAIL_LINES)
         self.spec = engines.get(config.engine)
-        self.invariants = Invariants()
+        self.nodes: dict[str, SimNode] = {}
+        self.invariants = Invariants(self.nodes if config.membership_checks else None)
         self.recorder = Recorder()
         self.network = Network(self.rng, config.network, self._schedule_delivery)
-        self.stats = {"crashes": 0, "restarts": 0, "partitions": 0, "membership": 0, "transfers": 0, "lost_writes": 0}
+        self.stats = {
+            "crashes": 0,
+            "restarts": 0,
+            "partitions": 0,
+            "membership": 0,
+            "transfers": 0,
+            "lost_writes": 0,
+            "replacements": 0,
+            # How often membership changes and the other faults met.
+            "membership_while_partitioned": 0,
+            "membership_while_node_down": 0,
+            "faults_while_joint": 0,
+        }
         self._partition_id = 0
         self.lease_reads = self._pick(config.lease_reads)
         self.pre_vote = self._pick(config.pre_vote)
         self.check_quorum = self._pick(config.check_quorum)
         self.max_entries_per_msg = self.rng.choice(config.max_entries_per_msg)
         ids = [f"n{i + 1}" for i in range(config.nodes + config.spares)]
-        initial = Membership(voters=frozenset(ids[: config.nodes]))
-        self.nodes: dict[str, SimNode] = {}
+        # Every node, including those added later, starts from the group's
+        # initial membership: the one the log's first entries were written under.
+        self.initial = Membership(voters=frozenset(ids[: config.nodes]))
         for node_id in ids:
-            node = SimNode(self, self.spec, node_id, initial)
-            node.compact_every = config.compact_every
-            node.tick_ms = config.tick_ms * (1 + self.rng.uniform(-config.clock_drift, config.clock_drift))
-            self.nodes[node_id] = node
+            self._add_node(node_id)
+        self.destroyed: set[str] = set()  # crashed for good: never restarted
+        self._replacement: _Replacement | None = None
         self.clients = [Client(self, f"c{i + 1}", config.clients) for i in range(config.clients.count)]
+
+    def _add_node(self, node_id: str) -> SimNode:
+        cfg = self.config
+        node = SimNode(self, self.spec, node_id, self.initial)
+        node.compact_every = cfg.compact_every
+        node.tick_ms = cfg.tick_ms * (1 + self.rng.uniform(-cfg.clock_drift, cfg.clock_drift))
+        self.nodes[node_id] = node
+        return node
 
     def _pick(self, knob: str) -> bool:
         return knob == "on" or (knob == "mixed" and self.rng.random() < 0.5)
@@ -310,10 +392,15 @@ class World:
         node.start(settings)
         self._push(self.now + node.tick_ms * self.rng.random(), _TICK, node.id, node.incarnation)
 
-    def _crash(self, node: SimNode) -> None:
+    def _crash(self, node: SimNode, restart: bool = True) -> None:
+        self._note_fault()
         lost = node.crash()
         self.stats["crashes"] += 1
         self.stats["lost_writes"] += lost
+        if not restart:
+            self.destroyed.add(node.id)
+            self.trace(f"destroy {node.id} (lost {lost} unsynced writes; it never comes back)")
+            return
         self.trace(f"crash {node.id} (lost {lost} unsynced writes)")
         delay = self.rng.uniform(self.config.restart_ms_min, self.config.restart_ms_max)
         self._push(self.now + delay, _RESTART, node.id)
@@ -340,6 +427,11 @@ class World:
                     best, best_term = node, status.term
         return best
 
+    def _note_fault(self) -> None:
+        leader = self._leader()
+        if leader is not None and leader.engine.status().membership.joint:
+            self.stats["faults_while_joint"] += 1
+
     def _nemesis(self) -> None:
         cfg = self.config
         actions: list[Callable[[], None]] = []
@@ -348,7 +440,9 @@ class World:
         if cfg.crashes:
             actions.append(self._crash_someone)
         if cfg.membership_changes:
-            actions.append(self._change_membership)
+            actions.extend([self._change_membership] * cfg.membership_weight)
+            if cfg.crashes and self.stats["replacements"] < cfg.replacements_max and self._replacement is None:
+                actions.append(self._replace)
         if cfg.transfers:
             actions.append(self._transfer)
         if actions:
@@ -356,8 +450,9 @@ class World:
             self._push(self.now + self.rng.uniform(cfg.nemesis_ms_min, cfg.nemesis_ms_max), _NEMESIS)
 
     def _partition(self) -> None:
+        self._note_fault()
         cfg, rng = self.config, self.rng
-        ids = list(self.nodes)
+        ids = [i for i in self.nodes if i not in self.destroyed]
         shapes = ["isolate", "isolate-leader", "split", "one-way"]
         shape = rng.choice(shapes if cfg.one_way_partitions else shapes[:3])
         rng.shuffle(ids)
@@ -381,9 +476,11 @@ class World:
         self._push(self.now + rng.uniform(cfg.partition_ms_min, cfg.partition_ms_max), _HEAL, self._partition_id)
 
     def _may_crash(self) -> bool:
-        # Keep a quorum of the voters up so the run keeps making progress.
-        down = sum(1 for n in self.nodes.values() if not n.up)
-        return down < max(1, (len(self._voters()) - 1) // 2)
+        # Keep a quorum of every voter set up so the run keeps making progress;
+        # a destroyed node counts as down for as long as it is still a voter.
+        voters = self._voters()
+        down = sum(1 for v in voters if v not in self.nodes or not self.nodes[v].up)
+        return down < max(1, (len(voters) - 1) // 2)
 
     def _crash_someone(self) -> None:
         if not self._may_crash():
@@ -406,7 +503,8 @@ class World:
             self.trace(f"strike new leader {node.id}")
             self._crash(node)
         elif cfg.partitions:
-            others = sorted(set(self.nodes) - {node.id})
+            self._note_fault()
+            others = sorted(set(self.nodes) - {node.id} - self.destroyed)
             self.network.partition(split_links([node.id], others, one_way=False))
             self._partition_id += 1
             self.stats["partitions"] += 1
@@ -415,21 +513,27 @@ class World:
             self._push(self.now + delay, _HEAL, self._partition_id)
 
     def _voters(self) -> frozenset[str]:
+        """Both halves of the leader's membership; without a leader, anyone's."""
         leader = self._leader()
-        if leader is None:
-            return frozenset(self.nodes)
-        m = leader.engine.status().membership
-        return m.voters | m.voters_outgoing
+        if leader is not None:
+            m = leader.engine.status().membership
+            return m.voters | m.voters_outgoing
+        voters: frozenset[str] = frozenset()
+        for node in self.nodes.values():
+            if node.up:
+                m = node.engine.status().membership
+                voters |= m.voters | m.voters_outgoing
+        return voters
 
     def _change_membership(self) -> None:
         leader = self._leader()
         if leader is None:
             return
         rng = self.rng
+        # During a joint phase (or with a change still uncommitted) the target
+        # is built from the incoming voters; a correct engine refuses it.
         m = leader.engine.status().membership
-        if m.joint:
-            return
-        outside = sorted(set(self.nodes) - m.members())
+        outside = sorted(set(self.nodes) - m.members() - self.destroyed)
         voters, learners = sorted(m.voters), sorted(m.learners)
         options: list[tuple[str, Membership]] = []
         if outside:
@@ -447,14 +551,96 @@ class World:
         if not options:
             return
         what, target = rng.choice(options)
+        if self._propose_membership(leader, what, target) and rng.random() < self.config.membership_burst_rate:
+            self._push(self.now + rng.uniform(0, self.config.membership_burst_ms_max), _MEMBERSHIP)
+
+    def _propose_membership(self, leader: SimNode, what: str, target: Membership) -> bool:
         try:
             index, term = leader.engine.change_membership(target)
         except ProposalDropped as err:
             self.trace(f"membership {what} via {leader.id} refused: {err}")
-            return
+            return False
         self.stats["membership"] += 1
+        if self.network.blocked:
+            self.stats["membership_while_partitioned"] += 1
+        if any(not self.nodes[v].up for v in leader.engine.status().membership.members() if v in self.nodes):
+            self.stats["membership_while_node_down"] += 1
         self.trace(f"membership {what} via {leader.id} at ({index},{term})")
         leader.drain()
+        if self.rng.random() < self.config.membership_fault_rate:
+            self._push(self.now + self.rng.uniform(0, self.config.membership_fault_ms_max), _CHANGE_FAULT)
+        return True
+
+    def _change_fault(self) -> None:
+        """Strike while a membership change is in flight."""
+        cfg = self.config
+        faults: list[Callable[[], None]] = []
+        if cfg.partitions:
+            faults.append(self._partition)
+        if cfg.crashes:
+            faults.append(self._crash_someone)
+        if cfg.transfers:
+            faults.append(self._transfer)
+        if faults:
+            self.rng.choice(faults)()
+
+    # --- replacing a node that is gone for good ------------------------------------
+
+    def _replace(self) -> None:
+        """Destroy a voter, start a new node in its place and begin adding it."""
+        leader = self._leader()
+        if leader is None or not self._may_crash():
+            return
+        m = leader.engine.status().membership
+        if m.joint:
+            return
+        up = sorted(v for v in m.voters if v in self.nodes and self.nodes[v].up)
+        if not up:
+            return
+        dead = self.nodes[self.rng.choice(up)]
+        new = self._add_node(f"n{len(self.nodes) + 1}")
+        self.trace(f"replace {dead.id} by {new.id}")
+        self._crash(dead, restart=False)
+        self._start(new, None)
+        self._replacement = _Replacement(dead.id, new.id)
+        self._push(self.now + self.config.replace_step_ms, _REPLACE)
+
+    def _replace_step(self) -> None:
+        """One try at the replacement's next step: add the learner, or swap it in once caught up."""
+        job = self._replacement
+        assert job is not None
+        job.tries += 1
+        if job.tries > self.config.replace_tries_max:
+            self.trace(f"replace {job.dead} by {job.new}: abandoned at stage {job.stage}")
+            self._replacement = None
+            return
+        leader = self._leader()
+        if leader is not None:
+            self._replace_with(leader, job)
+        if self._replacement is not None:
+            self._push(self.now + self.config.replace_step_ms, _REPLACE)
+
+    def _replace_with(self, leader: SimNode, job: _Replacement) -> None:
+        status = leader.engine.status()
+        m = status.membership
+        if m.joint:
+            return
+        if job.new in m.voters:
+            # In place (the swap, or another change, made it a voter).
+            self.stats["replacements"] += 1
+            self.trace(f"replace {job.dead} by {job.new}: done")
+            self._replacement = None
+            return
+        if job.new not in m.learners:
+            job.stage = "add"
+            self._propose_membership(leader, f"add learner {job.new}", Membership(m.voters, m.learners | {job.new}))
+            return
+        job.stage = "swap"
+        new = self.nodes[job.new]
+        if not new.up or new.engine.status().commit < status.commit:
+            return  # not caught up yet
+        voters = (m.voters - {job.dead}) | {job.new}
+        self._propose_membership(leader, f"swap {job.dead} for {job.new}", Membership(voters, m.learners - {job.new}))
 
     def _transfer(self) -> None:
         leader = self._leader()
@@ -469,13 +655,15 @@ class World:
         except ProposalDropped as err:
             self.trace(f"transfer leadership {leader.id} -> {to} refused: {err}")
             return
+        self._note_fault()
         self.stats["transfers"] += 1
         self.trace(f"transfer leadership {leader.id} -> {to}")
         leader.drain()
 
     # --- the main loop -------------------------------------------------------------
 
-    def run(self) -> RunResult:
+    def start(self) -> None:
+        """Start every node, the clients and the nemesis (`run` does this first)."""
         cfg = self.config
         self.trace(
             f"seed {self.seed} engine {cfg.engine} nodes {sorted(self.nodes)} lease_reads {self.lease_reads} "
@@ -486,6 +674,25 @@ class World:
         for client in self.clients:
             self._push(self.rng.uniform(0, cfg.tick_ms * cfg.election_tick), _CLIENT_NEXT, client)
         self._push(self.rng.uniform(cfg.nemesis_ms_min, cfg.nemesis_ms_max) * 2, _NEMESIS)
+
+    def run_until(self, done: Callable[[], bool], steps_max: int) -> bool:
+        """Handle events until `done()` holds (True) or `steps_max` events passed (False).
+
+        For scripted scenarios: after `start()`, a test alternates its own
+        moves (a partition, a membership change) with stretches of the world's
+        events. Invariant violations propagate as InvariantViolation.
+        """
+        for _ in range(steps_max):
+            if done():
+                return True
+            if not self._queue:
+                return False
+            self._step()
+        return done()
+
+    def run(self) -> RunResult:
+        cfg = self.config
+        self.start()
         violation: InvariantViolation | None = None
         steps = 0
         try:
@@ -554,8 +761,15 @@ class World:
                 self.network.heal()
                 self.trace(f"heal partition #{a}")
         elif code == _RESTART:
-            self._restart(self.nodes[a])
+            if a not in self.destroyed:
+                self._restart(self.nodes[a])
         elif code == _LEADER_FAULT:
             node = self.nodes[a]
             if node.up and node.incarnation == b:
                 self._leader_fault(node)
+        elif code == _MEMBERSHIP:
+            self._change_membership()
+        elif code == _REPLACE:
+            self._replace_step()
+        elif code == _CHANGE_FAULT:
+            self._change_fault()

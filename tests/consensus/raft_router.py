@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from kvorum.consensus.raft import RaftConfig
+from kvorum.consensus.raft import RaftConfig, RaftNode
 from kvorum.consensus.raft.bugs import node_class
 from kvorum.consensus.replicated_log import Entry, HardState, Membership, RestoreState, Snapshot
 
@@ -37,7 +37,7 @@ class Router:
         for nid in ids:
             self.add(nid)
 
-    def add(self, nid: str, restore: RestoreState | None = None, **extra: Any) -> Any:
+    def add(self, nid: str, restore: RestoreState | None = None, **extra: Any) -> RaftNode:
         cfg = RaftConfig(
             id=nid,
             membership=self.membership,

@@ -11,9 +11,10 @@ from kvorum.consensus import engines
 from kvorum.consensus.replicated_log import Entry, EntryKind, HardState, Membership, Role, Snapshot
 from kvorum.sim.disk import Disk
 from kvorum.sim.invariants import Invariants, InvariantViolation
+from kvorum.sim.network import split_links
 from kvorum.sim.runner import apply_settings, config_from_args, main, parser, replay_command, run_seed, run_seeds
 from kvorum.sim.statemachine import Command, KVStateMachine, decode_command, encode_command
-from kvorum.sim.world import SimConfig, profile_config
+from kvorum.sim.world import SimConfig, World, profile_config
 
 # Each deliberate bug, the profile that makes its schedules likely, and how
 # many seeds the test allows before calling it missed.
@@ -22,7 +23,11 @@ BUGS = [
     ("forget-vote", "crash-restart", 200),
     ("stale-lease", "stale-leader", 200),
     ("no-truncate", "default", 200),
+    ("joint-new-majority-only", "membership", 300),
+    ("learner-votes", "membership", 300),
+    ("concurrent-changes", "membership", 300),
 ]
+MEMBERSHIP_BUGS = [bug for bug, profile, _ in BUGS if profile == "membership"]
 
 
 def test_registry_knows_raft_and_its_bugs():
@@ -78,7 +83,7 @@ def test_clean_engine_passes_a_batch_of_seeds():
     assert sum(r.stats["ops"] for r in results) > 50 * 100
 
 
-@pytest.mark.parametrize("profile", ["figure8", "crash-restart"])
+@pytest.mark.parametrize("profile", ["figure8", "crash-restart", "membership"])
 def test_clean_engine_passes_the_bug_hunting_profiles(profile):
     results = run_seeds(range(8), profile_config(profile))
     failed = [r.summary() for r in results if r.failed]
@@ -101,6 +106,72 @@ def test_each_bug_is_caught(bug, profile, seeds_max):
     again = run_seed(caught.seed, config)
     assert again.failed and again.trace_hash == caught.trace_hash
     assert f"--bug {bug}" in replay_command(caught.seed, config)
+
+
+@pytest.mark.parametrize("bug", MEMBERSHIP_BUGS)
+def test_each_membership_bug_breaks_the_papers_properties_too(bug):
+    """The membership checks name the broken rule at once; without them the same
+    bug still ends in a lost committed entry or a wrong read, a few seeds later."""
+    config = profile_config("membership", bugs=frozenset({bug}), membership_checks=False)
+    caught = run_seeds(range(30), config, stop_at_first_failure=True)[-1]
+    assert caught.failed, f"{bug} broke nothing downstream in 30 seeds"
+    if caught.violation is not None:
+        assert caught.violation.invariant in (
+            "election safety",
+            "log matching",
+            "leader completeness",
+            "state machine safety",
+        )
+
+
+def test_membership_changes_meet_every_other_fault():
+    results = run_seeds(range(6), profile_config("membership"))
+    assert not [r.summary() for r in results if r.failed]
+    totals = {key: sum(r.stats[key] for r in results) for key in results[0].stats}
+    for key in (
+        "replacements",
+        "membership_while_partitioned",
+        "membership_while_node_down",
+        "faults_while_joint",
+        "transfers",
+        "crashes",
+        "restarts",
+    ):
+        assert totals[key] > 0, (key, totals)
+
+
+def _replacement_in(lines: list[str]) -> tuple[str, str, list[str]] | None:
+    """(destroyed node, its successor, the membership steps taken for it), if one finished."""
+    for n, line in enumerate(lines):
+        if line.endswith(": done"):
+            words = line.split()
+            dead, new = words[2], words[4].rstrip(":")
+            steps = [s for s in lines[:n] if f" {new} via" in s and "refused" not in s]
+            return dead, new, steps
+    return None
+
+
+def test_a_replacement_destroys_a_voter_and_swaps_a_new_node_in_by_one_joint_change():
+    for seed in range(20):
+        lines: list[str] = []
+        world = World(seed, profile_config("membership", steps=6000), verbose=lines.append)
+        assert not world.run().failed
+        found = _replacement_in(lines)
+        if found is not None and found[2][-1].split()[2] == "swap":
+            break
+    else:
+        raise AssertionError("no replacement swapped its node in within 20 seeds")
+    dead, new, steps = found
+    assert dead in world.destroyed and not world.nodes[dead].up
+    assert int(new[1:]) > world.config.nodes + world.config.spares  # a node that did not exist before
+    assert steps[-2].split()[2:5] == ["add", "learner", new]
+    assert steps[-1].split()[2:5] == ["swap", dead, "for"]
+    # Swapping two voters at once is one joint change: the entry holds C_old,new.
+    index, term = (int(v) for v in steps[-1].split("at (")[1].rstrip(")").split(","))
+    kind, data, _, _ = world.invariants.entries[(index, term)]
+    joint = world.spec.decode_membership(data)
+    assert kind == EntryKind.MEMBERSHIP and joint.joint
+    assert new in joint.voters and dead in joint.voters_outgoing and dead not in joint.voters
 
 
 def test_cli_passes_clean_seeds(capsys):
@@ -243,3 +314,152 @@ def test_invariants_catch_log_matching_violations():
     with pytest.raises(InvariantViolation) as err:
         inv.sweep([_FakeNode("b", Role.FOLLOWER, 2, [Entry(2, 1), Entry(2, 2)])])
     assert err.value.invariant == "log matching"
+
+
+class _GroupEngine:
+    """A fake engine for the membership checks: a log, a commit index, a membership."""
+
+    def __init__(self, node_id, role, term, log, membership, commit=0):
+        self.id, self.role, self.term, self.log = node_id, role, term, list(log)
+        self.membership, self.commit = membership, commit
+
+    def status(self):
+        from kvorum.consensus.replicated_log import Status
+
+        last = self.log[-1].index if self.log else 0
+        return Status(self.id, self.role, self.term, None, self.commit, 0, 1, last, self.membership)
+
+    def log_entries(self, lo, hi):
+        return [e for e in self.log if lo <= e.index < hi]
+
+    def membership_at(self, index):
+        found = Membership(frozenset("abc"))
+        for e in self.log:
+            if e.index <= index and e.kind is EntryKind.MEMBERSHIP:
+                found = engines.get("raft").decode_membership(e.data)
+        return found
+
+
+class _GroupNode:
+    def __init__(self, node_id, log=(), role=Role.FOLLOWER, term=2, membership=None, commit=0):
+        self.id = node_id
+        self.spec = engines.get("raft")
+        self.engine = _GroupEngine(node_id, role, term, log, membership or Membership(frozenset("abc")), commit)
+        self.up = True
+
+
+def _conf(index, membership, term=2):
+    from kvorum.consensus.raft.membership import encode_membership
+
+    return Entry(term, index, EntryKind.MEMBERSHIP, encode_membership(membership))
+
+
+def test_invariants_catch_a_commit_that_a_learner_completed():
+    e1 = Entry(2, 1, EntryKind.NORMAL, b"x")
+    m = Membership(frozenset("abc"), learners=frozenset("d"))
+    nodes = {
+        "a": _GroupNode("a", [e1], Role.LEADER, membership=m),
+        "b": _GroupNode("b"),
+        "c": _GroupNode("c"),
+        "d": _GroupNode("d", [e1]),
+    }
+    inv = Invariants(nodes)
+    assert inv.after_event(nodes["a"])
+    nodes["a"].engine.commit = 1
+    with pytest.raises(InvariantViolation) as err:
+        inv.after_event(nodes["a"])
+    assert err.value.invariant == "commit quorum" and "learners ['d']" in err.value.detail
+    # Once a second voter stores it, the same commit is fine.
+    inv = Invariants(nodes)
+    nodes["a"].engine.commit = 0
+    inv.after_event(nodes["a"])
+    nodes["b"].engine.log = [e1]
+    nodes["a"].engine.commit = 1
+    inv.after_event(nodes["a"])
+
+
+def test_invariants_catch_a_joint_commit_without_the_old_majority():
+    e1 = Entry(2, 1, EntryKind.NORMAL, b"x")
+    joint = Membership(frozenset("abd"), voters_outgoing=frozenset("abc"))
+    nodes = {
+        "a": _GroupNode("a", [e1], Role.LEADER, membership=joint),
+        "b": _GroupNode("b"),
+        "c": _GroupNode("c"),
+        "d": _GroupNode("d", [e1]),
+    }
+    inv = Invariants(nodes)
+    inv.after_event(nodes["a"])
+    nodes["a"].engine.commit = 1
+    with pytest.raises(InvariantViolation) as err:
+        inv.after_event(nodes["a"])
+    assert err.value.invariant == "commit quorum" and "['a', 'b', 'c']" in err.value.detail
+
+
+def test_invariants_catch_a_second_change_while_one_is_uncommitted_or_a_too_large_step():
+    m4 = Membership(frozenset("abcd"))
+    m3 = Membership(frozenset("bcd"))
+    log = [Entry(2, 1, EntryKind.NOOP), _conf(2, m4)]
+    leader = _GroupNode("a", log, Role.LEADER, membership=m4, commit=1)
+    inv = Invariants({"a": leader})
+    second = _conf(3, m3)
+    leader.engine.log.append(second)
+    with pytest.raises(InvariantViolation) as err:
+        inv.on_append(leader, (second,))
+    assert err.value.invariant == "membership change safety" and "uncommitted" in err.value.detail
+    leader.engine.commit = 2
+    inv.on_append(leader, (second,))  # one voter less, the previous change committed: fine
+    swap = _conf(4, Membership(frozenset("ade")))
+    leader.engine.log.append(swap)
+    leader.engine.commit = 3
+    with pytest.raises(InvariantViolation) as err:
+        inv.on_append(leader, (swap,))
+    assert "in one step" in err.value.detail
+
+
+@pytest.mark.parametrize("pre_vote,check_quorum", [("on", "on"), ("off", "on"), ("on", "off")])
+def test_scenario_removed_node_keeps_campaigning_without_disrupting_the_group(pre_vote, check_quorum):
+    """Thesis 4.2.3 in the simulated world: a voter cut off while it is removed
+    never learns of its removal, so once the partition heals it keeps ticking,
+    timing out and asking its old peers for (pre-)votes. The leader no longer
+    talks to it; PreVote keeps its term from rising, and CheckQuorum (PreVote
+    alone, for pre-votes) makes the others ignore it while they hear from their
+    leader: the group's term does not rise and the leader stays."""
+    quiet = dict(
+        nodes=4,
+        spares=0,
+        partitions=False,
+        crashes=False,
+        membership_changes=False,
+        transfers=False,
+        new_leader_fault_rate=0.0,
+        crash_after_fsync_rate=0.0,
+        lease_reads="off",
+        pre_vote=pre_vote,
+        check_quorum=check_quorum,
+        network=dataclasses.replace(SimConfig().network, drop_rate=0.0),
+    )
+    lines: list[str] = []
+    world = World(5, dataclasses.replace(SimConfig(), **quiet), verbose=lines.append)
+    world.start()
+    assert world.run_until(lambda: world._leader() is not None and world._leader().status().commit > 0, 20_000)
+    leader = world._leader()
+    removed = max(set(world.nodes) - {leader.id})
+    others = sorted(set(world.nodes) - {removed})
+    world.network.partition(split_links([removed], others, one_way=False))
+    index, _ = leader.engine.change_membership(Membership(frozenset(others)))
+    leader.drain()
+    assert world.run_until(lambda: leader.status().commit >= index, 20_000)
+    assert removed in world.nodes[removed].status().membership.voters  # it never heard
+    world.network.heal()
+    term = leader.status().term
+    healed_at = len(lines)
+    timeouts_ms = 30 * world.config.election_tick * world.config.tick_ms
+    until = world.now + timeouts_ms
+    assert world.run_until(lambda: world.now >= until, 200_000)
+    for nid in others:
+        status = world.nodes[nid].status()
+        assert (status.term, status.leader) == (term, leader.id), (nid, status.term, status.leader)
+    asked = [line for line in lines[healed_at:] if f"deliver RequestVote {removed}->" in line]
+    assert len(asked) >= 3 * 10, "the removed node kept campaigning"
+    assert world.nodes[removed].status().role is not Role.LEADER
+    world.invariants.sweep(list(world.nodes.values()))

@@ -18,11 +18,13 @@ win is not something a reader of a failing seed should have to work out.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Collection
+from typing import ClassVar, Collection, Mapping
 
+from kvorum.consensus.quorum import INDEX_UNBOUNDED, VoteResult, majority_index, majority_vote
 from kvorum.consensus.raft.config import RaftConfig
+from kvorum.consensus.raft.membership import leave_joint, plan_change
 from kvorum.consensus.raft.node import RaftNode
-from kvorum.consensus.replicated_log import EngineConfigError, NodeId, Role
+from kvorum.consensus.replicated_log import EngineConfigError, Membership, NodeId, Role
 
 
 class _Bug(RaftNode):
@@ -83,7 +85,96 @@ class NoTruncate(_Bug):
         return self._log.last_index() + 1
 
 
-_MIXINS: tuple[type[_Bug], ...] = (CommitOldTerm, ForgetVote, StaleLease, NoTruncate)
+class JointNewMajorityOnly(_Bug):
+    """"joint-new-majority-only": during joint consensus the leader commits, and
+    a candidate wins, with a majority of the new voters alone; the old voters'
+    majority is ignored (paper §6 requires both)."""
+
+    name = "joint-new-majority-only"
+
+    def _committed_index(self) -> int:
+        matches = {pid: pr.match for pid, pr in self._tracker}
+        return majority_index(self._tracker.membership.voters, matches)
+
+    def _tally(self) -> VoteResult:
+        return majority_vote(self._tracker.membership.voters, self._tracker.votes)
+
+
+def _index_counting_learners(voters: frozenset[NodeId], learners: frozenset[NodeId], acked: Mapping[NodeId, int]) -> int:
+    """A voter majority's size, filled from voters' and learners' acknowledgements alike."""
+    if not voters:
+        return INDEX_UNBOUNDED
+    values = sorted((acked.get(pid, 0) for pid in voters | learners), reverse=True)
+    return values[len(voters) // 2]
+
+
+def _vote_counting_learners(
+    voters: frozenset[NodeId], learners: frozenset[NodeId], votes: Mapping[NodeId, bool]
+) -> VoteResult:
+    if not voters:
+        return VoteResult.WON
+    quorum = len(voters) // 2 + 1
+    answers = [votes.get(pid) for pid in voters | learners]
+    if answers.count(True) >= quorum:
+        return VoteResult.WON
+    if len(answers) - answers.count(False) < quorum:
+        return VoteResult.LOST
+    return VoteResult.PENDING
+
+
+class LearnerVotes(_Bug):
+    """"learner-votes": a learner's acknowledgement and vote count towards the
+    voters' majority: the quorum size comes from the voters, the count from
+    every member (thesis 4.2.1: learners are not part of any majority)."""
+
+    name = "learner-votes"
+
+    def _committed_index(self) -> int:
+        m = self._tracker.membership
+        matches = {pid: pr.match for pid, pr in self._tracker}
+        return min(
+            _index_counting_learners(m.voters, m.learners, matches),
+            _index_counting_learners(m.voters_outgoing, m.learners, matches),
+        )
+
+    def _tally(self) -> VoteResult:
+        m = self._tracker.membership
+        votes = self._tracker.votes
+        halves = (
+            _vote_counting_learners(m.voters, m.learners, votes),
+            _vote_counting_learners(m.voters_outgoing, m.learners, votes),
+        )
+        if VoteResult.LOST in halves:
+            return VoteResult.LOST
+        if halves == (VoteResult.WON, VoteResult.WON):
+            return VoteResult.WON
+        return VoteResult.PENDING
+
+    def _vote_requestees(self) -> list[NodeId]:
+        return sorted((self._tracker.voter_ids() | self._tracker.membership.learners) - {self.id})
+
+
+class ConcurrentChanges(_Bug):
+    """"concurrent-changes": the leader accepts a membership change while the
+    previous one is still uncommitted, planning it from the latest (uncommitted)
+    membership, as if that one were done (thesis 4.1: one change at a time)."""
+
+    name = "concurrent-changes"
+
+    def _next_membership(self, target: Membership) -> Membership:
+        current = self._tracker.membership
+        return plan_change(leave_joint(current) if current.joint else current, target)
+
+
+_MIXINS: tuple[type[_Bug], ...] = (
+    CommitOldTerm,
+    ForgetVote,
+    StaleLease,
+    NoTruncate,
+    JointNewMajorityOnly,
+    LearnerVotes,
+    ConcurrentChanges,
+)
 KNOWN_BUGS = frozenset(m.name for m in _MIXINS)
 _BY_NAME = {m.name: m for m in _MIXINS}
 assert len(_BY_NAME) == len(_MIXINS) and "" not in _BY_NAME, "bug names must be unique and set"

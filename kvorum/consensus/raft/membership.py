@@ -6,7 +6,9 @@ A change that adds or removes at most one voter is applied in one step
 (thesis 4.1: any two majorities of configurations differing by one server
 overlap). Anything larger goes through joint consensus (paper §6, thesis 4.3):
 first C_old,new (`voters` = new voters, `voters_outgoing` = old voters), and
-once that entry commits the leader appends C_new by itself.
+once that entry commits the leader appends C_new by itself. `plan_change`
+turns a requested target into the ops that reach it and lets `confchange`
+(etcd-io/raft's rules and refusals) apply them, with auto-leave on.
 
 A voter that the target demotes to a learner stays an outgoing voter during
 the joint phase (a node is never voter and learner at once); C_old,new
@@ -26,6 +28,7 @@ from typing import Sequence
 
 import msgpack
 
+from kvorum.consensus.raft import confchange
 from kvorum.consensus.replicated_log import Entry, EntryKind, Membership
 
 
@@ -69,16 +72,21 @@ def plan_change(current: Membership, target: Membership) -> Membership:
     """The membership to append next: `target` itself, or C_old,new on the way to it."""
     assert not current.joint
     check_target(target)
+    changes = confchange.changes_between(current, target)
     if len(current.voters ^ target.voters) <= 1:
-        return Membership(target.voters, target.learners)
-    learners_next = target.learners & current.voters
-    return Membership(target.voters, target.learners - learners_next, current.voters, learners_next)
+        planned = confchange.simple(confchange.Config(current), changes).membership
+        assert planned == target
+        return planned
+    planned = confchange.enter_joint(confchange.Config(current), changes, auto_leave=True).membership
+    # Invariant: leaving the joint phase lands exactly on the target.
+    assert leave_joint(planned) == target, (planned, target)
+    return planned
 
 
 def leave_joint(current: Membership) -> Membership:
     """C_new, appended automatically once C_old,new is committed."""
     assert current.joint
-    return Membership(current.voters, current.learners | current.learners_next)
+    return confchange.leave_joint(confchange.Config(current, auto_leave=True)).membership
 
 
 class MembershipHistory:

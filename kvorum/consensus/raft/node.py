@@ -35,6 +35,7 @@ replaced them meanwhile) and the committed entries applied.
 
 Sub-concerns live in modules that never import this one: `log` (the entries
 and their indexes), `membership` (planning changes, the membership history),
+`confchange` (applying membership ops, with etcd-io/raft's refusals),
 `reads` (ReadIndex rounds and leases, thesis 6.4), and the shared `tracker`
 and `quorum` packages. The lease depends on followers ignoring candidates
 while they hear from a leader, which `step` enforces.
@@ -71,8 +72,8 @@ from kvorum.consensus.replicated_log import (
     Membership,
     NodeId,
     ProposalDropped,
-    Ready,
     ReadState,
+    Ready,
     RestoreState,
     Role,
     Snapshot,
