@@ -1,33 +1,36 @@
-"""One simulated server: an engine, its disk, its state machine, and the Ready loop.
+"""One simulated server: an engine, its disk, kvorum's state machine, and the server's Ready loop.
 
 Theory of operation
 -------------------
 `SimNode.drain` runs the contract's loop (kvorum.consensus.replicated_log)
-after every input (tick, message, proposal, read barrier):
+after every input (tick, message, proposal, read barrier). What a Ready does
+to the state machine and to waiting clients is the server's own code,
+`kvorum.replica.ready_loop.ReadyLoop`, over kvorum's replicated state machine
+(`kvorum.sim.statemachine`); only the disk and the network are simulated:
 
     while engine.has_ready():
         rd = engine.ready()
-        1. rd.snapshot   -> queue a disk write, install it in the state machine
-        2. rd.entries, rd.hard_state -> queue disk writes
-        3. rd.messages   -> held in the outbox until every disk write queued so
-                            far is fsynced ("persist BEFORE sending")
-        4. rd.committed_entries -> apply in order, answer the clients that
-                            proposed them; rd.read_states -> serve once
-                            applied >= index; rd.dropped -> tell clients to retry
+        1. rd.snapshot, rd.entries, rd.hard_state -> queue disk writes
+        2. rd.messages -> held in the outbox while a write the Ready (or an
+                          earlier one) must sync is not fsynced yet
+                          (`rd.must_sync`: "persist BEFORE sending"), else sent
+        3. ReadyLoop.process(rd): install the snapshot, apply committed entries
+           and answer their proposers, serve read barriers, drop the refused
         engine.advance(rd)
 
 Disk writes complete asynchronously: the first write after a quiet disk
 schedules an fsync `fsync_ms` later, which covers every write issued up to
 then and releases the messages waiting for it (group commit). A crash in that
 window loses a random suffix of the unsynced writes and every held message,
-so the engine's durability claims are really tested.
+so the engine's durability claims, `must_sync` included, are really tested.
 
 Committed entries are applied straight away, as the contract allows: they are
 committed, so a quorum already holds them durably.
 
 When `applied` has moved `compact_every` entries past the last snapshot, the
-node snapshots its state machine, writes the snapshot to disk and calls
-`engine.compact`, so snapshots and InstallSnapshot are exercised too.
+node snapshots its state machine (ReadyLoop.snapshot), writes the snapshot to
+disk and lets the engine compact, so snapshots and InstallSnapshot are
+exercised too.
 """
 
 from __future__ import annotations
@@ -35,15 +38,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from kvorum.consensus.engines import EngineSpec, NodeSettings
-from kvorum.consensus.replicated_log import (
-    Entry,
-    EntryKind,
-    Membership,
-    Ready,
-    ReplicatedLog,
-    Snapshot,
-    Status,
-)
+from kvorum.consensus.replicated_log import Membership, Ready, ReplicatedLog, Status
+from kvorum.replica.ready_loop import ReadyLoop
 from kvorum.sim.disk import Disk
 from kvorum.sim.statemachine import KVStateMachine
 
@@ -51,6 +47,41 @@ if TYPE_CHECKING:
     from kvorum.sim.world import World
 
 COMPACT_EVERY_DEFAULT = 64
+
+
+class _Proposal:
+    """A simulated client waiting for its write (a `ready_loop.Waiter`)."""
+
+    __slots__ = ("world", "client", "op_id")
+    origin = None
+
+    def __init__(self, world: World, client: str, op_id: int) -> None:
+        self.world, self.client, self.op_id = world, client, op_id
+
+    def applied(self, index: int, reply: Any) -> None:
+        self.world.client_result(self.client, self.op_id, reply)
+
+    def failed(self, message: str) -> None:
+        # A definite refusal may be retried; an unknown outcome (a snapshot folded the
+        # entry in) may not: the client times out, as a real one would.
+        if message.startswith("TRYAGAIN"):
+            self.world.client_retry(self.client, self.op_id, message)
+
+
+class _Read:
+    """A simulated client waiting for a read barrier (a `ready_loop.Waiter`)."""
+
+    __slots__ = ("node", "client", "op_id", "key")
+    origin = None
+
+    def __init__(self, node: SimNode, client: str, op_id: int, key: str) -> None:
+        self.node, self.client, self.op_id, self.key = node, client, op_id, key
+
+    def applied(self, index: int, reply: Any) -> None:
+        self.node.world.client_result(self.client, self.op_id, self.node.sm.read(self.key))
+
+    def failed(self, message: str) -> None:
+        self.node.world.client_retry(self.client, self.op_id, f"{self.node.id}: {message}")
 
 
 class SimNode:
@@ -61,19 +92,15 @@ class SimNode:
         self.initial = initial
         self.disk = Disk()
         self.engine: ReplicatedLog | None = None
+        self.loop: ReadyLoop | None = None
         self.sm = KVStateMachine()
         # Bumped on every crash so events scheduled by an earlier life are ignored.
         self.incarnation = 0
         self.tick_ms = 10.0
-        self.outbox: list[tuple[int, Any]] = []  # (disk seq that must be synced first, message)
+        self.outbox: list[Any] = []  # messages waiting for the fsync of `sync_needed_seq`
+        self.sync_needed_seq = 0  # the last disk write a sent message may depend on
+        self.synced_seq = 0
         self.fsync_scheduled = False
-        # Client work waiting on this node: proposals by index, read barriers by ctx.
-        self.proposals: dict[int, tuple[int, str, int]] = {}  # index -> (term, client, op id)
-        self.reads: dict[bytes, tuple[str, int, str]] = {}  # ctx -> (client, op id, key)
-        self.passed_reads: list[tuple[int, bytes]] = []  # (index, ctx) waiting for applied >= index
-        self.applied_membership = initial
-        self.applied_term = 0
-        self.last_compact = 0
         self.compact_every = COMPACT_EVERY_DEFAULT
 
     # --- life cycle ----------------------------------------------------------
@@ -86,28 +113,24 @@ class SimNode:
         assert self.engine is None
         restore = settings.restore
         self.sm = KVStateMachine()
-        self.applied_membership = self.initial
-        self.applied_term = 0
-        self.last_compact = 0
+        applied_index = applied_term = 0
         if restore is not None and restore.snapshot is not None:
             snap = restore.snapshot
-            self.sm.restore(snap.data, snap.index)
-            self.applied_membership = snap.membership
-            self.applied_term = snap.term
-            self.last_compact = snap.index
+            self.sm.load(snap.data)
+            applied_index, applied_term = snap.index, snap.term
         self.engine = self.spec.make(settings)
+        self.loop = ReadyLoop(self.engine, self.sm, self.spec.decode_membership, applied_index, applied_term)
         self.drain()
 
     def crash(self) -> int:
         """Power loss: the engine, state machine, outbox and client work vanish."""
         assert self.engine is not None
         self.engine = None
+        self.loop = None
         self.incarnation += 1
         self.outbox = []
+        self.sync_needed_seq = self.synced_seq = 0
         self.fsync_scheduled = False
-        self.proposals = {}
-        self.reads = {}
-        self.passed_reads = []
         return self.disk.crash(self.world.rng, self.world.config.lose_unsynced)
 
     # --- inputs ----------------------------------------------------------------
@@ -122,15 +145,13 @@ class SimNode:
 
     def propose(self, data: bytes, client: str, op_id: int) -> tuple[int, int]:
         """Raises ProposalDropped; on success the client hears back when the index applies."""
-        index, term = self.engine.propose(data)
-        self.proposals[index] = (term, client, op_id)
+        index, term = self.loop.propose(data, _Proposal(self.world, client, op_id))
         self.drain()
         return index, term
 
     def read(self, ctx: bytes, client: str, op_id: int, key: str) -> None:
         """Raises ProposalDropped; otherwise the read is served after its barrier passes."""
-        self.engine.read_barrier(ctx)
-        self.reads[ctx] = (client, op_id, key)
+        self.loop.read_barrier(ctx, _Read(self, client, op_id, key))
         self.drain()
 
     def status(self) -> Status:
@@ -140,11 +161,12 @@ class SimNode:
 
     def drain(self) -> None:
         engine = self.engine
+        loop = self.loop
         while engine.has_ready():
             rd = engine.ready()
             self._handle(rd)
             engine.advance(rd)
-            if self.sm.applied - self.last_compact >= self.compact_every:
+            if loop.applied_index - loop.snapshot_index >= self.compact_every:
                 self._compact()
         if self.world.invariants.after_event(self):
             self.world.new_leader(self)
@@ -152,102 +174,45 @@ class SimNode:
     def _handle(self, rd: Ready) -> None:
         world = self.world
         disk = self.disk
+        invariants = world.invariants
         if rd.snapshot is not None:
-            self._install_snapshot(rd.snapshot)
+            invariants.on_snapshot(self, rd.snapshot)
+            disk.write_snapshot(rd.snapshot)
         if rd.entries:
-            world.invariants.on_append(self, rd.entries)
+            invariants.on_append(self, rd.entries)
             disk.write_entries(rd.entries)
         if rd.hard_state is not None:
             disk.write_hard_state(rd.hard_state)
+        if rd.must_sync:
+            self.sync_needed_seq = disk.seq
         if disk.dirty and not self.fsync_scheduled:
             self.fsync_scheduled = True
             world.schedule_fsync(self)
         for message in rd.messages:
-            if disk.dirty:
-                self.outbox.append((disk.seq, message))
+            if self.synced_seq < self.sync_needed_seq:
+                self.outbox.append(message)
             else:
                 world.send(message)
         if rd.committed_entries:
-            self._apply(rd.committed_entries)
-        for rs in rd.read_states:
-            self.passed_reads.append((rs.index, rs.ctx))
-        if self.passed_reads:
-            self._serve_reads()
-        for ctx in rd.dropped:
-            waiting = self.reads.pop(ctx, None)
-            if waiting is not None:
-                world.client_retry(waiting[0], waiting[1], f"{self.id} dropped read barrier")
+            term_now = self.engine.status().term
+            for entry in rd.committed_entries:
+                invariants.on_apply(self, entry, term_now)
+        self.loop.process(rd)
 
     def fsync_done(self) -> None:
         """The fsync scheduled earlier completed: everything written before it is durable."""
         disk = self.disk
         disk.fsync(disk.seq)
+        self.synced_seq = disk.seq
         self.fsync_scheduled = False
         outbox, self.outbox = self.outbox, []
-        for _, message in outbox:
+        for message in outbox:
             self.world.send(message)
 
-    def _install_snapshot(self, snap: Snapshot) -> None:
-        self.world.invariants.on_snapshot(self, snap)
-        self.disk.write_snapshot(snap)
-        self.sm.restore(snap.data, snap.index)
-        self.applied_membership = snap.membership
-        self.applied_term = snap.term
-        self.last_compact = snap.index
-        if self.passed_reads:
-            self._serve_reads()
-        for index in [i for i in self.proposals if i <= snap.index]:
-            # The outcome of these proposals is folded into the snapshot; the
-            # client cannot tell whether its own entry made it, so it times out.
-            del self.proposals[index]
-
-    def _apply(self, entries: tuple[Entry, ...]) -> None:
-        world = self.world
-        invariants = world.invariants
-        sm = self.sm
-        proposals = self.proposals
-        term_now = self.engine.status().term
-        for entry in entries:
-            invariants.on_apply(self, entry, term_now)
-            if entry.kind is EntryKind.NORMAL:
-                result = sm.apply(entry.index, entry.data)
-            else:
-                if entry.kind is EntryKind.MEMBERSHIP:
-                    self.applied_membership = self.spec.decode_membership(entry.data)
-                result = sm.apply(entry.index, None)
-            self.applied_term = entry.term
-            waiting = proposals.pop(entry.index, None)
-            if waiting is None:
-                continue
-            term, client, op_id = waiting
-            if term == entry.term:
-                world.client_result(client, op_id, result)
-            else:
-                world.client_retry(client, op_id, f"{self.id} lost proposal at {entry.index}")
-
-    def _serve_reads(self) -> None:
-        applied = self.sm.applied
-        still: list[tuple[int, bytes]] = []
-        for index, ctx in self.passed_reads:
-            if index > applied:
-                still.append((index, ctx))
-                continue
-            waiting = self.reads.pop(ctx, None)
-            if waiting is not None:
-                client, op_id, key = waiting
-                self.world.client_result(client, op_id, self.sm.read(key))
-        self.passed_reads = still
-
     def _compact(self) -> None:
-        snap = Snapshot(
-            index=self.sm.applied,
-            term=self.applied_term,
-            membership=self.applied_membership,
-            data=self.sm.snapshot(),
-        )
+        snap = self.loop.snapshot()
         self.disk.write_snapshot(snap)
         if not self.fsync_scheduled:
             self.fsync_scheduled = True
             self.world.schedule_fsync(self)
-        self.engine.compact(snap)
-        self.last_compact = snap.index
+        self.loop.compacted(snap)

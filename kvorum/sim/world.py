@@ -534,7 +534,10 @@ class World:
         # is built from the incoming voters; a correct engine refuses it.
         m = leader.engine.status().membership
         outside = sorted(set(self.nodes) - m.members() - self.destroyed)
-        voters, learners = sorted(m.voters), sorted(m.learners)
+        voters = sorted(m.voters)
+        # A replacement's newcomer is the replacement's to move.
+        replacing = self._replacement.new if self._replacement is not None else None
+        learners = sorted(m.learners - {replacing})
         options: list[tuple[str, Membership]] = []
         if outside:
             new = rng.choice(outside)
@@ -625,8 +628,12 @@ class World:
         m = status.membership
         if m.joint:
             return
+        if job.new in m.voters and job.dead in m.voters:
+            # Another change made it a voter beside the destroyed one: take that one out.
+            self._propose_membership(leader, f"remove {job.dead}", Membership(m.voters - {job.dead}, m.learners))
+            return
         if job.new in m.voters:
-            # In place (the swap, or another change, made it a voter).
+            # In place (the swap made it a voter).
             self.stats["replacements"] += 1
             self.trace(f"replace {job.dead} by {job.new}: done")
             self._replacement = None
