@@ -31,7 +31,7 @@ ALLOWED = {
     "replica": {"commands", "protocol", "store", "cluster", "consensus"},
     "server": {"protocol", "settings", "store", "consensus", "storage", "commands", "cluster", "replica"},
     "client": set(),
-    "sim": {"consensus"},
+    "sim": {"consensus", "replica", "store", "commands", "protocol"},
 }
 
 
