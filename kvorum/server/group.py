@@ -115,10 +115,14 @@ class Group:
         if membership is not None:
             wanted |= membership.members()
         addresses = {}
+        removed = set()
         for member in self.roster.members.values():
             if member.id in wanted or not self.roster.is_removed(member.id):
                 addresses[member.id] = (member.host, member.bus_port)
+            else:
+                removed.add(member.id)
         self.hub.set_addresses(addresses)
+        self.hub.set_removed(removed)
 
     # Views.
 

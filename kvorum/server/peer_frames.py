@@ -340,8 +340,12 @@ class Connection:
         cluster_id: str,
         peer_id: str | None = None,
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
+        refuse_sender=None,
     ) -> None:
+        """`refuse_sender(sender_id) -> reason | None`: the acceptor's own reason to refuse a
+        sender whose HELLO is otherwise valid (a node removed from the cluster)."""
         assert (role is Role.DIALER) == (peer_id is not None), "only a dialer knows its peer up front"
+        self.refuse_sender = refuse_sender
         self.role = role
         self.node_id = node_id
         self.cluster_id = cluster_id
@@ -394,6 +398,8 @@ class Connection:
     def _answer_hello(self, hello: Hello) -> HelloAccepted | HelloRefused:
         self.peer_id = hello.sender_id
         reason = check_hello(hello, self.cluster_id, self.node_id)
+        if reason is None and self.refuse_sender is not None:
+            reason = self.refuse_sender(hello.sender_id)
         if reason is not None:
             return HelloRefused(hello, reason, encode_frame(Refuse(reason[:REFUSE_REASON_BYTES_MAX])))
         return HelloAccepted(hello, encode_frame(Welcome(PROTOCOL_VERSION, self.node_id)))

@@ -311,6 +311,8 @@ class _OutboundProtocol(_Protocol):
                 )
                 self._fail_handshake(ConnectionRefusedError(event.reason))
                 self.transport.close()
+                if self.owner.on_refused is not None:
+                    self.owner.on_refused(self.link.peer_id, event.reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail_handshake(ConnectionError("connection lost during handshake"))
@@ -343,7 +345,8 @@ class _InboundProtocol(_Protocol):
 
     def __init__(self, owner: PeerTransport) -> None:
         connection = Connection(
-            Role.ACCEPTOR, owner.node_id, owner.cluster_id, None, owner.limits.frame_bytes_max
+            Role.ACCEPTOR, owner.node_id, owner.cluster_id, None, owner.limits.frame_bytes_max,
+            owner.refuse_sender,
         )
         super().__init__(owner, connection)
         self.handshake_timer: asyncio.TimerHandle | None = None
@@ -433,6 +436,8 @@ class PeerTransport:
         limits: TransportLimits = TransportLimits(),
         on_link_change: OnLinkChange | None = None,
         rng: random.Random | None = None,
+        refuse_sender: Callable[[str], str | None] | None = None,
+        on_refused: Callable[[str, str], None] | None = None,
     ) -> None:
         # Shared, fixed for the transport's life.
         self.node_id = node_id
@@ -440,6 +445,10 @@ class PeerTransport:
         self.bind_addr = bind_addr
         self.on_message = on_message
         self.on_link_change = on_link_change
+        # Beyond the HELLO's own checks: why a sender may not connect (a node removed
+        # from the cluster), and who hears that a peer refused this node.
+        self.refuse_sender = refuse_sender
+        self.on_refused = on_refused
         self.limits = limits
         self.payload_bytes_max = payload_bytes_max(limits.frame_bytes_max)
         self.rng = rng if rng is not None else random.Random()
@@ -635,6 +644,13 @@ class PeerTransport:
                 "peer %s connected again from %s; closing its older connection", sender, protocol.peername()
             )
             previous.close()
+
+    def drop_inbound(self, sender: str) -> None:
+        """Close the connection `sender` dialed to this node, if any (it was removed: its next
+        HELLO is refused, which tells it so)."""
+        protocol = self.inbound_by_sender.pop(sender, None)
+        if protocol is not None:
+            protocol.close()
 
     def release_inbound(self, protocol: _InboundProtocol) -> None:
         sender = protocol.connection.peer_id

@@ -16,7 +16,10 @@ process does not host is counted and dropped (the sender may know of a group
 before this node does).
 
 Addresses are per node, not per group: the hub keeps the union of what its
-groups' rosters say and gives it to the transport.
+groups' rosters say and gives it to the transport. So are removals: a node the
+cluster removed is refused at the handshake ("node n3 was removed from this
+cluster"), and a node that hears this about itself shuts down, even if it
+never received the log entries that removed it (it was down or cut off then).
 """
 
 from __future__ import annotations
@@ -24,11 +27,15 @@ from __future__ import annotations
 import enum
 import logging
 import struct
-from typing import Protocol
+from typing import Callable, Protocol
 
 from kvorum.server.peer_transport import Address, PeerTransport, TransportLimits
 
 log = logging.getLogger("kvorum.peers")
+
+# The words of a refusal that tell a node it was removed (peers refuse its connections).
+REMOVED_PREFIX = "node"
+REMOVED_SUFFIX = "was removed from this cluster"
 
 _HEADER = struct.Struct(">BH")
 HEADER_BYTES = _HEADER.size
@@ -59,7 +66,12 @@ class PeerHub:
         self.groups: dict[int, GroupEndpoint] = {}
         self.addresses: dict[str, Address] = {}
         self.unknown_group_drops = 0
-        self.transport = PeerTransport(node_id, cluster_id, bind, {}, self._on_payload, limits)
+        # Nodes removed from the cluster: their connections are refused, which tells them so.
+        self.removed: set[str] = set()
+        # Called when a peer refuses this node as removed: (the peer's reason).
+        self.on_removed: Callable[[str], None] = lambda reason: None
+        self.transport = PeerTransport(node_id, cluster_id, bind, {}, self._on_payload, limits,
+                                       refuse_sender=self._refuse, on_refused=self._refused)
 
     def register(self, group_id: int, group: GroupEndpoint) -> None:
         assert group_id not in self.groups, group_id
@@ -70,6 +82,21 @@ class PeerHub:
         if addresses != self.addresses:
             self.addresses = dict(addresses)
             self.transport.set_peers(self.addresses)
+
+    def set_removed(self, removed: set[str]) -> None:
+        """Refuse these nodes from now on, and close the connections they already have."""
+        for node_id in removed - self.removed:
+            self.transport.drop_inbound(node_id)
+        self.removed = set(removed)
+
+    def _refuse(self, sender: str) -> str | None:
+        if sender in self.removed:
+            return f"{REMOVED_PREFIX} {sender} {REMOVED_SUFFIX}"
+        return None
+
+    def _refused(self, peer: str, reason: str) -> None:
+        if reason == f"{REMOVED_PREFIX} {self.node_id} {REMOVED_SUFFIX}":
+            self.on_removed(f"{peer} says node {self.node_id} {REMOVED_SUFFIX}")
 
     def send(self, to: str, kind: PayloadKind, group_id: int, body: bytes) -> None:
         self.transport.send(to, envelope(kind, group_id, body))

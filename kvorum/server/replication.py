@@ -509,7 +509,9 @@ async def start_replication(state: ServerState, join: list[Member] | None = None
         initial = Membership(frozenset())
     me = next(m for m in seed if m.id == settings.node_id)
     hub = PeerHub(settings.node_id, settings.cluster_id, (me.host, me.bus_port))
-    group = Group(0, settings.node_id, state.db, state.leases, hub, seed, on_removed=membership.removed(state))
+    on_removed = membership.removed(state)
+    hub.on_removed = on_removed
+    group = Group(0, settings.node_id, state.db, state.leases, hub, seed, on_removed=on_removed)
     driver = GroupDriver(
         0, settings.node_id, initial, settings.data_dir, settings.fsync, hub,
         apply=lambda data, origin: node.apply(data, origin), dump=group.dump, load=group.load,

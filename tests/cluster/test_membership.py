@@ -258,3 +258,19 @@ def test_a_newcomer_catches_up_from_a_snapshot_larger_than_a_peer_frame(tmp_path
             assert r.get("big:7") == value + b"7"
     finally:
         cluster.stop()
+
+
+def test_a_node_removed_while_paused_is_refused_by_its_peers_and_stops(cluster):
+    """It never receives the entries that removed it; its peers' refusal tells it."""
+    leader = cluster.wait_leader()
+    victim = next(n for n in cluster.nodes if n.id != leader.id)
+    victim.pause()
+    with leader.client(decode_responses=True) as r:
+        assert r.execute_command("CLUSTER", "MEMBER", "REMOVE", victim.id) == "OK"
+    cluster.wait_members({n.id: "voter" for n in cluster.nodes if n is not victim})
+    victim.resume()
+    assert victim.process.wait(timeout=30) == 0
+    log = victim.log_path.read_text()
+    assert f"node {victim.id} was removed from this cluster; shutting down" in log
+    with cluster.wait_leader().client() as r:
+        assert r.set("after", "1")

@@ -242,3 +242,17 @@ def test_batch_over_the_frame_limit_is_the_callers_error() -> None:
     handshake(dialer, Connection(Role.ACCEPTOR, "n2", "c1", frame_bytes_max=1000))
     with pytest.raises(LocalProtocolError):
         dialer.encode_batch([b"a" * 600, b"b" * 600])
+
+
+def test_an_acceptor_refuses_a_sender_its_owner_names():
+    """A node removed from the cluster is refused at the handshake, and told why."""
+    removed = {"n3"}
+    acceptor = Connection(Role.ACCEPTOR, "n1", "c", refuse_sender=lambda s: f"{s} is out" if s in removed else None)
+    dialer = Connection(Role.DIALER, "n3", "c", "n1")
+    (event,) = acceptor.receive_data(dialer.start())
+    assert isinstance(event, HelloRefused) and event.reason == "n3 is out"
+    (answer,) = dialer.receive_data(event.reply)
+    assert isinstance(answer, Refuse) and answer.reason == "n3 is out"
+    welcome = Connection(Role.ACCEPTOR, "n1", "c", refuse_sender=lambda s: None)
+    (event,) = welcome.receive_data(Connection(Role.DIALER, "n2", "c", "n1").start())
+    assert isinstance(event, HelloAccepted)
