@@ -152,22 +152,26 @@ def test_learner_stays_a_learner_and_cannot_be_counted(cluster):
     cluster.wait_members({"n1": "voter", "n2": "voter", "n3": "voter", "n4": "voter"})
 
 
+def _wait_leader_is(cluster: LocalCluster, node_id: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        leader = cluster.leader()
+        if leader is not None and leader.id == node_id:
+            return
+        assert time.monotonic() < deadline, cluster.logs()
+        time.sleep(0.05)
+
+
 def test_move_leader_and_failover(cluster):
     leader = cluster.wait_leader()
     target = next(n for n in cluster.nodes if n.id != leader.id)
     with leader.client(decode_responses=True) as r:
         assert r.execute_command("CLUSTER", "MOVE-LEADER", target.id) == "OK"
-    deadline = time.monotonic() + 10
-    while cluster.leader() is None or cluster.leader().id != target.id:
-        assert time.monotonic() < deadline, cluster.logs()
-        time.sleep(0.05)
+    _wait_leader_is(cluster, target.id)
     back = leader
     with back.client(decode_responses=True) as r:
         assert r.execute_command("CLUSTER", "FAILOVER") == "OK"
-    deadline = time.monotonic() + 10
-    while cluster.leader() is None or cluster.leader().id != back.id:
-        assert time.monotonic() < deadline, cluster.logs()
-        time.sleep(0.05)
+    _wait_leader_is(cluster, back.id)
     with cluster.wait_leader().client(decode_responses=True) as r:
         with pytest.raises(redis.ResponseError, match="to a replica"):
             r.execute_command("CLUSTER", "FAILOVER")
