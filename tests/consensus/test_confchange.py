@@ -26,11 +26,11 @@ the diff before committing).
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 import pytest
 
+import transcripts
 from kvorum.consensus.raft import confchange
 from kvorum.consensus.raft.confchange import Change, ConfChangeError, Config, Op
 from kvorum.consensus.raft.membership import leave_joint, plan_change
@@ -136,12 +136,7 @@ def run_script(text: str) -> str:
 
 @pytest.mark.parametrize("path", sorted(TESTDATA.glob("*.txt")), ids=lambda p: p.stem)
 def test_confchange_transcript(path: pathlib.Path) -> None:
-    text = path.read_text()
-    got = run_script(text)
-    if os.environ.get("REWRITE"):
-        path.write_text(got)
-        return
-    assert got == text, f"{path.name}: transcript differs (REWRITE=1 regenerates it)"
+    transcripts.check(path, run_script)
 
 
 def _memberships(nodes: list[str]):

@@ -5,11 +5,11 @@ Set REWRITE=1 to write the current output back (then read the diff before commit
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 import pytest
 
+import transcripts
 from raft_harness import run_script
 
 TESTDATA = pathlib.Path(__file__).parent / "testdata"
@@ -17,9 +17,4 @@ TESTDATA = pathlib.Path(__file__).parent / "testdata"
 
 @pytest.mark.parametrize("path", sorted(TESTDATA.glob("*.txt")), ids=lambda p: p.stem)
 def test_interaction(path: pathlib.Path) -> None:
-    text = path.read_text()
-    got = run_script(text)
-    if os.environ.get("REWRITE"):
-        path.write_text(got)
-        return
-    assert got == text, f"{path.name}: transcript differs (REWRITE=1 regenerates it)"
+    transcripts.check(path, run_script)
