@@ -313,6 +313,17 @@ class GroupDriver:
             self.node.step(self.spec.snapshot_message(self.id, peer, meta.term, meta.snapshot(data)))
             self._wake.set()
 
+    def on_link_up(self, peer: str) -> None:
+        """A connection to `peer` reopened: resume a snapshot transfer from where it stood."""
+        sender = self._snapshot_senders.get(peer)
+        if sender is not None:
+            sender.resend_unacked()
+            self._send_chunks(peer, sender)
+        if peer == self.loop.leader:
+            ack = self._snapshot_receiver.resume_ack()
+            if ack is not None:
+                self.hub.send(peer, PayloadKind.SNAPSHOT_ACK, self.group_id, ack)
+
     def _send_snapshot(self, to: str, term: int, snapshot: Snapshot) -> None:
         sender = self._snapshot_senders.get(to)
         if sender is None:

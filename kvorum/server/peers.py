@@ -51,6 +51,9 @@ class PayloadKind(enum.IntEnum):
 class GroupEndpoint(Protocol):
     def on_peer_payload(self, sender: str, kind: PayloadKind, body: memoryview) -> None: ...
 
+    def on_link_up(self, peer: str) -> None:
+        """This node's connection to `peer` (re)opened: resume what was in flight to it."""
+
 
 def envelope(kind: PayloadKind, group_id: int, body: bytes) -> bytes:
     assert 0 <= group_id <= GROUP_ID_MAX
@@ -71,7 +74,8 @@ class PeerHub:
         # Called when a peer refuses this node as removed: (the peer's reason).
         self.on_removed: Callable[[str], None] = lambda reason: None
         self.transport = PeerTransport(node_id, cluster_id, bind, {}, self._on_payload, limits,
-                                       refuse_sender=self._refuse, on_refused=self._refused)
+                                       on_link_change=self._link_changed, refuse_sender=self._refuse,
+                                       on_refused=self._refused)
 
     def register(self, group_id: int, group: GroupEndpoint) -> None:
         assert group_id not in self.groups, group_id
@@ -88,6 +92,11 @@ class PeerHub:
         for node_id in removed - self.removed:
             self.transport.drop_inbound(node_id)
         self.removed = set(removed)
+
+    def _link_changed(self, peer: str, connected: bool) -> None:
+        if connected:
+            for group in self.groups.values():
+                group.on_link_up(peer)
 
     def _refuse(self, sender: str) -> str | None:
         if sender in self.removed:
