@@ -10,76 +10,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 import redis
 
-from tests.cluster.harness import REPO, LocalCluster
-
-
-
-
-class Writer(threading.Thread):
-    """SETs w:<i> = i through a RedisCluster client, recording every acknowledged i."""
-
-    def __init__(self, cluster: LocalCluster):
-        super().__init__(daemon=True)
-        self.cluster = cluster
-        self.acked: list[int] = []
-        self.errors = 0
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        rc = None
-        i = 0
-        while not self.stopping.is_set():
-            try:
-                if rc is None:
-                    rc = self.cluster.cluster_client(socket_timeout=2)
-                i += 1
-                rc.set(f"w:{i}", i)
-                self.acked.append(i)
-            except (redis.RedisError, OSError, IndexError):
-                # Failover or a node going away: a fresh client rediscovers the leader.
-                self.errors += 1
-                rc = None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join(timeout=30)
-
-
-def _keyspaces_equal(cluster: LocalCluster, nodes) -> None:
-    """Every node applies to the leader's index and holds the same keys and values."""
-    leader = cluster.wait_leader()
-    index = int(leader.info()["raft_commit_index"])
-    cluster.wait_applied(index, nodes)
-    images = {}
-    for node in nodes:
-        with node.client(decode_responses=True) as r:
-            r.execute_command("READONLY")
-            keys = sorted(r.keys("*"))
-            images[node.id] = (keys, r.mget(keys) if keys else [])
-    first = next(iter(images.values()))
-    assert all(image == first for image in images.values()), {k: len(v[0]) for k, v in images.items()}
-
-
-def _all_acked_present(cluster: LocalCluster, acked: list[int]) -> None:
-    leader = cluster.wait_leader()
-    with leader.client(decode_responses=True) as r:
-        values = r.mget([f"w:{i}" for i in acked]) if acked else []
-    missing = [i for i, v in zip(acked, values) if v != str(i)]
-    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = LocalCluster(tmp_path / "cluster", 3).start()
-    yield c
-    c.stop()
+from harness import REPO
+from workload import Writer, keyspaces_equal
 
 
 def test_join_then_remove_the_leader_then_replace_a_dead_node(cluster):
@@ -118,8 +55,8 @@ def test_join_then_remove_the_leader_then_replace_a_dead_node(cluster):
     finally:
         writer.stop()
     assert len(writer.acked) > 50
-    _all_acked_present(cluster, writer.acked)
-    _keyspaces_equal(cluster, [n for n in cluster.nodes if n.alive])
+    writer.all_acked_present()
+    keyspaces_equal(cluster, [n for n in cluster.nodes if n.alive])
 
 
 def test_a_removed_id_is_never_reused(cluster):
@@ -146,7 +83,7 @@ def test_learner_stays_a_learner_and_cannot_be_counted(cluster):
         slots = r.execute_command("CLUSTER", "SLOTS")
     # Learners are not offered to routing clients as replicas.
     assert {row[2] for row in slots[0][2:]} == {"n1", "n2", "n3"}
-    _keyspaces_equal(cluster, [n for n in cluster.nodes if n.alive])
+    keyspaces_equal(cluster, [n for n in cluster.nodes if n.alive])
     with cluster.wait_leader().client(decode_responses=True) as r:
         assert r.execute_command("CLUSTER", "MEMBER", "PROMOTE", "n4") == "OK"
     cluster.wait_members({"n1": "voter", "n2": "voter", "n3": "voter", "n4": "voter"})
@@ -202,3 +139,4 @@ def test_join_refuses_a_node_without_its_settings(tmp_path):
     result = subprocess.run([sys.executable, "-m", "kvorum", "server", "--join", "127.0.0.1:1"], cwd=REPO,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode != 0 and "--join needs --node-id" in result.stderr
+
