@@ -15,8 +15,10 @@ import time
 import pytest
 import redis
 
-from harness import REPO
+from harness import REPO, LocalCluster
 from workload import Writer, keyspaces_equal
+
+SMALL_SNAPSHOT_ENTRIES = 500
 
 
 def test_join_then_remove_the_leader_then_replace_a_dead_node(cluster):
@@ -139,4 +141,35 @@ def test_join_refuses_a_node_without_its_settings(tmp_path):
     result = subprocess.run([sys.executable, "-m", "kvorum", "server", "--join", "127.0.0.1:1"], cwd=REPO,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode != 0 and "--join needs --node-id" in result.stderr
+
+
+def test_a_node_joins_a_leader_whose_snapshot_predates_them_both(tmp_path):
+    """The leader's only snapshot is older than the leader's own membership (it joined through
+    that snapshot): a node joining it installs that snapshot, whose roster knows neither of
+    them, and must still answer the leader with the address it was given when it joined."""
+    config = tmp_path / "kvorum.yaml"
+    config.write_text(f"snapshot-entries: {SMALL_SNAPSHOT_ENTRIES}\n")
+    cluster = LocalCluster(tmp_path / "cluster", 3, extra_flags=("--config", str(config))).start()
+    try:
+        with cluster.wait_leader().client() as r:
+            pipe = r.pipeline(transaction=False)
+            for i in range(SMALL_SNAPSHOT_ENTRIES + 100):
+                pipe.set(f"k{i}", i)
+            pipe.execute()
+        n4 = cluster.add_node("n4")
+        n4.start()
+        cluster.wait_members({"n1": "voter", "n2": "voter", "n3": "voter", "n4": "voter"})
+        assert int(n4.info()["raft_snapshot_index"]) > 0  # n4 joined through the snapshot
+        with cluster.wait_leader().client(decode_responses=True) as r:
+            assert r.execute_command("CLUSTER", "MOVE-LEADER", "n4") == "OK"
+        deadline = time.monotonic() + 10
+        while cluster.leader() is not n4:
+            assert time.monotonic() < deadline, cluster.logs()
+            time.sleep(0.05)
+        n5 = cluster.add_node("n5", join_via=n4)
+        n5.start()
+        cluster.wait_members({f"n{i}": "voter" for i in range(1, 6)}, timeout_s=20)
+        keyspaces_equal(cluster, cluster.nodes)
+    finally:
+        cluster.stop()
 
