@@ -19,6 +19,7 @@ from harness import REPO, LocalCluster
 from workload import Writer, keyspaces_equal
 
 SMALL_SNAPSHOT_ENTRIES = 500
+SLOW_ELECTION_TICKS = 30  # 3 to 6 s at 100 ms a tick
 
 
 def test_join_then_remove_the_leader_then_replace_a_dead_node(cluster):
@@ -173,3 +174,26 @@ def test_a_node_joins_a_leader_whose_snapshot_predates_them_both(tmp_path):
     finally:
         cluster.stop()
 
+
+def test_a_joined_leader_restarts_while_the_others_still_follow_it(tmp_path):
+    """A joined node restarts with --join; the member it asks redirects it to the leader it
+    knows, which is this very node until an election (made slow here) replaces it."""
+    config = tmp_path / "kvorum.yaml"
+    config.write_text(f"raft-election-ticks: {SLOW_ELECTION_TICKS}\n")
+    cluster = LocalCluster(tmp_path / "cluster", 3, extra_flags=("--config", str(config))).start()
+    try:
+        n4 = cluster.add_node("n4")
+        n4.start()
+        cluster.wait_members({"n1": "voter", "n2": "voter", "n3": "voter", "n4": "voter"})
+        with cluster.wait_leader().client(decode_responses=True) as r:
+            assert r.execute_command("CLUSTER", "MOVE-LEADER", "n4") == "OK"
+        deadline = time.monotonic() + 10
+        while cluster.leader() is not n4:
+            assert time.monotonic() < deadline, cluster.logs()
+            time.sleep(0.05)
+        n4.kill()
+        n4.start()
+        n4.wait_listening()
+        cluster.wait_members({"n1": "voter", "n2": "voter", "n3": "voter", "n4": "voter"})
+    finally:
+        cluster.stop()
