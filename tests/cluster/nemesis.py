@@ -4,7 +4,8 @@
 its deck (every action once per round, in an order drawn from its seed) and
 plays it to the end, healing what it broke, before the next one; it logs one
 line per event. `run_for(seconds)` plays for that long, lets the card in
-play finish and raises the first error a card met.
+play finish and raises the first error a card met (a membership change not
+done in time fails the test, with the node logs in the message).
 
 Faults (FAULTS), on the members of the moment:
 
@@ -15,20 +16,84 @@ Faults (FAULTS), on the members of the moment:
     split           cut one random member from the others, both ways
     one-way         cut one direction only: one directed link, everything the
                     leader sends, or everything it receives
+
+Membership changes (MEMBERSHIP), each followed until CLUSTER MEMBERS on the
+leader shows it done (MEMBERSHIP_TIMEOUT_S):
+
+    join            a fresh node starts with --join (learner first, promoted
+                    by the leader once caught up)
+    remove          CLUSTER MEMBER REMOVE of a random follower, which must then
+                    stop by itself
+    remove-leader   the same for the leader, which hands leadership over first
+    replace         SIGKILL a random voter (sometimes the leader), then CLUSTER
+                    MEMBER ADD <fresh id> ... REPLACE <it> and start the newcomer
+                    with --join; the dead one is never restarted
+    move-leader     CLUSTER MOVE-LEADER to a random follower
+    failover        CLUSTER FAILOVER on a random follower
+
+The voters stay between VOTERS_MIN and VOTERS_MAX: a removal drawn at
+VOTERS_MIN first has a newcomer join, and a join drawn at VOTERS_MAX first
+removes a follower, so every card is played as drawn. Node ids count up and
+are never reused. No change is dealt during another fault: a node cut off
+while it is removed never hears of it (nothing tells a removed node it was
+removed once the leader stops replicating to it) and keeps running, which the
+check that a removed node stops would report. A leadership transfer that does not land within
+TRANSFER_TIMEOUT_S is logged, not failed: the engine may abort one (its
+target was not caught up in time), which costs availability, not safety.
 """
 
 from __future__ import annotations
 
 import random
+import subprocess
 import threading
 import time
+from typing import Callable
+
+import redis
+from redis.exceptions import ClusterDownError, MovedError, TryAgainError
 
 from netproxy import BLACKHOLE, RESET
 
 FAULTS = ("kill-leader", "pause-random", "pause-leader", "isolate-leader", "split", "one-way")
+MEMBERSHIP = ("join", "remove", "remove-leader", "replace", "move-leader", "failover")
 NEMESIS_GAP_S = (0.5, 1.5)
 FAULT_LENGTH_S = (0.5, 2.5)
 PARTITION_LENGTH_S = (1.0, 4.0)  # long enough, often, for an election and a CheckQuorum step-down
+VOTERS_MIN = 3
+VOTERS_MAX = 5
+MEMBERSHIP_TIMEOUT_S = 30.0  # one membership change, from the request to CLUSTER MEMBERS showing it
+REMOVED_EXIT_TIMEOUT_S = 20.0  # a removed node stops by itself (at worst after 5 s without a leader)
+TRANSFER_TIMEOUT_S = 5.0
+REQUEST_SOCKET_TIMEOUT_S = 5.0
+RETRY_PAUSE_S = 0.1
+
+
+def on_leader(cluster, *command: str, timeout_s: float = MEMBERSHIP_TIMEOUT_S) -> object:
+    """`command`'s reply from the leader, retried while the answer proves it was not done.
+
+    -MOVED, -CLUSTERDOWN, -TRYAGAIN and a dial that fails mean nothing
+    happened; a lost reply or kvorum's -TIMEOUT leave the outcome unknown, so
+    only idempotent requests go through here (ADD of the same address and
+    REMOVE are; ADD ... REPLACE is until the swap is done, which takes longer
+    than a retry). Fails the test, with the logs, after `timeout_s`.
+    """
+    deadline = time.monotonic() + timeout_s
+    last = "no leader"
+    while time.monotonic() < deadline:
+        leader = cluster.leader()
+        if leader is not None:
+            try:
+                with leader.client(socket_timeout=REQUEST_SOCKET_TIMEOUT_S, decode_responses=True) as r:
+                    return r.execute_command(*command)
+            except (MovedError, ClusterDownError, TryAgainError, redis.ConnectionError, redis.TimeoutError) as exc:
+                last = f"{leader.id}: {type(exc).__name__} {exc}"
+            except redis.ResponseError as exc:
+                if not str(exc).startswith("TIMEOUT"):
+                    raise
+                last = f"{leader.id}: {exc}"
+        time.sleep(RETRY_PAUSE_S)
+    raise AssertionError(f"{' '.join(command)}: no answer within {timeout_s:.0f}s ({last})\n" + cluster.logs())
 
 
 def partition(cluster, proxy, action: str, leader, rng: random.Random) -> str:
@@ -65,11 +130,11 @@ def partition(cluster, proxy, action: str, leader, rng: random.Random) -> str:
 
 
 class Nemesis(threading.Thread):
-    """Plays `actions` (names from FAULTS) from a deck shuffled by `seed`."""
+    """Plays `actions` (names from FAULTS and MEMBERSHIP) from a deck shuffled by `seed`."""
 
     def __init__(self, cluster, proxy, actions: tuple[str, ...], seed: int):
         super().__init__(daemon=True, name="nemesis")
-        assert set(actions) <= set(FAULTS), actions
+        assert set(actions) <= set(FAULTS) | set(MEMBERSHIP), actions
         self.cluster = cluster
         self.proxy = proxy
         self.actions = actions
@@ -78,10 +143,14 @@ class Nemesis(threading.Thread):
         self.events: list[str] = []
         self.counts: dict[str, int] = {}  # what was done, by kind
         self.error: BaseException | None = None
+        self.changes = Changes(cluster, proxy, self.log)
         self._plays = {
             "kill-leader": self.kill_leader, "pause-random": self.pause_random, "pause-leader": self.pause_leader,
             "isolate-leader": self.isolate_leader, "split": self.split, "one-way": self.one_way,
+            "join": self.add_node, "remove": self.remove_follower, "remove-leader": self.remove_leader,
+            "replace": self.replace_voter, "move-leader": self.move_leader, "failover": self.failover,
         }
+        assert set(self._plays) == set(FAULTS) | set(MEMBERSHIP)
 
     # Running.
 
@@ -170,6 +239,137 @@ class Nemesis(threading.Thread):
         self.proxy.heal()
         self.log("heal")
         self.done(action)
+
+    # Membership changes.
+
+    def add_node(self, leader) -> None:
+        if len(self.changes.voters()) >= VOTERS_MAX:
+            self._remove(self._pick_follower())
+        self.changes.join(self.rng.choice(self.cluster.nodes))
+        self.done("join")
+
+    def remove_follower(self, leader) -> None:
+        if len(self.changes.voters()) <= VOTERS_MIN:
+            self.changes.join(self.rng.choice(self.cluster.nodes))
+            self.done("join")
+        self._remove(self._pick_follower())
+
+    def remove_leader(self, leader) -> None:
+        if len(self.changes.voters()) <= VOTERS_MIN:
+            self.changes.join(self.rng.choice(self.cluster.nodes))
+            self.done("join")
+        self._remove(self.cluster.wait_leader())
+
+    def _remove(self, victim) -> None:
+        was_leader = self.changes.remove(victim)
+        self.done("remove-leader" if was_leader else "remove")
+
+    def replace_voter(self, leader) -> None:
+        voters = self.changes.voters()
+        victim = self.rng.choice(voters)
+        victim.kill()
+        self.log(f"kill {victim.id}{' (the leader)' if victim is leader else ''}")
+        self.changes.replace(victim, via=self.rng.choice([n for n in voters if n is not victim]))
+        self.done("replace")
+
+    def move_leader(self, leader) -> None:
+        target = self._pick_follower(leader)
+        self._transfer("move-leader", leader, target, ("CLUSTER", "MOVE-LEADER", target.id))
+
+    def failover(self, leader) -> None:
+        target = self._pick_follower(leader)
+        self._transfer("failover", target, target, ("CLUSTER", "FAILOVER"))
+
+    def _transfer(self, kind: str, asked, target, command: tuple[str, ...]) -> None:
+        try:
+            with asked.client(socket_timeout=REQUEST_SOCKET_TIMEOUT_S, decode_responses=True) as r:
+                r.execute_command(*command)
+        except (redis.RedisError, OSError) as exc:
+            self.log(f"{kind} to {target.id} refused: {exc}")
+            self.done(f"{kind} refused")
+            return
+        deadline = time.monotonic() + TRANSFER_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.cluster.leader() is target:
+                self.log(f"{kind}: {target.id} leads")
+                self.done(kind)
+                return
+            time.sleep(RETRY_PAUSE_S)
+        self.log(f"{kind} to {target.id}: not done within {TRANSFER_TIMEOUT_S:.0f}s")
+        self.done(f"{kind} not done")
+
+    def _pick_follower(self, leader=None):
+        leader = leader or self.cluster.wait_leader()
+        return self.rng.choice([n for n in self.changes.voters() if n is not leader])
+
+
+class Changes:
+    """Membership changes on a LocalCluster, one at a time, each followed until CLUSTER MEMBERS shows it done.
+
+    A change not done within MEMBERSHIP_TIMEOUT_S fails the test with the
+    node logs. New nodes' links go through `proxy` where they can (see
+    `NetProxy.add_dialer`); `log` gets one line per event.
+    """
+
+    def __init__(self, cluster, proxy, log: Callable[[str], None]):
+        self.cluster = cluster
+        self.proxy = proxy
+        self.log = log
+
+    def voters(self) -> list:
+        """The voters as the leader reports them, which must be every node of the cluster (no change under way)."""
+        members = self.cluster.members()
+        nodes = list(self.cluster.nodes)
+        assert members == {n.id: "voter" for n in nodes}, (members, [n.id for n in nodes])
+        return nodes
+
+    def new_node(self, via):
+        """A fresh node (not started) to join through `via`; node ids are never reused."""
+        used = [int(n.id[1:]) for n in [*self.cluster.nodes, *self.cluster.retired]]
+        node = self.cluster.add_node(f"n{max(used) + 1}", join_via=via)
+        if self.proxy is not None:
+            self.proxy.add_dialer(node.id)
+        return node
+
+    def join(self, via):
+        """A fresh node joins through `via` and becomes a voter; the node."""
+        voters = self.voters()
+        node = self.new_node(via)
+        node.start()
+        self.log(f"join {node.id} via {via.id}")
+        self.cluster.wait_members({n.id: "voter" for n in voters} | {node.id: "voter"}, MEMBERSHIP_TIMEOUT_S)
+        self.log(f"{node.id} votes")
+        return node
+
+    def remove(self, victim) -> bool:
+        """CLUSTER MEMBER REMOVE `victim`, which must leave the membership and stop; whether it led."""
+        voters = self.voters()
+        was_leader = self.cluster.leader() is victim
+        on_leader(self.cluster, "CLUSTER", "MEMBER", "REMOVE", victim.id)
+        self.log(f"remove {victim.id}{' (the leader)' if was_leader else ''}")
+        self.cluster.wait_members({n.id: "voter" for n in voters if n is not victim}, MEMBERSHIP_TIMEOUT_S)
+        try:
+            victim.process.wait(timeout=REMOVED_EXIT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{victim.id} was removed but still runs after {REMOVED_EXIT_TIMEOUT_S:.0f}s\n"
+                                 + self.cluster.logs()) from None
+        self.cluster.retire(victim)
+        self.log(f"{victim.id} removed and stopped")
+        return was_leader
+
+    def replace(self, dead, via):
+        """A fresh node takes the place of `dead` (a voter already killed): ADD ... REPLACE, then --join."""
+        voters = [n for n in self.cluster.nodes if n is not dead]
+        newcomer = self.new_node(via)
+        on_leader(self.cluster, "CLUSTER", "MEMBER", "ADD", newcomer.id,
+                  f"127.0.0.1:{newcomer.port}@{newcomer.bus_port}", "REPLACE", dead.id)
+        newcomer.start()
+        self.log(f"replace {dead.id} by {newcomer.id}")
+        self.cluster.wait_members({n.id: "voter" for n in voters} | {newcomer.id: "voter"},
+                                  MEMBERSHIP_TIMEOUT_S)
+        self.cluster.retire(dead)
+        self.log(f"{newcomer.id} replaced {dead.id}")
+        return newcomer
 
 
 def heal_everything(cluster, proxy) -> None:

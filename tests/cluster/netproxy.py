@@ -303,3 +303,21 @@ def partitionable_cluster(directory: Path, **kwargs) -> Iterator[tuple[object, N
         finally:
             cluster.stop()
 
+
+def direct_links(cluster) -> list[tuple[str, str]]:
+    """Links (src, dst) between live members that bypass the proxy: src's address book has dst's own bus port.
+
+    A node that joined later is always dialed that way (the address it
+    registered is the one it listens on); so is the node whose address book
+    another node copied (the leader's, in a joining node's member list or in
+    an installed snapshot), which lists its own real bus port.
+    """
+    real = {n.id: n.bus_port for n in cluster.nodes}
+    direct = []
+    for node in cluster.nodes:
+        if not node.alive or node.paused:
+            continue
+        with node.client(socket_timeout=2, decode_responses=True) as r:
+            rows = r.execute_command("CLUSTER", "MEMBERS")
+        direct += [(node.id, row[0]) for row in rows if row[0] != node.id and real.get(row[0]) == int(row[3])]
+    return sorted(direct)
