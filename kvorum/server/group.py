@@ -97,7 +97,15 @@ class Group:
         return self.state.dump()
 
     def load(self, blob: bytes) -> None:
+        # A snapshot can be older than what this node knows of its group: a joining node
+        # gets the current members from CLUSTER MEMBERS, while the leader's latest snapshot
+        # may predate some of them, the leader itself included (it may have joined through
+        # that very snapshot). Those members are kept, as the members a ROSTER entry carries
+        # are (never overwriting the snapshot's, never reviving a removed one): without the
+        # leader's address this node could not answer it, and would never catch up.
+        known = self.roster.live()
         self.state.load(blob)
+        self.roster.seed(known)
         self._update_addresses()
 
     def on_membership(self, membership: Membership, index: int) -> None:

@@ -1,8 +1,9 @@
 """`kvorum server --join HOST:PORT`: ask a running cluster to take this node in.
 
 The joining node sends `CLUSTER MEMBER ADD <id> <host:port@bus> [LEARNER]` to
-the member it was given, following -MOVED to the leader and retrying while the
-cluster has no leader, then reads `CLUSTER MEMBERS` for every member's
+the member it was given, following -MOVED to the leader and retrying through
+that member while the cluster has no leader (or the leader it named does not
+answer), then reads `CLUSTER MEMBERS` for every member's
 address. It then starts outside the membership; the leader adds it as a
 learner, catches it up (snapshot, then log) and promotes it once caught up
 (kvorum.replica.reconfigure). Joining again with the same id and address is
@@ -38,7 +39,8 @@ def _address(text: str) -> tuple[str, int]:
 
 def join(seed: str, me: Member, learner: bool) -> list[Member]:
     """Register `me` with the cluster at `seed`; the cluster's members (with addresses)."""
-    target = _address(seed)
+    seed_address = _address(seed)
+    target = seed_address
     request = ["CLUSTER", "MEMBER", "ADD", me.id, f"{me.host}:{me.port}@{me.bus_port}"]
     if learner:
         request.append("LEARNER")
@@ -69,5 +71,9 @@ def join(seed: str, me: Member, learner: bool) -> list[Member]:
             last_error = str(exc)
         finally:
             conn.close()
+        # A redirect names the leader as its sender knew it, which may be gone since (this
+        # very node, restarting after a crash while the others still followed it): ask the
+        # seed again, which learns of the next leader.
+        target = seed_address
         time.sleep(JOIN_RETRY_S)
     raise JoinError(f"could not join through {seed} within {JOIN_TIMEOUT_S:.0f}s: {last_error}")

@@ -6,6 +6,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import LocalCluster  # noqa: E402
+from netproxy import partitionable_cluster  # noqa: E402
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -28,3 +29,14 @@ def cluster(tmp_path, request):
         c.stop()
         if failed:
             print(c.logs())
+
+
+@pytest.fixture
+def net_cluster(tmp_path, request):
+    """A started 3-node cluster whose peer links go through a NetProxy, as (cluster, proxy)."""
+    with partitionable_cluster(tmp_path / "cluster") as (c, proxy):
+        try:
+            yield c, proxy
+        finally:
+            if getattr(request.node, "failed_call", False):
+                print(c.logs())

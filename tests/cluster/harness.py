@@ -5,7 +5,9 @@
 port. Nodes can be killed (SIGKILL), stopped (SIGTERM), paused (SIGSTOP),
 resumed and restarted on the same ports and data directory. A node given its
 own `peers` list is started with it (netproxy.py routes peer links through a
-proxy that way). Node logs go to
+proxy that way). `add_node` makes a node that joins the running cluster
+(`--join`); `retire` takes a node the cluster removed out of `nodes`, which
+always lists the cluster's members and the nodes joining it. Node logs go to
 files in the cluster's directory, printed by `logs()` when a test fails.
 """
 
@@ -53,14 +55,14 @@ class ClusterNode:
         self.process: subprocess.Popen | None = None
         self.paused = False
         self.peers: str | None = None  # this node's own --peers list, instead of the cluster's
-        self.join: str | None = None  # host:port of a member to --join, instead of --peers
+        self.join_via: ClusterNode | None = None  # a member to --join through, instead of --peers
         self.join_flags: tuple[str, ...] = ()
 
     def start(self) -> None:
         assert self.process is None or self.process.poll() is not None
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        topology = (["--join", self.join, "--bus-port", str(self.bus_port), *self.join_flags] if self.join
-                    else ["--peers", self.peers or self.cluster.peers])
+        topology = (["--join", self._join_target(), "--bus-port", str(self.bus_port), *self.join_flags]
+                    if self.join_via is not None else ["--peers", self.peers or self.cluster.peers])
         cmd = [sys.executable, "-m", "kvorum", "server", "--node-id", self.id, "--port", str(self.port),
                *topology, "--data-dir", str(self.data_dir),
                "--fsync", self.cluster.fsync,
@@ -69,6 +71,16 @@ class ClusterNode:
         self.process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.paused = False
+
+    def _join_target(self) -> str:
+        """host:port to --join through: the member named, or another live one once it left or died.
+
+        A joined node restarts with --join too (joining again changes nothing),
+        by which time the member it first joined through may be gone."""
+        via = self.join_via
+        if via not in self.cluster.nodes or not via.alive:
+            via = next((n for n in self.cluster.nodes if n is not self and n.alive and not n.paused), via)
+        return f"127.0.0.1:{via.port}"
 
     def wait_listening(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -131,7 +143,10 @@ class LocalCluster:
         self.fsync = fsync
         self.extra_flags = extra_flags
         ports = free_ports(2 * size)
+        # Members and joining nodes. Rebound, never changed in place, so that client
+        # threads can pick from it while a test adds or retires nodes.
         self.nodes = [ClusterNode(self, f"n{i + 1}", ports[2 * i], ports[2 * i + 1]) for i in range(size)]
+        self.retired: list[ClusterNode] = []  # nodes the cluster removed (kept for their logs)
         self.peers = ",".join(f"{n.id}@127.0.0.1:{n.port}@{n.bus_port}" for n in self.nodes)
 
     def start(self) -> LocalCluster:
@@ -147,11 +162,15 @@ class LocalCluster:
         """A new node (not started) that joins the running cluster through `join_via` (any live member)."""
         port, bus_port = free_ports(2)
         node = ClusterNode(self, node_id, port, bus_port)
-        via = join_via or next(n for n in self.nodes if n.alive and not n.paused)
-        node.join = f"127.0.0.1:{via.port}"
+        node.join_via = join_via or next(n for n in self.nodes if n.alive and not n.paused)
         node.join_flags = join_flags
-        self.nodes.append(node)
+        self.nodes = [*self.nodes, node]
         return node
+
+    def retire(self, node: ClusterNode) -> None:
+        """`node` left the cluster (removed, or replaced after it died): no longer one of `nodes`."""
+        self.nodes = [n for n in self.nodes if n is not node]
+        self.retired = [*self.retired, node]
 
     def members(self) -> dict[str, str]:
         """CLUSTER MEMBERS as the leader reports it: id -> "voter" | "learner"."""
@@ -219,13 +238,13 @@ class LocalCluster:
         return RedisCluster(startup_nodes=startup, **kwargs)
 
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in [*self.nodes, *self.retired]:
             if node.process is not None:
                 node.stop()
 
     def logs(self, tail_lines: int = 40) -> str:
         out = []
-        for node in self.nodes:
+        for node in sorted([*self.nodes, *self.retired], key=lambda n: (len(n.id), n.id)):
             if node.log_path.exists():
                 lines = node.log_path.read_text(errors="replace").splitlines()[-tail_lines:]
                 out.append(f"--- {node.id} ---\n" + "\n".join(lines))

@@ -11,14 +11,23 @@ dialed (the reverse direction of such a connection carries just the WELCOME
 or REFUSE of the handshake), so cutting link (A, B) cuts exactly what A sends
 to B, and cutting both (A, B) and (B, A) separates the two nodes.
 
+A connection belongs to the link its first frame names: the proxy reads the
+dialer's HELLO (sender and receiver ids) before it forwards anything, so a
+node that dials through a listener made for another node is still on its own
+link. That happens once address books travel: a node that joined later gets
+its member list from the leader, and a snapshot installed from the leader
+carries the leader's addresses. `add_dialer` registers the links of a node
+that joined after the listeners were made. A connection whose first frame is
+not a HELLO naming a registered link stays on the listener's link.
+
 Per link:
 
 - `pass`: bytes flow both ways.
 - `drop`: every open connection of the link is aborted at once, and new ones
   are black-holed (accepted, read and discarded, never forwarded: the dialer
   sees a peer that never answers its handshake) or, with `how="reset"`,
-  closed as soon as they are accepted. Once `drop` returns, no byte crosses
-  the link.
+  closed as soon as their first frame is in. Once `drop` returns, no byte
+  crosses the link.
 - `heal`: back to `pass`; black-holed connections are closed so the dialer
   redials at once.
 
@@ -36,16 +45,22 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from kvorum.server.peer_frames import HEADER_BYTES, Hello, RemoteProtocolError, decode_body
+
 HOST = "127.0.0.1"
 CONTROL_TIMEOUT_S = 10.0
 READ_BYTES = 64 * 1024
 DIAL_TIMEOUT_S = 2.0
+# A first frame longer than this is not a HELLO (which holds a version and three short ids).
+HELLO_BYTES_MAX = 1024
 
 PASS, DROP = "pass", "drop"
 BLACKHOLE, RESET = "blackhole", "reset"
 
 
 class _Link:
+    """One directed link: its state, its connections and (unless added by `add_dialer`) its listener."""
+
     def __init__(self, src: str, dst: str, target: tuple[str, int]) -> None:
         self.src = src
         self.dst = dst
@@ -100,6 +115,19 @@ class NetProxy:
         link.port = link.server.sockets[0].getsockname()[1]
         return link.port
 
+    def add_dialer(self, src: str) -> list[tuple[str, str]]:
+        """Links from `src`, a node that joined after the listeners were made, to every node they lead to.
+
+        `src` dials through whichever listeners its address book names (it got
+        the book from another node); its HELLO puts each connection on link
+        (src, dst). Returns the links added.
+        """
+        targets = {link.dst: link.target for link in list(self.links.values()) if link.server is not None}
+        added = [(src, dst) for dst in sorted(targets) if dst != src and (src, dst) not in self.links]
+        for pair in added:
+            self.links[pair] = _Link(*pair, targets[pair[1]])
+        return added
+
     def port(self, src: str, dst: str) -> int:
         return self.links[(src, dst)].port
 
@@ -137,12 +165,37 @@ class NetProxy:
     # Forwarding.
 
     def _accepted(self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        link.connections += 1
         task = self.loop.create_task(self._serve(link, reader, writer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _first_frame(self, listener: _Link, reader: asyncio.StreamReader) -> tuple[_Link, bytes]:
+        """The link the dialer's first frame names (else the listener's), and the bytes read."""
+        head = b""
+        try:
+            head = await reader.readexactly(HEADER_BYTES)
+            body_bytes = int.from_bytes(head, "big")
+            if not 0 < body_bytes <= HELLO_BYTES_MAX:
+                return listener, head
+            body = await reader.readexactly(body_bytes)
+        except asyncio.IncompleteReadError as eof:  # the dialer closed first: forward what came
+            return listener, head + eof.partial
+        try:
+            frame = decode_body(body)
+        except RemoteProtocolError:
+            return listener, head + body
+        link = listener
+        if isinstance(frame, Hello) and frame.receiver_id == listener.dst:
+            link = self.links.get((frame.sender_id, frame.receiver_id), listener)
+        return link, head + body
+
+    async def _serve(self, listener: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            link, first = await self._first_frame(listener, reader)
+        except OSError:
+            writer.transport.abort()
+            return
+        link.connections += 1
         if link.state == DROP:
             await self._hole(link, reader, writer)
             return
@@ -157,6 +210,7 @@ class NetProxy:
             up_writer.transport.abort()
             return
         link.writers.add(up_writer)
+        up_writer.write(first)
         await asyncio.gather(self._pump(link, reader, up_writer), self._pump(link, up_reader, writer))
         for w in (writer, up_writer):
             link.writers.discard(w)
@@ -204,7 +258,8 @@ class NetProxy:
 
     async def _shutdown(self) -> None:
         for link in self.links.values():
-            link.server.close()
+            if link.server is not None:
+                link.server.close()
             link.abort(link.writers)
             link.abort(link.holes)
         for task in list(self._tasks):
@@ -212,7 +267,8 @@ class NetProxy:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=CONTROL_TIMEOUT_S)
         for link in self.links.values():
-            await link.server.wait_closed()
+            if link.server is not None:
+                await link.server.wait_closed()
 
 
 def proxied_peers(cluster, proxy: NetProxy) -> None:
@@ -232,7 +288,7 @@ def proxied_peers(cluster, proxy: NetProxy) -> None:
 
 @contextlib.contextmanager
 def partitionable_cluster(directory: Path, **kwargs) -> Iterator[tuple[object, NetProxy]]:
-    """A started 3-node `LocalCluster` whose peer links all go through one `NetProxy`.
+    """A started `LocalCluster` (3 nodes unless `size` says otherwise) whose peer links go through one `NetProxy`.
 
     Nodes and proxy are torn down on exit, also when the body or the start fails.
     """
@@ -246,3 +302,22 @@ def partitionable_cluster(directory: Path, **kwargs) -> Iterator[tuple[object, N
             yield cluster, proxy
         finally:
             cluster.stop()
+
+
+def direct_links(cluster) -> list[tuple[str, str]]:
+    """Links (src, dst) between live members that bypass the proxy: src's address book has dst's own bus port.
+
+    A node that joined later is always dialed that way (the address it
+    registered is the one it listens on); so is the node whose address book
+    another node copied (the leader's, in a joining node's member list or in
+    an installed snapshot), which lists its own real bus port.
+    """
+    real = {n.id: n.bus_port for n in cluster.nodes}
+    direct = []
+    for node in cluster.nodes:
+        if not node.alive or node.paused:
+            continue
+        with node.client(socket_timeout=2, decode_responses=True) as r:
+            rows = r.execute_command("CLUSTER", "MEMBERS")
+        direct += [(node.id, row[0]) for row in rows if row[0] != node.id and real.get(row[0]) == int(row[3])]
+    return sorted(direct)

@@ -10,76 +10,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 import redis
 
-from tests.cluster.harness import REPO, LocalCluster
+from harness import REPO, LocalCluster
+from workload import Writer, keyspaces_equal
 
-
-
-
-class Writer(threading.Thread):
-    """SETs w:<i> = i through a RedisCluster client, recording every acknowledged i."""
-
-    def __init__(self, cluster: LocalCluster):
-        super().__init__(daemon=True)
-        self.cluster = cluster
-        self.acked: list[int] = []
-        self.errors = 0
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        rc = None
-        i = 0
-        while not self.stopping.is_set():
-            try:
-                if rc is None:
-                    rc = self.cluster.cluster_client(socket_timeout=2)
-                i += 1
-                rc.set(f"w:{i}", i)
-                self.acked.append(i)
-            except (redis.RedisError, OSError, IndexError):
-                # Failover or a node going away: a fresh client rediscovers the leader.
-                self.errors += 1
-                rc = None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join(timeout=30)
-
-
-def _keyspaces_equal(cluster: LocalCluster, nodes) -> None:
-    """Every node applies to the leader's index and holds the same keys and values."""
-    leader = cluster.wait_leader()
-    index = int(leader.info()["raft_commit_index"])
-    cluster.wait_applied(index, nodes)
-    images = {}
-    for node in nodes:
-        with node.client(decode_responses=True) as r:
-            r.execute_command("READONLY")
-            keys = sorted(r.keys("*"))
-            images[node.id] = (keys, r.mget(keys) if keys else [])
-    first = next(iter(images.values()))
-    assert all(image == first for image in images.values()), {k: len(v[0]) for k, v in images.items()}
-
-
-def _all_acked_present(cluster: LocalCluster, acked: list[int]) -> None:
-    leader = cluster.wait_leader()
-    with leader.client(decode_responses=True) as r:
-        values = r.mget([f"w:{i}" for i in acked]) if acked else []
-    missing = [i for i, v in zip(acked, values) if v != str(i)]
-    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = LocalCluster(tmp_path / "cluster", 3).start()
-    yield c
-    c.stop()
+SMALL_SNAPSHOT_ENTRIES = 500
+SLOW_ELECTION_TICKS = 30  # 3 to 6 s at 100 ms a tick
 
 
 def test_join_then_remove_the_leader_then_replace_a_dead_node(cluster):
@@ -118,8 +58,8 @@ def test_join_then_remove_the_leader_then_replace_a_dead_node(cluster):
     finally:
         writer.stop()
     assert len(writer.acked) > 50
-    _all_acked_present(cluster, writer.acked)
-    _keyspaces_equal(cluster, [n for n in cluster.nodes if n.alive])
+    writer.all_acked_present()
+    keyspaces_equal(cluster, [n for n in cluster.nodes if n.alive])
 
 
 def test_a_removed_id_is_never_reused(cluster):
@@ -146,7 +86,7 @@ def test_learner_stays_a_learner_and_cannot_be_counted(cluster):
         slots = r.execute_command("CLUSTER", "SLOTS")
     # Learners are not offered to routing clients as replicas.
     assert {row[2] for row in slots[0][2:]} == {"n1", "n2", "n3"}
-    _keyspaces_equal(cluster, [n for n in cluster.nodes if n.alive])
+    keyspaces_equal(cluster, [n for n in cluster.nodes if n.alive])
     with cluster.wait_leader().client(decode_responses=True) as r:
         assert r.execute_command("CLUSTER", "MEMBER", "PROMOTE", "n4") == "OK"
     cluster.wait_members({"n1": "voter", "n2": "voter", "n3": "voter", "n4": "voter"})
@@ -264,6 +204,37 @@ def test_a_newcomer_catches_up_from_a_snapshot_larger_than_a_peer_frame(tmp_path
         cluster.stop()
 
 
+def test_a_node_joins_a_leader_whose_snapshot_predates_them_both(tmp_path):
+    """The leader's only snapshot is older than the leader's own membership (it joined through
+    that snapshot): a node joining it installs that snapshot, whose roster knows neither of
+    them, and must still answer the leader with the address it was given when it joined."""
+    config = tmp_path / "kvorum.yaml"
+    config.write_text(f"snapshot-entries: {SMALL_SNAPSHOT_ENTRIES}\n")
+    cluster = LocalCluster(tmp_path / "cluster", 3, extra_flags=("--config", str(config))).start()
+    try:
+        with cluster.wait_leader().client() as r:
+            pipe = r.pipeline(transaction=False)
+            for i in range(SMALL_SNAPSHOT_ENTRIES + 100):
+                pipe.set(f"k{i}", i)
+            pipe.execute()
+        n4 = cluster.add_node("n4")
+        n4.start()
+        cluster.wait_members({"n1": "voter", "n2": "voter", "n3": "voter", "n4": "voter"})
+        assert int(n4.info()["raft_snapshot_index"]) > 0  # n4 joined through the snapshot
+        with cluster.wait_leader().client(decode_responses=True) as r:
+            assert r.execute_command("CLUSTER", "MOVE-LEADER", "n4") == "OK"
+        deadline = time.monotonic() + 10
+        while cluster.leader() is not n4:
+            assert time.monotonic() < deadline, cluster.logs()
+            time.sleep(0.05)
+        n5 = cluster.add_node("n5", join_via=n4)
+        n5.start()
+        cluster.wait_members({f"n{i}": "voter" for i in range(1, 6)}, timeout_s=20)
+        keyspaces_equal(cluster, cluster.nodes)
+    finally:
+        cluster.stop()
+
+
 def test_a_node_removed_while_paused_is_refused_by_its_peers_and_stops(cluster):
     """It never receives the entries that removed it; its peers' refusal tells it."""
     leader = cluster.wait_leader()
@@ -278,3 +249,27 @@ def test_a_node_removed_while_paused_is_refused_by_its_peers_and_stops(cluster):
     assert f"node {victim.id} was removed from this cluster; shutting down" in log
     with cluster.wait_leader().client() as r:
         assert r.set("after", "1")
+
+
+def test_a_joined_leader_restarts_while_the_others_still_follow_it(tmp_path):
+    """A joined node restarts with --join; the member it asks redirects it to the leader it
+    knows, which is this very node until an election (made slow here) replaces it."""
+    config = tmp_path / "kvorum.yaml"
+    config.write_text(f"raft-election-ticks: {SLOW_ELECTION_TICKS}\n")
+    cluster = LocalCluster(tmp_path / "cluster", 3, extra_flags=("--config", str(config))).start()
+    try:
+        n4 = cluster.add_node("n4")
+        n4.start()
+        cluster.wait_members({"n1": "voter", "n2": "voter", "n3": "voter", "n4": "voter"})
+        with cluster.wait_leader().client(decode_responses=True) as r:
+            assert r.execute_command("CLUSTER", "MOVE-LEADER", "n4") == "OK"
+        deadline = time.monotonic() + 10
+        while cluster.leader() is not n4:
+            assert time.monotonic() < deadline, cluster.logs()
+            time.sleep(0.05)
+        n4.kill()
+        n4.start()
+        n4.wait_listening()
+        cluster.wait_members({"n1": "voter", "n2": "voter", "n3": "voter", "n4": "voter"})
+    finally:
+        cluster.stop()

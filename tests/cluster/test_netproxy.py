@@ -1,4 +1,4 @@
-"""The fault-injecting proxy itself, with plain sockets: pass, drop (black hole and reset), heal."""
+"""The fault-injecting proxy itself, with plain sockets: pass, drop (black hole and reset), heal, HELLO routing."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from kvorum.server.peer_frames import PROTOCOL_VERSION, Hello, encode_frame
 from netproxy import RESET, NetProxy
 
 TIMEOUT_S = 2.0
@@ -147,3 +148,23 @@ def test_close_stops_listeners_and_thread(echo):
     open_conn.close()
     with pytest.raises(OSError):
         dial(port).close()
+
+
+def test_a_connection_belongs_to_the_link_its_hello_names(proxy, echo):
+    """A node that dials through another node's listener is cut with its own links."""
+    ab = proxy.add_link("a", "b", echo)
+    proxy.add_link("b", "a", echo)
+    assert proxy.add_dialer("c") == [("c", "a"), ("c", "b")]
+    hello = encode_frame(Hello(PROTOCOL_VERSION, "kvorum", "c", "b"))
+    proxy.drop([("a", "b")])
+    with dial(ab) as s:  # c, through a's listener: on link (c, b), which passes
+        assert echoes(s, hello)
+    proxy.heal()
+    proxy.drop([("c", "b")])
+    with dial(ab) as s:
+        s.settimeout(0.3)
+        assert not echoes(s, hello)
+    assert proxy.links[("c", "b")].connections == 2 and proxy.links[("a", "b")].connections == 0
+    with dial(ab) as s:  # not a HELLO, or one addressed elsewhere: the listener's link, which passes
+        assert echoes(s, encode_frame(Hello(PROTOCOL_VERSION, "kvorum", "c", "a")))
+    assert proxy.links[("a", "b")].connections == 1

@@ -12,25 +12,12 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import redis
-
-from netproxy import partitionable_cluster
 
 FAILOVER_S_MAX = 2.5  # election timeout 1-2 s after the last heartbeat, plus the vote
 LEASE_END_S = 1.2  # the lease (0.8 s after the last quorum contact), one tick, and a margin
 READ_TIMEOUT_S = 0.5
 REFUSALS = ("MOVED", "CLUSTERDOWN", "TRYAGAIN", "TIMEOUT")
-
-
-@pytest.fixture
-def net_cluster(tmp_path, request):
-    with partitionable_cluster(tmp_path / "cluster") as (cluster, proxy):
-        try:
-            yield cluster, proxy
-        finally:
-            if getattr(request.node, "failed_call", False):
-                print(cluster.logs())
 
 
 def read_on(node, key: str) -> tuple[float, str, object]:
