@@ -58,6 +58,8 @@ def main() -> None:
 @click.option("--learner", type=click.Choice(["yes", "no"]),
               help="With --join: stay a non-voting learner. [default: no]")
 @click.option("--bus-port", type=int, help="Port for peer traffic. [default: --port + 10000]")
+@click.option("--cluster-announce-bus-port", type=int,
+              help="With --join: the bus port peers are told to dial, if not --bus-port (a proxy, a NAT).")
 @click.option("--data-dir", help="Directory of the write-ahead log and snapshots (replicated mode).")
 @click.option("--fsync", type=click.Choice(["always", "batch", "never"]),
               help="When the log reaches the disk (docs/storage.md). [default: batch]")

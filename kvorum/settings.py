@@ -164,6 +164,7 @@ class Settings:
     node_id: str = ""
     peers: str = ""  # id@host:port[@busport],... naming every voter, this node included
     join: str = ""  # host:port of any member: join that cluster (instead of peers)
+    cluster_announce_bus_port: int = 0  # with join: the bus port peers dial (a proxy, a NAT); 0 = bus_port
     learner: bool = False  # with join: stay a non-voting learner
     bus_port: int = 0  # peer traffic; 0 = client port + 10000
     data_dir: str = ""  # the write-ahead log and snapshots; required with peers
@@ -235,6 +236,8 @@ SETTINGS: dict[str, Setting] = {
                 doc="host:port of any member of a running cluster to join (instead of peers)"),
         Setting("learner", "learner", _yes_no, _show_bool, mutable=False,
                 doc="with join: stay a non-voting learner"),
+        Setting("cluster-announce-bus-port", "cluster_announce_bus_port", _int_in(0, 65535), mutable=False,
+                doc="with join: the bus port peers are told to dial, when it differs from bus-port; 0 = bus-port"),
         Setting("bus-port", "bus_port", _int_in(0, 65535), mutable=False,
                 doc="port for peer traffic; 0 = port + 10000"),
         Setting("data-dir", "data_dir", _text, mutable=False, doc="directory of the write-ahead log and snapshots"),

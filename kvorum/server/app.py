@@ -115,7 +115,8 @@ async def _join(settings: Settings) -> list[Member] | None:
     if not settings.join:
         return None
     host = (settings.bind.split() or ["127.0.0.1"])[0]
-    me = Member(settings.node_id, host, settings.port, settings.bus_port or settings.port + BUS_PORT_OFFSET)
+    bus_port = settings.cluster_announce_bus_port or settings.bus_port or settings.port + BUS_PORT_OFFSET
+    me = Member(settings.node_id, host, settings.port, bus_port)
     return await asyncio.to_thread(join, settings.join, me, settings.learner)
 
 

@@ -508,7 +508,8 @@ async def start_replication(state: ServerState, join: list[Member] | None = None
         seed = join
         initial = Membership(frozenset())
     me = next(m for m in seed if m.id == settings.node_id)
-    hub = PeerHub(settings.node_id, settings.cluster_id, (me.host, me.bus_port))
+    # Listen on the bus port given, which may differ from the one peers are told (the roster's).
+    hub = PeerHub(settings.node_id, settings.cluster_id, (me.host, settings.bus_port or me.bus_port))
     on_removed = membership.removed(state)
     hub.on_removed = on_removed
     group = Group(0, settings.node_id, state.db, state.leases, hub, seed, on_removed=on_removed)

@@ -273,3 +273,33 @@ def test_a_joined_leader_restarts_while_the_others_still_follow_it(tmp_path):
         cluster.wait_members({"n1": "voter", "n2": "voter", "n3": "voter", "n4": "voter"})
     finally:
         cluster.stop()
+
+
+def test_a_joining_node_announces_a_bus_port_other_than_the_one_it_binds(cluster, tmp_path):
+    """Peers dial the announced port (here a proxy); cutting the proxy cuts the node off."""
+    from netproxy import NetProxy
+
+    with NetProxy() as proxy:
+        n4 = cluster.add_node("n4")
+        announced = proxy.add_link("any", "n4", ("127.0.0.1", n4.bus_port))
+        n4.join_flags = ("--cluster-announce-bus-port", str(announced))
+        n4.start()
+        n4.wait_listening()
+        cluster.wait_members({"n1": "voter", "n2": "voter", "n3": "voter", "n4": "voter"})
+        with cluster.wait_leader().client(decode_responses=True) as r:
+            rows = {row[0]: row[3] for row in r.execute_command("CLUSTER", "MEMBERS")}
+        assert rows["n4"] == announced != n4.bus_port
+        proxy.drop([("any", "n4")])
+        with cluster.wait_leader().client() as r:
+            r.set("while-cut", "1")
+        time.sleep(1.5)
+        with n4.client() as r:
+            r.execute_command("READONLY")
+            # Nothing reaches n4 but through the announced port: it hears no leader.
+            with pytest.raises(redis.exceptions.TryAgainError, match="no contact with a leader"):
+                r.get("while-cut")
+        proxy.heal()
+        cluster.wait_applied(int(cluster.wait_leader().info()["raft_commit_index"]), [n4])
+        with n4.client() as r:
+            r.execute_command("READONLY")
+            assert r.get("while-cut") == b"1"
