@@ -664,7 +664,17 @@ def _bad_argument(arg) -> str:
     return f"Protocol error: expected '$', got '{_RESP_TYPE_BYTE.get(type(arg), '?')}'"
 
 
+# Words of hiredis' errors for an item it cannot read, and the item's type byte (a simple
+# string and an error line share one message): in a request, such an item is an
+# argument that is not a bulk string, which Redis refuses at its type byte.
+_HIREDIS_ITEM_ERRORS = {"integer": ":", "double": ",", "nil": "_", "bool": "#", "bignum": "(",
+                        "simple string": "+", "verbatim": "=", "nesting depth": "*"}
+
+
 def _hiredis_error(message: str) -> str:
+    for word, type_byte in _HIREDIS_ITEM_ERRORS.items():
+        if word in message.lower():
+            return f"Protocol error: expected '$', got '{type_byte}'"
     if "multi-bulk length" in message:
         return "Protocol error: invalid multibulk length"
     if "ulk string length" in message:
