@@ -11,19 +11,46 @@ Two parsers share the work:
 
 - The fast path is hiredis' C reader. It parses multibulk requests at C speed,
   but it is a general RESP reader: it also accepts nested arrays, integers and
-  nulls as arguments, knows nothing of inline requests, and does not report how
-  many bytes it has consumed. So each parsed request is checked to be a list of
-  at most proto-max-multibulk-len bytes arguments (anything else is the
-  protocol error Redis would give); a bulk length over proto-max-bulk-len is
-  refused when a chunk ends with it (that is where a client announcing a huge
-  length waits for the payload; elsewhere the query-buffer limit catches it,
-  since hiredis buffers payloads instead of allocating ahead); and aggregate
-  headers with huge counts never reach hiredis (see `_fast_entry`).
+  nulls as arguments, knows nothing of inline requests or of Redis' limits, and
+  does not report how many bytes it has consumed. So each parsed request is
+  checked to be a list of bytes arguments (anything else is the protocol error
+  Redis would give), and the limits are kept by a screen (below).
 - The exact path is the Python port of Redis' processInlineBuffer /
   processMultibulkBuffer below, with Redis' limits and error words. It parses
   inline requests, and everything from clients that have not authenticated yet
   (Redis lets them send only 10 arguments of 16 KiB).
 
+Limits, whatever the read boundaries
+------------------------------------
+Redis checks a length when it reads the header that announces it, before it
+buffers what the header announces; so does this parser, on both paths, however
+the stream is cut into chunks. The exact path reads every header itself. hiredis
+would buffer any payload it is told of, so every chunk it gets is screened first
+(one `bytes.translate` and one `bytes.find`) for a header type byte (`$`, or an
+aggregate's `*%~>|`) followed by enough digits to pass a limit: as many as
+`limit + 1` has, for the smallest of proto-max-bulk-len,
+client-query-buffer-limit less the payload's line end, and
+proto-max-multibulk-len (or 1,000,000 arguments: hiredis allocates an
+aggregate's list at its header, and freeing billions of empty slots takes
+seconds). With the default limits that is 7 digits, so common requests never
+leave the fast path. A chunk that ends inside what may be such a header is held
+back until the header is complete.
+
+On a hit, hiredis is fed the chunk up to the hit, then the hit's type byte
+alone: if hiredis takes that byte as a new item's type (it holds nothing
+unconsumed afterwards), the hit is a header; otherwise it is inside a payload
+or a line, and harmless. A bulk header over proto-max-bulk-len is answered
+`invalid bulk length`; one whose payload cannot fit the query buffer closes the
+connection, as Redis closes it once its buffer passes the limit; an aggregate
+header with a count over the limit, or of a million or more, goes to the exact
+path. A legal bulk's payload is known from then on and is fed to hiredis
+without being screened. What hiredis may still wait for is then bounded: a
+bulk too short to be screened, or a header line; a wait longer than both is a
+header line, refused as Redis refuses one (`too big bulk count string`) or,
+past the query buffer limit, by closing the connection.
+
+Request boundaries
+------------------
 A request boundary is known for certain at the start of the stream and whenever
 the exact path has consumed its buffer. With hiredis, a chunk that arrives after
 a chunk that ended a line, while hiredis holds no unconsumed bytes, is taken to
@@ -31,11 +58,15 @@ start a request: if it starts with neither `*` nor `$` it goes to the exact path
 as an inline request (a `$` there can only be the next argument of a request
 split exactly between two arguments), and if hiredis rejects it, the exact path
 parses the whole chunk again, so that negative counts, inline requests after
-multibulk ones and Redis' own error words come out as Redis has them. Two cases
-are answered differently from Redis, both only for a client that mixes request
-forms or breaks the protocol: an inline request that follows multibulk ones in a
-chunk that did not start a request is a protocol error, and a protocol error in
-a chunk that starts exactly between two arguments is read as inline.
+multibulk ones and Redis' own error words come out as Redis has them. Three
+cases are answered differently from Redis, all only for a client that mixes
+request forms or breaks the protocol: an inline request that follows multibulk
+ones in a chunk that did not start a request is a protocol error; a protocol
+error in a chunk that starts exactly between two arguments is read as inline;
+and an inline request that looks like a bulk header over the limit
+(`$600000000`) is refused as one. hiredis' header lines are bounded by the
+larger of proto-inline-max-size and the shortest screened bulk (1 MB with the
+default limits) rather than by proto-inline-max-size alone.
 
 After a protocol error the parser stops (`error` is set); the connection answers
 the requests parsed before it, then the error, and closes, like Redis.
@@ -58,30 +89,39 @@ UNAUTHENTICATED_BULK_MAX_BYTES = 16384
 
 QUERY_BUFFER_EXCEEDED = "query buffer limit exceeded"
 
-# Aggregate headers (array, map, set, push, attribute) with a count of 7+ digits.
+# Aggregate headers with a count of this many or more never reach hiredis (see above).
 BIG_AGGREGATE_COUNT_MIN = 1_000_000
-_BIG_AGGREGATE = re.compile(rb"[*%~>|]\d{7}")
-# Every chunk is screened for such headers. `_BIG_AGGREGATE.search` walks it
-# byte by byte in the regex engine (about 60 CPU instructions per byte: 2,700
-# per pipelined `SET key:012345678901 xxx`, 55,000 with a 1 KiB value), so the
-# screen instead maps digits to b"0" and aggregate type bytes to b"*" with one
-# `bytes.translate` and looks for b"*0000000" with one substring search: the
-# same answer as `_BIG_AGGREGATE.search(data) is not None`, several times
-# cheaper. `_BIG_AGGREGATE` stays for `_feed_guarded`, which needs the positions.
-_SCREEN_TABLE = bytes(48 if 48 <= b <= 57 else 42 if b in b"*%~>|" else 120 for b in range(256))
-_SCREEN_MARK = b"*" + b"0" * len(str(BIG_AGGREGATE_COUNT_MIN))
-assert _BIG_AGGREGATE.pattern.endswith(b"{%d}" % (len(_SCREEN_MARK) - 1))
-# What an unfinished aggregate header line can look like; longer is never a valid count.
-_AGGREGATE_HEAD = re.compile(rb"[*%~>|]-?\d{0,20}")
-HELD_BYTES_MAX = 22
+# The longest number string2ll reads ('-' and 19 digits), a header line around it, and
+# the most a chunk may hold back: a type byte, '-', 20 digits and the CR of a line end.
+NUMBER_BYTES_MAX = 20
+HEADER_LINE_BYTES_MAX = 1 + NUMBER_BYTES_MAX + 2
+HELD_BYTES_MAX = 3 + NUMBER_BYTES_MAX
+# Besides the bytes it has not parsed, hiredis keeps up to 1 KiB it has parsed (it trims
+# its buffer once it has consumed that much) and the header line of the bulk it reads.
+READER_SLACK_BYTES = 1024 + HEADER_LINE_BYTES_MAX
+
+# The screen maps digits to b"0", header type bytes to b"*" and everything else to
+# b"x" with one `bytes.translate`, then looks for b"*" and the screen's digits with one
+# substring search: C speed over the chunk. (`re.search` walks a chunk byte by byte in
+# the regex engine, about 60 CPU instructions per byte.)
+_SCREEN_TABLE = bytes(48 if 48 <= b <= 57 else 42 if b in b"*%~>|$" else 120 for b in range(256))
+_DIGITS = re.compile(rb"[0-9]+")
+# What the end of a chunk looks like when it may be an unfinished header.
+_HEADER_TAIL = re.compile(rb"[*%~>|$]-?[0-9]{0," + str(NUMBER_BYTES_MAX).encode() + rb"}\r?\Z")
+_HEADER_TAIL_LAST = frozenset(b"*%~>|$-0123456789\r")
 
 
-def _has_big_aggregate(data) -> bool:
-    """Whether `_BIG_AGGREGATE` matches somewhere in `data`."""
-    # `find`, not `in`: `bytes.__contains__` first tries its operand as an
-    # integer and discards the TypeError that raises, about 1,900 CPU
-    # instructions per call, more than the translation and the search.
-    return data.translate(_SCREEN_TABLE).find(_SCREEN_MARK) != -1
+def _screen_digits(bulk_max_bytes: int, multibulk_max_count: int, query_buffer_max_bytes: int) -> int:
+    """How many digits after a header's type byte make it worth a look.
+
+    A number with fewer digits than `limit + 1` is at most `limit`.
+    """
+    bulk_bytes_max = max(0, min(bulk_max_bytes, query_buffer_max_bytes - 2))
+    count_max = max(0, min(multibulk_max_count, BIG_AGGREGATE_COUNT_MIN - 1))
+    return min(len(str(bulk_bytes_max + 1)), len(str(count_max + 1)))
+
+
+assert _screen_digits(BULK_MAX_BYTES_DEFAULT, MULTIBULK_MAX_COUNT_DEFAULT, QUERY_BUFFER_MAX_BYTES_DEFAULT) == 7
 
 
 class _HiredisProtocolError(Exception):
@@ -179,12 +219,17 @@ def split_args(line: bytes) -> list[bytes] | None:
 
 
 class RequestParser:
-    """Turns a client's byte stream into requests; see the module docstring."""
+    """Turns a client's byte stream into requests; see the module docstring.
+
+    The four limits may be changed between two `feed` calls (CONFIG SET); each is
+    checked at the header that announces a length, as Redis checks it.
+    """
 
     __slots__ = (
-        "inline_max_bytes", "bulk_max_bytes", "multibulk_max_count", "query_buffer_max_bytes",
+        "_inline_max_bytes", "_bulk_max_bytes", "_multibulk_max_count", "_query_buffer_max_bytes",
+        "_screen_mark", "_waiting_bytes_max",
         "authenticated", "error", "_reader", "_fast", "_at_boundary", "_buf",
-        "_pending_count", "_pending_bulk", "_pending_args", "_line_ended", "_held",
+        "_pending_count", "_pending_bulk", "_pending_args", "_line_ended", "_held", "_payload_left",
     )
 
     def __init__(
@@ -196,10 +241,11 @@ class RequestParser:
         query_buffer_max_bytes: int = QUERY_BUFFER_MAX_BYTES_DEFAULT,
         authenticated: bool = True,
     ):
-        self.inline_max_bytes = inline_max_bytes
-        self.bulk_max_bytes = bulk_max_bytes
-        self.multibulk_max_count = multibulk_max_count
-        self.query_buffer_max_bytes = query_buffer_max_bytes
+        self._inline_max_bytes = inline_max_bytes
+        self._bulk_max_bytes = bulk_max_bytes
+        self._multibulk_max_count = multibulk_max_count
+        self._query_buffer_max_bytes = query_buffer_max_bytes
+        self._limits_changed()
         # Unauthenticated clients get Redis' small limits and the exact path.
         self.authenticated = authenticated
         # The protocol error text ("Protocol error: ...") once the stream is broken.
@@ -209,8 +255,10 @@ class RequestParser:
         # Whether the last chunk given to hiredis ended a line (hiredis consumes a type
         # byte on its own, so "no unconsumed bytes" alone does not mean a boundary).
         self._line_ended = True
-        # The end of a chunk that may be an unfinished aggregate header, kept from hiredis.
+        # The end of a chunk that may be an unfinished header, kept from hiredis.
         self._held = b""
+        # Bytes of a screened bulk's payload (and its line end) hiredis still waits for.
+        self._payload_left = 0
         # Whether the exact path's buffer starts at a request's first byte.
         self._at_boundary = True
         # Exact path state: unconsumed bytes, and the multibulk request in progress.
@@ -219,8 +267,64 @@ class RequestParser:
         self._pending_bulk = -1  # length of the argument being read; -1 = header next
         self._pending_args: list[bytes] = []
 
+    # The limits. Setting one recomputes what the screen looks for.
+
+    @property
+    def inline_max_bytes(self) -> int:
+        """Longest inline request, and longest header line of a multibulk request."""
+        return self._inline_max_bytes
+
+    @inline_max_bytes.setter
+    def inline_max_bytes(self, value: int) -> None:
+        self._inline_max_bytes = value
+        self._limits_changed()
+
+    @property
+    def bulk_max_bytes(self) -> int:
+        """Longest argument of a multibulk request."""
+        return self._bulk_max_bytes
+
+    @bulk_max_bytes.setter
+    def bulk_max_bytes(self, value: int) -> None:
+        self._bulk_max_bytes = value
+        self._limits_changed()
+
+    @property
+    def multibulk_max_count(self) -> int:
+        """Most arguments in one multibulk request."""
+        return self._multibulk_max_count
+
+    @multibulk_max_count.setter
+    def multibulk_max_count(self, value: int) -> None:
+        self._multibulk_max_count = value
+        self._limits_changed()
+
+    @property
+    def query_buffer_max_bytes(self) -> int:
+        """Most bytes of a request not parsed yet, an argument's payload included."""
+        return self._query_buffer_max_bytes
+
+    @query_buffer_max_bytes.setter
+    def query_buffer_max_bytes(self, value: int) -> None:
+        self._query_buffer_max_bytes = value
+        self._limits_changed()
+
+    def _limits_changed(self) -> None:
+        digits = _screen_digits(self._bulk_max_bytes, self._multibulk_max_count, self._query_buffer_max_bytes)
+        self._screen_mark = b"*" + b"0" * digits
+        # A bulk too short for the screen makes hiredis wait for at most this much; a longer
+        # wait that is not for a screened payload is for a header line.
+        unscreened_bulk_bytes_max = 10 ** (digits - 1) - 1
+        waiting = max(self._inline_max_bytes, unscreened_bulk_bytes_max + 2)
+        self._waiting_bytes_max = min(waiting, self._query_buffer_max_bytes) + READER_SLACK_BYTES
+
     def buffered_bytes(self) -> int:
-        """Bytes received and not yet parsed into requests (about: hiredis keeps up to 1 KiB consumed)."""
+        """Bytes received and not yet parsed into requests.
+
+        On the hiredis path this is an upper bound: hiredis also keeps up to
+        READER_SLACK_BYTES it has parsed. Between two `feed` calls it is at most
+        `query_buffer_max_bytes + READER_SLACK_BYTES`, or the stream is refused.
+        """
         if not self._fast:
             return len(self._buf)
         reader = self._reader
@@ -231,12 +335,16 @@ class RequestParser:
         if not data or self.error is not None:
             return []
         if self._fast:
+            if self._payload_left:
+                return self._feed_payload(data)
+            at_boundary = self._line_ended and not self._reader.has_data()
             if self._held:
+                # A held `$` header is the next argument of a request, as if hiredis had it.
+                at_boundary = at_boundary and self._held[0] != 36
                 data = self._held + data
                 self._held = b""
-            at_boundary = self._line_ended and not self._reader.has_data()
             if not at_boundary or data[0] == 42 or data[0] == 36:
-                if data[-1] == 10 and not _has_big_aggregate(data):
+                if data[-1] == 10 and data.translate(_SCREEN_TABLE).find(self._screen_mark) == -1:
                     # What `_fast_entry` would decide for a chunk that ends a line, in one call less.
                     return self._feed_fast(self._reader, data, at_boundary)
                 return self._fast_entry(data, at_boundary)
@@ -252,6 +360,7 @@ class RequestParser:
         self._fast = False
         self._reader = hiredis.Reader(protocolError=_HiredisProtocolError, replyError=_HiredisReplyError)
         self._line_ended = True
+        self._payload_left = 0
         self._buf = bytearray(data)
         self._buf += self._held
         self._held = b""
@@ -260,8 +369,10 @@ class RequestParser:
 
     def _parse_exact_then_fast(self) -> list[list[bytes]]:
         requests = self._parse_exact()
+        # A screened header stays with the exact path: back on the fast path it would be
+        # handed straight back.
         if (self.error is None and self.authenticated and self._at_boundary and _fast_start(self._buf)
-                and not _has_big_aggregate(self._buf)):
+                and self._buf.translate(_SCREEN_TABLE).find(self._screen_mark) == -1):
             rest = bytes(self._buf)
             self._buf.clear()
             self._fast = True
@@ -271,52 +382,130 @@ class RequestParser:
     # The fast path.
 
     def _fast_entry(self, data: bytes, at_boundary: bool) -> list[list[bytes]]:
-        """Keep hiredis away from aggregate headers with huge counts, then let it parse.
+        """Screen `data`, hold back an unfinished header at its end, and let hiredis parse."""
+        if data.translate(_SCREEN_TABLE).find(self._screen_mark) != -1:
+            return self._feed_guarded(data, at_boundary)
+        data = self._hold_tail(data)
+        if not data:
+            return []
+        return self._feed_fast(self._reader, data, at_boundary)
 
-        hiredis allocates an aggregate's list as soon as it reads the header, and
-        freeing a list of billions of empty slots takes seconds, so a header whose
-        count has 7 or more digits never reaches it: the exact path takes over at
-        that header (when it starts a request; inside a bulk payload the bytes are
-        harmless). A chunk that ends inside what may be such a header line is held
-        back until the line is complete.
+    def _hold_tail(self, data: bytes) -> bytes:
+        """`data` less what may be the start of a header, which waits in `_held` for the rest.
+
+        The screen must see a header's type byte, all its digits and whether a line end
+        follows them in one chunk.
         """
-        if data[-1] != 10:
-            cut = data.rfind(b"\n") + 1
-            if len(data) - cut <= HELD_BYTES_MAX and _AGGREGATE_HEAD.fullmatch(data, cut):
-                self._held = data[cut:]
-                data = data[:cut]
-                if not data:
-                    return []
-        if not _has_big_aggregate(data):
-            return self._feed_fast(self._reader, data, at_boundary)
-        return self._feed_guarded(data, at_boundary)
+        if data[-1] not in _HEADER_TAIL_LAST:
+            return data
+        match = _HEADER_TAIL.search(data, max(0, len(data) - HELD_BYTES_MAX))
+        if match is None:
+            return data
+        self._held = data[match.start():]
+        return data[:match.start()]
 
     def _feed_guarded(self, data: bytes, at_boundary: bool) -> list[list[bytes]]:
+        """`_feed_screened`; as in `_feed_fast`, a chunk that began a request and that hiredis
+        refused is parsed again exactly, so that Redis' own words come out. A header over a
+        limit is not: a `$` there is far more likely an argument than an inline request."""
+        requests, decided = self._feed_screened(data)
+        if self.error is not None and at_boundary and not decided:
+            self.error = None
+            self._held = b""
+            return self._switch_to_exact(data)
+        return requests
+
+    def _feed_screened(self, data: bytes) -> tuple[list[list[bytes]], bool]:
+        """hiredis parses `data` up to each screened header, which is checked before it goes on.
+
+        Also returns whether the limits or the exact path decided the outcome, not hiredis.
+        """
         requests: list[list[bytes]] = []
         reader = self._reader
-        # Held bytes come after all of `data`; keep them out of any switch made on the way.
-        held, self._held = self._held, b""
-        pos = 0
-        for match in _BIG_AGGREGATE.finditer(data):
-            start = match.start()
-            if start < pos:
-                continue
-            if start > pos:
-                requests += self._feed_fast(reader, data[pos:start], at_boundary)
+        screened = data.translate(_SCREEN_TABLE)
+        mark = self._screen_mark
+        pos = 0  # data[:pos] has been fed to hiredis
+        hit = screened.find(mark)
+        while hit != -1:
+            digits_end = _DIGITS.match(data, hit + 1).end()
+            if (digits_end - hit - 1 <= NUMBER_BYTES_MAX and len(data) - digits_end <= 1
+                    and (digits_end == len(data) or data[digits_end] == 13)):
+                break  # the header may go on in the next chunk: `_hold_tail` keeps it
+            if hit > pos:
+                requests += self._feed_fast(reader, data[pos:hit], False)
                 if self.error is not None:
-                    return requests
-                if not self._fast:
-                    self._buf += data[start:]
-                    self._buf += held
-                    requests += self._parse_exact_then_fast()
-                    return requests
-                at_boundary = self._line_ended and not reader.has_data()
-            pos = start
-            if at_boundary:
-                requests += self._switch_to_exact(data[pos:] + held)
-                return requests
-        self._held = held
-        requests += self._feed_fast(reader, data[pos:], at_boundary)
+                    return requests, False
+                pos = hit
+            if reader.has_data():
+                hit = screened.find(mark, hit + 1)  # inside a payload or a line
+                continue
+            # The probe: a header if hiredis takes its first byte as the type of a new item.
+            reader.feed(data, hit, 1)
+            try:
+                nothing = reader.gets()
+            except _HiredisProtocolError as exc:
+                self.error = _hiredis_error(str(exc))
+                return requests, False
+            assert nothing is False, nothing  # one byte more completes no reply
+            pos = hit + 1
+            self._line_ended = False
+            if reader.has_data():
+                hit = screened.find(mark, pos)  # the byte went on a line hiredis was reading
+                continue
+            next_search = self._check_header(data, hit, digits_end)
+            if self.error is not None:
+                return requests, True
+            if next_search < 0:
+                # An aggregate the exact path must read: from its type byte, as a request.
+                requests += self._switch_to_exact(data[hit:])
+                return requests, True
+            if next_search > len(data):
+                # A legal bulk whose payload goes on past this chunk.
+                self._payload_left = next_search - len(data)
+                requests += self._feed_fast(reader, data[pos:], False)
+                return requests, False
+            hit = screened.find(mark, next_search)
+        data = self._hold_tail(data)
+        assert len(data) >= pos, "only bytes after the last probe are held"
+        if len(data) > pos:
+            requests += self._feed_fast(reader, data[pos:], False)
+        return requests, False
+
+    def _check_header(self, data: bytes, hit: int, digits_end: int) -> int:
+        """Check the header at `hit` against the limits; where to look for the next header.
+
+        Returns -1 when the exact path must read the header, and past the payload of a
+        legal bulk whose line end follows its number (hiredis skips it unread).
+        """
+        digits = data[hit + 1:digits_end]
+        value = int(digits) if len(digits) <= NUMBER_BYTES_MAX else None
+        if data[hit] != 36:
+            if value is None or value > self._multibulk_max_count or value >= BIG_AGGREGATE_COUNT_MIN:
+                return -1
+            return digits_end
+        if value is None or value > self._bulk_max_bytes:
+            self.error = "Protocol error: invalid bulk length"
+        elif value + 2 > self._query_buffer_max_bytes:
+            self.error = QUERY_BUFFER_EXCEEDED
+        elif data.startswith(b"\r\n", digits_end):
+            return digits_end + 2 + value + 2
+        return digits_end
+
+    def _feed_payload(self, data: bytes) -> list[list[bytes]]:
+        """Feed a screened bulk's payload to hiredis unscreened, and what follows it as usual."""
+        left = self._payload_left
+        reader = self._reader
+        if len(data) < left:
+            reader.feed(data)
+            self._payload_left = left - len(data)
+            # Only a limit lowered since the bulk's header can make this true.
+            if reader.len() > self._query_buffer_max_bytes + READER_SLACK_BYTES:
+                self.error = QUERY_BUFFER_EXCEEDED
+            return []
+        self._payload_left = 0
+        requests = self._feed_fast(reader, data[:left], False)
+        if len(data) > left and self.error is None:
+            requests += self.feed(data[left:])
         return requests
 
     def _feed_fast(self, reader, data: bytes, at_boundary: bool) -> list[list[bytes]]:
@@ -325,14 +514,10 @@ class RequestParser:
         self._line_ended = data[-1] == 10
         requests = []
         error = None
-        count_max = self.multibulk_max_count
         try:
             request = reader.gets()
             while request is not False:
                 if request.__class__ is list:
-                    if len(request) > count_max:
-                        error = "Protocol error: invalid multibulk length"
-                        break
                     for arg in request:
                         if arg.__class__ is not bytes:
                             error = _bad_argument(arg)
@@ -356,33 +541,13 @@ class RequestParser:
             # Inline requests, negative counts and Redis' exact error words: the exact
             # path parses the whole chunk again, the requests hiredis found included.
             return self._switch_to_exact(data)
-        if reader.has_data():
-            # hiredis waits for more: for a bulk's payload, or in a line it has not finished.
-            self._check_waiting_header(data, 36, self.bulk_max_bytes, "Protocol error: invalid bulk length")
-            if self.error is None and reader.len() > self.query_buffer_max_bytes:
+        if not self._payload_left and reader.has_data() and reader.len() > self._waiting_bytes_max:
+            # Longer than any bulk the screen let through unseen: hiredis waits for a line end.
+            if reader.len() > self._query_buffer_max_bytes + READER_SLACK_BYTES:
                 self.error = QUERY_BUFFER_EXCEEDED
-        elif self.multibulk_max_count < BIG_AGGREGATE_COUNT_MIN:
-            # A count under the guard's reach but over a lowered limit, waiting for its arguments.
-            self._check_waiting_header(data, 42, self.multibulk_max_count,
-                                       "Protocol error: invalid multibulk length")
+            else:
+                self.error = "Protocol error: too big bulk count string"
         return requests
-
-    def _check_waiting_header(self, data: bytes, kind: int, limit: int, error: str) -> None:
-        """Refuse at once a length over its limit in the header line a chunk ends with.
-
-        hiredis would wait for the payload or the arguments; Redis answers at the header.
-        A value that itself holds such a line, cut by a read right after it, is refused
-        the same way: the one case where a client following the protocol sees a
-        difference, and only with values that embed RESP headers over the limit.
-        """
-        if data[-1] != 10:
-            return
-        start = data.rfind(b"\n", 0, len(data) - 1) + 1
-        if data[start] != kind:
-            return
-        value = parse_strict_int(data[start + 1:len(data) - 2])
-        if value is not None and value > limit:
-            self.error = error
 
     # The exact path: Redis' networking.c, one request form at a time.
 
@@ -402,15 +567,30 @@ class RequestParser:
                 requests.append(request)
         del buf[:pos]
         self._at_boundary = self._pending_count == 0
-        if self.error is None and len(buf) > self.query_buffer_max_bytes:
+        # Headers are checked as they are read; this catches a limit lowered since.
+        if self.error is None and len(buf) > self._query_buffer_max_bytes:
             self.error = QUERY_BUFFER_EXCEEDED
         return requests
 
+    def _refuse_line(self, buf: bytearray, pos: int, end: int, error: str) -> bool:
+        """Whether the line from `pos` to `end` (-1: not ended yet) is too long; sets the error.
+
+        Redis checks a line's length only while it waits for its end, so whether a long
+        line passes depends on its read sizes; here a line is measured whole.
+        """
+        length = (end if end >= 0 else len(buf)) - pos
+        if length <= self._inline_max_bytes and length <= self._query_buffer_max_bytes:
+            return False
+        # Redis checks its query buffer as it reads, before parsing: the smaller limit speaks.
+        if length > self._query_buffer_max_bytes and self._query_buffer_max_bytes < self._inline_max_bytes:
+            self.error = QUERY_BUFFER_EXCEEDED
+        else:
+            self.error = error
+        return True
+
     def _parse_inline(self, buf: bytearray, pos: int) -> tuple[int, list[bytes] | None]:
         newline = buf.find(b"\n", pos)
-        if newline < 0:
-            if len(buf) - pos > self.inline_max_bytes:
-                self.error = "Protocol error: too big inline request"
+        if self._refuse_line(buf, pos, newline, "Protocol error: too big inline request") or newline < 0:
             return pos, None
         end = newline - 1 if newline > pos and buf[newline - 1] == 13 else newline
         args = split_args(bytes(buf[pos:end]))
@@ -422,12 +602,12 @@ class RequestParser:
     def _parse_multibulk(self, buf: bytearray, pos: int) -> tuple[int, list[bytes] | None]:
         if self._pending_count == 0:
             newline = buf.find(b"\r", pos)
+            if self._refuse_line(buf, pos, newline, "Protocol error: too big mbulk count string"):
+                return pos, None
             if newline < 0 or newline + 1 >= len(buf):
-                if len(buf) - pos > self.inline_max_bytes:
-                    self.error = "Protocol error: too big mbulk count string"
                 return pos, None
             count = parse_strict_int(bytes(buf[pos + 1:newline]))
-            limit = self.multibulk_max_count if self.authenticated else UNAUTHENTICATED_MULTIBULK_MAX_COUNT
+            limit = self._multibulk_max_count if self.authenticated else UNAUTHENTICATED_MULTIBULK_MAX_COUNT
             if count is None or count > limit:
                 self.error = "Protocol error: invalid multibulk length"
                 return pos, None
@@ -441,17 +621,21 @@ class RequestParser:
         while self._pending_count:
             if self._pending_bulk < 0:
                 newline = buf.find(b"\r", pos)
+                if self._refuse_line(buf, pos, newline, "Protocol error: too big bulk count string"):
+                    return pos, None
                 if newline < 0 or newline + 1 >= len(buf):
-                    if len(buf) - pos > self.inline_max_bytes:
-                        self.error = "Protocol error: too big bulk count string"
                     return pos, None
                 if buf[pos] != 36:
                     self.error = f"Protocol error: expected '$', got '{chr(buf[pos])}'"
                     return pos, None
                 length = parse_strict_int(bytes(buf[pos + 1:newline]))
-                limit = self.bulk_max_bytes if self.authenticated else UNAUTHENTICATED_BULK_MAX_BYTES
+                limit = self._bulk_max_bytes if self.authenticated else UNAUTHENTICATED_BULK_MAX_BYTES
                 if length is None or length < 0 or length > limit:
                     self.error = "Protocol error: invalid bulk length"
+                    return pos, None
+                if length + 2 > self._query_buffer_max_bytes:
+                    # Redis reads such a payload until its buffer passes the limit, then closes.
+                    self.error = QUERY_BUFFER_EXCEEDED
                     return pos, None
                 pos = newline + 2
                 self._pending_bulk = length
@@ -480,7 +664,17 @@ def _bad_argument(arg) -> str:
     return f"Protocol error: expected '$', got '{_RESP_TYPE_BYTE.get(type(arg), '?')}'"
 
 
+# Words of hiredis' errors for an item it cannot read, and the item's type byte (a simple
+# string and an error line share one message): in a request, such an item is an
+# argument that is not a bulk string, which Redis refuses at its type byte.
+_HIREDIS_ITEM_ERRORS = {"integer": ":", "double": ",", "nil": "_", "bool": "#", "bignum": "(",
+                        "simple string": "+", "verbatim": "=", "nesting depth": "*"}
+
+
 def _hiredis_error(message: str) -> str:
+    for word, type_byte in _HIREDIS_ITEM_ERRORS.items():
+        if word in message.lower():
+            return f"Protocol error: expected '$', got '{type_byte}'"
     if "multi-bulk length" in message:
         return "Protocol error: invalid multibulk length"
     if "ulk string length" in message:
