@@ -22,8 +22,8 @@ leader shows it done (MEMBERSHIP_TIMEOUT_S):
 
     join            a fresh node starts with --join (learner first, promoted
                     by the leader once caught up)
-    remove          CLUSTER MEMBER REMOVE of a random follower, which must then
-                    stop by itself
+    remove          CLUSTER MEMBER REMOVE of a random follower (during a fault,
+                    the node it impairs), which must then stop by itself
     remove-leader   the same for the leader, which hands leadership over first
     replace         SIGKILL a random voter (sometimes the leader), then CLUSTER
                     MEMBER ADD <fresh id> ... REPLACE <it> and start the newcomer
@@ -38,11 +38,12 @@ once the change is done and the fault's time is up. Every such fault impairs
 one node (the paused one, the one cut off, the one whose messages a one-way
 cut drops or that hears nobody), so the others still form a majority and
 talk both ways: a join goes through one of them (and, under isolate-leader or
-split, the newcomer is cut from the impaired node too), and a replacement
-replaces the impaired node. A removal of the impaired node is done once the
-others' CLUSTER MEMBERS shows it; the node itself never receives the entries
-that removed it, and must stop by itself once the fault is healed, when its
-peers refuse its connections as those of a removed node.
+split, the newcomer is cut from the impaired node too), a replacement
+replaces the impaired node, and a removal of a follower removes the impaired
+node unless it leads. A removal of the impaired node is done once the others'
+CLUSTER MEMBERS shows it; the node itself may never receive the entries that
+removed it, and must stop by itself once the fault is healed, when its peers
+refuse its connections as those of a removed node.
 
 The voters stay between VOTERS_MIN and VOTERS_MAX: a removal drawn at
 VOTERS_MIN first has a newcomer join, and a join drawn at VOTERS_MAX first
@@ -283,7 +284,12 @@ class Nemesis(threading.Thread):
     def remove_follower(self, leader) -> None:
         if len(self.changes.voters()) <= VOTERS_MIN:
             self._join()
-        self._remove(self._pick_follower())
+        # During a fault, the node it impairs, unless it still leads: that removal is the one to test.
+        impaired = self.impaired
+        if impaired in self.cluster.nodes and impaired.alive and impaired is not self.cluster.leader():
+            self._remove(impaired)
+        else:
+            self._remove(self._pick_follower())
 
     def remove_leader(self, leader) -> None:
         if len(self.changes.voters()) <= VOTERS_MIN:
