@@ -393,10 +393,11 @@ class Changes:
         return node
 
     def remove(self, victim, wait_stopped: bool = True) -> bool:
-        """CLUSTER MEMBER REMOVE `victim`, which must leave the membership and (`stopped`) stop; whether it led.
+        """CLUSTER MEMBER REMOVE `victim`, which must leave the membership and stop; whether it led.
 
-        Without `wait_stopped` the caller checks later that it stopped (it is
-        paused or cut off, and learns of its removal only once it reaches a member).
+        Without `wait_stopped` the caller checks later (`stopped`) that it
+        stopped: it is paused or cut off, and may learn of its removal only
+        once it reaches a member.
         """
         voters = self.voters()
         was_leader = self.cluster.leader() is victim
