@@ -6,9 +6,11 @@ port. Nodes can be killed (SIGKILL), stopped (SIGTERM), paused (SIGSTOP),
 resumed and restarted on the same ports and data directory. A node given its
 own `peers` list is started with it (netproxy.py routes peer links through a
 proxy that way). `add_node` makes a node that joins the running cluster
-(`--join`); `retire` takes a node the cluster removed out of `nodes`, which
-always lists the cluster's members and the nodes joining it. Node logs go to
-files in the cluster's directory, printed by `logs()` when a test fails.
+(`--join`); one whose `announce_bus_port` is set registers that bus port (a
+proxy's listener) instead of the one it binds. `retire` takes a node the
+cluster removed out of `nodes`, which always lists the cluster's members and
+the nodes joining it. Node logs go to files in the cluster's directory,
+printed by `logs()` when a test fails.
 """
 
 from __future__ import annotations
@@ -57,11 +59,13 @@ class ClusterNode:
         self.peers: str | None = None  # this node's own --peers list, instead of the cluster's
         self.join_via: ClusterNode | None = None  # a member to --join through, instead of --peers
         self.join_flags: tuple[str, ...] = ()
+        self.announce_bus_port: int | None = None  # with join_via: the bus port peers dial, if not bus_port
 
     def start(self) -> None:
         assert self.process is None or self.process.poll() is not None
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        topology = (["--join", self._join_target(), "--bus-port", str(self.bus_port), *self.join_flags]
+        announce = ["--cluster-announce-bus-port", str(self.announce_bus_port)] if self.announce_bus_port else []
+        topology = (["--join", self._join_target(), "--bus-port", str(self.bus_port), *announce, *self.join_flags]
                     if self.join_via is not None else ["--peers", self.peers or self.cluster.peers])
         cmd = [sys.executable, "-m", "kvorum", "server", "--node-id", self.id, "--port", str(self.port),
                *topology, "--data-dir", str(self.data_dir),
@@ -81,6 +85,11 @@ class ClusterNode:
         if via not in self.cluster.nodes or not via.alive:
             via = next((n for n in self.cluster.nodes if n is not self and n.alive and not n.paused), via)
         return f"127.0.0.1:{via.port}"
+
+    @property
+    def bus_address(self) -> str:
+        """host:port@busport as this node registers itself (CLUSTER MEMBER ADD)."""
+        return f"127.0.0.1:{self.port}@{self.announce_bus_port or self.bus_port}"
 
     def wait_listening(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S

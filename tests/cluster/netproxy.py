@@ -1,10 +1,13 @@
 """A fault-injecting TCP proxy for cutting traffic between cluster nodes without a packet filter.
 
 One `NetProxy` runs an asyncio loop in a background thread of the test
-process. Each directed link (`src`, `dst`) gets its own loopback listener that
-forwards to `dst`'s real address; node `src` is told (through its `--peers`
-list) that `dst`'s bus port is that listener, so everything `src` dials to
-`dst` goes through the link and nothing else does.
+process. Each directed link (`src`, `dst`) between the nodes a cluster starts
+with gets its own loopback listener that forwards to `dst`'s real address;
+node `src` is told (through its `--peers` list) that `dst`'s bus port is that
+listener, so everything `src` dials to `dst` goes through the link and
+nothing else does. A node that joins later gets one listener for every link
+into it (`add_node`): it binds its real bus port and announces the listener's
+(`--cluster-announce-bus-port`), so every member dials it through the proxy.
 
 kvorum's peer transport sends a node's messages only on connections that node
 dialed (the reverse direction of such a connection carries just the WELCOME
@@ -14,11 +17,14 @@ to B, and cutting both (A, B) and (B, A) separates the two nodes.
 A connection belongs to the link its first frame names: the proxy reads the
 dialer's HELLO (sender and receiver ids) before it forwards anything, so a
 node that dials through a listener made for another node is still on its own
-link. That happens once address books travel: a node that joined later gets
-its member list from the leader, and a snapshot installed from the leader
-carries the leader's addresses. `add_dialer` registers the links of a node
-that joined after the listeners were made. A connection whose first frame is
-not a HELLO naming a registered link stays on the listener's link.
+link, and a joined node's one listener carries the links from every node.
+Dialing through another node's listener happens once address books travel: a
+node that joined later gets its member list from the leader, and a snapshot
+installed from the leader carries the leader's addresses. `add_dialer`
+registers the links of a node that joined after the listeners were made;
+`add_node` does that and registers the links into it. A connection whose
+first frame is not a HELLO naming a registered link stays on the listener's
+link ((`ANY`, node) for a joined node's listener).
 
 Per link:
 
@@ -55,11 +61,12 @@ DIAL_TIMEOUT_S = 2.0
 HELLO_BYTES_MAX = 1024
 
 PASS, DROP = "pass", "drop"
+ANY = "*"  # the source of a joined node's listener link: connections whose HELLO names no registered link
 BLACKHOLE, RESET = "blackhole", "reset"
 
 
 class _Link:
-    """One directed link: its state, its connections and (unless added by `add_dialer`) its listener."""
+    """One directed link: its state, its connections and, if it has one, its listener."""
 
     def __init__(self, src: str, dst: str, target: tuple[str, int]) -> None:
         self.src = src
@@ -122,14 +129,38 @@ class NetProxy:
         the book from another node); its HELLO puts each connection on link
         (src, dst). Returns the links added.
         """
-        targets = {link.dst: link.target for link in list(self.links.values()) if link.server is not None}
+        targets = self._targets()
         added = [(src, dst) for dst in sorted(targets) if dst != src and (src, dst) not in self.links]
         for pair in added:
             self.links[pair] = _Link(*pair, targets[pair[1]])
         return added
 
+    def add_node(self, node: str, target: tuple[str, int]) -> int:
+        """One listener for every link into `node` (a node that joins), forwarding to `target`; its port.
+
+        Registers link (src, node) for every node the proxy knows, all served by
+        that listener (each connection's HELLO names its link), and `node`'s own
+        links out (`add_dialer`). `node` announces the port as its bus port.
+        """
+        assert node != ANY and not any(node in pair for pair in self.links), node
+        sources = sorted({end for pair in self.links for end in pair} - {ANY})
+        listener = self.links[(ANY, node)] = _Link(ANY, node, target)
+        port = self._call(self._listen(listener))
+        for src in sources:
+            self.links[(src, node)] = _Link(src, node, target)
+        self.add_dialer(node)
+        return port
+
+    def _targets(self) -> dict[str, tuple[str, int]]:
+        """Every node a listener leads to: its real address."""
+        return {link.dst: link.target for link in list(self.links.values()) if link.server is not None}
+
     def port(self, src: str, dst: str) -> int:
         return self.links[(src, dst)].port
+
+    def node_links(self) -> list[_Link]:
+        """The links between nodes (not the listener links of joined nodes, which carry no node's traffic)."""
+        return [link for link in self.links.values() if link.src != ANY]
 
     # Faults.
 
@@ -157,10 +188,14 @@ class NetProxy:
     def split(self, *groups: Iterable[str], how: str = BLACKHOLE) -> None:
         """Cut every link between nodes of different groups, both ways."""
         side = {node: i for i, group in enumerate(groups) for node in group}
-        self.drop([(a, b) for a, b in self.links if side.get(a) != side.get(b)], how)
+        self.drop([(a, b) for a, b in self.links if a != ANY and side.get(a) != side.get(b)], how)
 
     def cut_links(self) -> list[tuple[str, str]]:
         return sorted(p for p, link in self.links.items() if link.state == DROP)
+
+    def cuts(self) -> int:
+        """Times a link between nodes went from pass to drop."""
+        return sum(link.cuts for link in self.node_links())
 
     # Forwarding.
 
@@ -307,10 +342,12 @@ def partitionable_cluster(directory: Path, **kwargs) -> Iterator[tuple[object, N
 def direct_links(cluster) -> list[tuple[str, str]]:
     """Links (src, dst) between live members that bypass the proxy: src's address book has dst's own bus port.
 
-    A node that joined later is always dialed that way (the address it
-    registered is the one it listens on); so is the node whose address book
-    another node copied (the leader's, in a joining node's member list or in
-    an installed snapshot), which lists its own real bus port.
+    Only a node the cluster started with can be dialed that way: its own entry
+    in its --peers list is its real bus port (the one it binds), and a node
+    that copies its address book (a joining node's member list comes from the
+    leader, and so do the addresses in an installed snapshot) copies that
+    entry. A node that joined announced a proxy listener, so every member
+    dials it through the proxy.
     """
     real = {n.id: n.bus_port for n in cluster.nodes}
     direct = []

@@ -6,26 +6,22 @@ The nemesis (nemesis.py) deals from one shuffled deck the faults of test_faults.
 membership changes: a fresh node joins (--join), a follower or the leader is removed
 (CLUSTER MEMBER REMOVE; it stops by itself), a voter is killed and replaced by a fresh
 node (CLUSTER MEMBER ADD ... REPLACE, then --join), leadership moves (CLUSTER
-MOVE-LEADER, CLUSTER FAILOVER). One card at a time; a membership change is followed
-until CLUSTER MEMBERS shows it done, or the test fails with the node logs. The voters
-stay between 3 and 5, and ids are never reused.
+MOVE-LEADER, CLUSTER FAILOVER). One membership change at a time, followed until
+CLUSTER MEMBERS shows it done, or the test fails with the node logs. A change may be
+played while a pause or a partition is in effect, and may remove the node that is
+paused or cut off: that node never receives the entries that removed it, and must
+stop by itself once the fault is healed and its peers refuse it. The voters stay
+between 3 and 5, and ids are never reused.
 
-Which peer links go through the proxy. The proxy puts a connection on the link its
-HELLO names, whichever of its listeners was dialed, so a node is cut with its own
-links wherever its address book came from. But only the three nodes the cluster
-started with can be reached through the proxy: each was told its peers' addresses
-one by one (--peers), while a node that joins registers the one address it listens
-on, and every member dials it there. Putting that address behind the proxy would
-need a node to announce a bus address other than the one it binds, which kvorum does
-not have; so links into a joined node are direct, never cut. A joined node's links
-to the first three nodes go through the proxy, except to the node whose address book
-it copied when it joined (the leader then, whose own entry is its real bus port);
-the same holds after a node installs a snapshot from the leader. A partition that
-can cut only some of the links it names says so in the nemesis log ("1 of 4
-links"); one that can cut none is counted as "<kind> cut nothing", which becomes the
-rule once the first three nodes have all left, so the later a long run gets, the
-fewer of its partitions bite. The summary lists the links that bypassed the proxy
-at the end.
+Which peer links go through the proxy. A node that joins binds its own bus port and
+announces a proxy listener instead (--cluster-announce-bus-port), which carries every
+link into it; the proxy puts each connection on the link its HELLO names. So
+partitions cut the links of joined nodes as they cut those of the first three. One
+kind of link bypasses the proxy: to one of the first three nodes, from a node that
+copied that node's address book (a joining node gets its member list from the leader,
+and an installed snapshot carries the leader's addresses), whose entry for itself is
+the real bus port it binds (a node started with --peers cannot announce another).
+Those links cannot be cut; the summary lists the ones left at the end.
 
 At the end every member runs, every link is healed, the history is linearizable
 (which, with the final read of every key, means no acknowledged write was lost),

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from kvorum.server.peer_frames import PROTOCOL_VERSION, Hello, encode_frame
-from netproxy import RESET, NetProxy
+from netproxy import ANY, RESET, NetProxy
 
 TIMEOUT_S = 2.0
 
@@ -168,3 +168,26 @@ def test_a_connection_belongs_to_the_link_its_hello_names(proxy, echo):
     with dial(ab) as s:  # not a HELLO, or one addressed elsewhere: the listener's link, which passes
         assert echoes(s, encode_frame(Hello(PROTOCOL_VERSION, "kvorum", "c", "a")))
     assert proxy.links[("a", "b")].connections == 1
+
+
+def test_a_joined_nodes_one_listener_carries_every_link_into_it(proxy, echo):
+    """Each connection to the listener is on the link its HELLO names; cutting one leaves the others."""
+    proxy.add_link("a", "b", echo)
+    proxy.add_link("b", "a", echo)
+    port = proxy.add_node("c", echo)
+    assert {("a", "c"), ("b", "c"), ("c", "a"), ("c", "b"), (ANY, "c")} <= set(proxy.links)
+    from_a = encode_frame(Hello(PROTOCOL_VERSION, "kvorum", "a", "c"))
+    from_b = encode_frame(Hello(PROTOCOL_VERSION, "kvorum", "b", "c"))
+    proxy.split({"a"}, {"b", "c"})
+    assert proxy.cut_links() == [("a", "b"), ("a", "c"), ("b", "a"), ("c", "a")]
+    with dial(port) as s:
+        assert echoes(s, from_b)
+    with dial(port) as s:
+        s.settimeout(0.3)
+        assert not echoes(s, from_a)
+    proxy.heal()
+    with dial(port) as s:
+        assert echoes(s, from_a)
+    assert proxy.links[("a", "c")].connections == 2 and proxy.links[("b", "c")].connections == 1
+    assert proxy.add_node("d", echo) != port and ("c", "d") in proxy.links and ("d", "c") in proxy.links
+    assert proxy.cuts() == 4
