@@ -32,6 +32,7 @@ from kvorum.server.peer_frames import (
     encode_frame,
 )
 from kvorum.server.peer_transport import PeerTransport
+from kvorum.server.peers import SecretError, load_cluster_secret
 from test_peer_transport import WAIT_S, LogWatch, Node, mesh, run
 
 SECRET = b"correct horse battery staple"
@@ -202,3 +203,24 @@ def test_a_secret_outside_its_limits_is_rejected(secret: bytes) -> None:
         PeerTransport("a", "c1", ("127.0.0.1", 0), {}, lambda *_: None, secret=secret)
 
 
+
+
+def test_the_secret_file_loses_one_trailing_newline_and_nothing_else(tmp_path) -> None:
+    path = tmp_path / "secret"
+    path.write_bytes(SECRET + b" \n")
+    assert load_cluster_secret("", str(path)) == SECRET + b" "
+    path.write_bytes(SECRET + b"\r\n")
+    assert load_cluster_secret("", str(path)) == SECRET
+    assert load_cluster_secret(SECRET.decode(), "") == SECRET
+    assert load_cluster_secret("", "") == b""
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "is empty"), (b"\n", "is empty"), (b"short\n", "16 to 4096"), (b"x" * 4097, "16 to 4096")],
+)
+def test_an_unusable_secret_file_is_an_error(tmp_path, content: bytes, message: str) -> None:
+    path = tmp_path / "secret"
+    path.write_bytes(content)
+    with pytest.raises(SecretError, match=message):
+        load_cluster_secret("", str(path))
