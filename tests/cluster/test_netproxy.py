@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from kvorum.server.peer_frames import PROTOCOL_VERSION, Hello, encode_frame
+from kvorum.server.peer_frames import NONCE_BYTES, PROTOCOL_VERSION, Connection, Hello, Role, encode_frame
 from netproxy import RESET, NetProxy
 
 TIMEOUT_S = 2.0
@@ -168,3 +168,17 @@ def test_a_connection_belongs_to_the_link_its_hello_names(proxy, echo):
     with dial(ab) as s:  # not a HELLO, or one addressed elsewhere: the listener's link, which passes
         assert echoes(s, encode_frame(Hello(PROTOCOL_VERSION, "kvorum", "c", "a")))
     assert proxy.links[("a", "b")].connections == 1
+
+
+def test_a_hello_with_a_nonce_still_names_its_link(proxy, echo):
+    """A dialer with a cluster secret opens with the same HELLO, plus its nonce."""
+    ab = proxy.add_link("a", "b", echo)
+    proxy.add_link("b", "a", echo)
+    proxy.add_dialer("c")
+    dialer = Connection(Role.DIALER, "c", "kvorum", "b", secret=b"s" * 32, nonce=b"n" * NONCE_BYTES)
+    hello = dialer.start()
+    proxy.drop([("c", "b")])
+    with dial(ab) as s:
+        s.settimeout(0.3)
+        assert not echoes(s, hello)
+    assert proxy.links[("c", "b")].connections == 1 and proxy.links[("a", "b")].connections == 0
