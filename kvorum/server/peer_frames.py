@@ -505,8 +505,9 @@ class Connection:
         self.peer_id = peer_id
         self.secret = secret
         self.nonce = nonce if secret else b""
-        # The HELLO the acceptor answered, kept until its PROOF arrives; the dialer's own nonce
-        # and the acceptor's, kept until the WELCOME's proof is checked.
+        # The acceptor keeps the HELLO it challenged until the PROOF arrives (its nonce and
+        # sender are in the proof); the dialer keeps the acceptor's nonce from the CHALLENGE
+        # until it checks the WELCOME's proof.
         self._hello: Hello | None = None
         self._peer_nonce = b""
         if role is Role.DIALER:
