@@ -22,6 +22,7 @@ from kvorum.server.cluster_status import Member, parse_address, report
 from kvorum.server.join import JoinError
 from kvorum.server.launcher import check_replicated
 from kvorum.server.peer_transport import ListenError
+from kvorum.server.peers import SecretError, load_cluster_secret
 from kvorum.storage import CorruptLogError, DirectoryLockedError
 from kvorum.settings import LOG_LEVELS, LOG_LEVELS_PY, POLICIES, SETTINGS, SettingError, from_mapping
 
@@ -64,6 +65,11 @@ def main() -> None:
 @click.option("--fsync", type=click.Choice(["always", "batch", "never"]),
               help="When the log reaches the disk (docs/storage.md). [default: batch]")
 @click.option("--cluster-id", help="Peers with another cluster id are refused. [default: kvorum]")
+@click.option("--cluster-secret",
+              help="Secret every peer must prove it holds (16 to 4096 bytes); visible in process lists, "
+                   "so prefer --cluster-secret-file. [default: none, for trusted networks only]")
+@click.option("--cluster-secret-file", type=click.Path(dir_okay=False),
+              help="File holding the cluster secret (one trailing newline ignored).")
 @click.option("--write-concern", type=click.Choice(["one", "majority", "all"]),
               help="When writes are acknowledged (docs/cluster.md). [default: majority]")
 def server(config_file: str | None, **flags) -> None:
@@ -90,7 +96,8 @@ def server(config_file: str | None, **flags) -> None:
     if settings.peers or settings.join:
         try:
             check_replicated(settings, port_given="port" in values)
-        except TopologyError as exc:
+            load_cluster_secret(settings.cluster_secret, settings.cluster_secret_file)
+        except (TopologyError, SecretError) as exc:
             raise click.UsageError(str(exc)) from None
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kvorum").setLevel(LOG_LEVELS_PY[settings.loglevel])

@@ -170,6 +170,11 @@ class Settings:
     data_dir: str = ""  # the write-ahead log and snapshots; required with peers
     fsync: str = "batch"
     cluster_id: str = "kvorum"
+    # The secret every node of the cluster proves it holds before its peers accept a payload
+    # (docs/cluster.md); empty = no authentication, for trusted networks only. The file form
+    # keeps it out of process lists; give at most one of the two.
+    cluster_secret: str = ""
+    cluster_secret_file: str = ""
     write_concern: str = "majority"
     raft_tick_ms: int = 100
     raft_election_ticks: int = 10
@@ -184,6 +189,11 @@ class Setting:
     show: Callable[[Any], str] = str
     mutable: bool = True
     doc: str = ""
+
+
+def _show_secret(value: str) -> str:
+    # CONFIG GET says whether a secret is set, never what it is.
+    return "(set)" if value else ""
 
 
 def _show_bool(value: bool) -> str:
@@ -244,6 +254,10 @@ SETTINGS: dict[str, Setting] = {
         Setting("fsync", "fsync", _one_of(("always", "batch", "never")), mutable=False,
                 doc="always, batch or never (docs/storage.md)"),
         Setting("cluster-id", "cluster_id", _text, mutable=False, doc="peers of another cluster id are refused"),
+        Setting("cluster-secret", "cluster_secret", _text, _show_secret, mutable=False,
+                doc="secret peers must prove they hold (16 to 4096 bytes); empty = trusted network only"),
+        Setting("cluster-secret-file", "cluster_secret_file", _text, mutable=False,
+                doc="file holding cluster-secret (one trailing newline ignored), out of process lists"),
         Setting("write-concern", "write_concern", _one_of(("one", "majority", "all")),
                 doc="default acknowledgement of writes: one, majority or all"),
         Setting("raft-tick-ms", "raft_tick_ms", _int_in(1, 10_000), mutable=False,

@@ -27,11 +27,19 @@ queue survives the connection: what was not yet written goes out on the next
 one.
 
 Receiving. The acceptor checks the HELLO (protocol version, cluster id, its
-own node id as the receiver) before it delivers anything; a refused HELLO is
-answered with REFUSE, logged, and the connection closed. Accepted payloads are
+own node id as the receiver) and, with a cluster secret, the dialer's proof
+of it, before it delivers anything; a refused HELLO or proof is answered with
+REFUSE, logged, and the connection closed. Accepted payloads are
 handed to `on_message(sender, payload)` synchronously, in arrival order, from
 inside `data_received`. A newer connection from the same sender replaces an
 older one (the sender restarted, or its old link is dead).
+
+Authentication. With a cluster secret, both ends of every connection prove
+they hold it (`peer_frames` describes the challenge-response). This module
+draws each connection's nonce from `os.urandom`, fresh per connection, which
+is what makes a recorded handshake useless later. A dialer whose peer fails
+to prove the secret drops the connection before it sends a payload, logs it,
+and dials again with back-off.
 
 Loss and order. Consensus tolerates loss, duplication and reordering between
 connections; the transport guarantees only order within one connection and
@@ -88,10 +96,15 @@ from kvorum.server.peer_frames import (
     FRAME_BYTES_MAX_DEFAULT,
     Batch,
     Connection,
+    NONCE_BYTES,
+    Challenged,
     HelloAccepted,
+    HelloChallenged,
     HelloRefused,
     LocalProtocolError,
     Refuse,
+    SECRET_BYTES_MAX,
+    SECRET_BYTES_MIN,
     RemoteProtocolError,
     Role,
     Welcome,
@@ -199,7 +212,7 @@ class PeerStats:
 class TransportStats:
     """Counters that belong to no configured peer."""
 
-    handshakes_refused: int = 0  # inbound HELLOs refused (wrong cluster, wrong target)
+    handshakes_refused: int = 0  # inbound handshakes refused (wrong cluster, wrong target, wrong secret)
     protocol_errors: int = 0  # connections closed because the peer broke the protocol
     unknown_peer_drops: int = 0  # `send` to a node that is not a configured peer
 
@@ -277,7 +290,8 @@ class _OutboundProtocol(_Protocol):
 
     def __init__(self, owner: PeerTransport, link: _Link) -> None:
         connection = Connection(
-            Role.DIALER, owner.node_id, owner.cluster_id, link.peer_id, owner.limits.frame_bytes_max
+            Role.DIALER, owner.node_id, owner.cluster_id, link.peer_id, owner.limits.frame_bytes_max,
+            secret=owner.secret, nonce=os.urandom(NONCE_BYTES),
         )
         super().__init__(owner, connection)
         self.link = link
@@ -300,7 +314,9 @@ class _OutboundProtocol(_Protocol):
             self.protocol_error(error)
             return
         for event in events:
-            if isinstance(event, Welcome):
+            if isinstance(event, Challenged):
+                self.transport.write(event.reply)
+            elif isinstance(event, Welcome):
                 if not self.welcomed.done():
                     self.welcomed.set_result(None)
             else:
@@ -346,7 +362,7 @@ class _InboundProtocol(_Protocol):
     def __init__(self, owner: PeerTransport) -> None:
         connection = Connection(
             Role.ACCEPTOR, owner.node_id, owner.cluster_id, None, owner.limits.frame_bytes_max,
-            owner.refuse_sender,
+            owner.refuse_sender, secret=owner.secret, nonce=os.urandom(NONCE_BYTES),
         )
         super().__init__(owner, connection)
         self.handshake_timer: asyncio.TimerHandle | None = None
@@ -358,7 +374,7 @@ class _InboundProtocol(_Protocol):
         )
 
     def _handshake_timed_out(self) -> None:
-        log.warning("connection from %s sent no HELLO in time; closing", self.peername())
+        log.warning("connection from %s sent no HELLO (or no PROOF) in time; closing", self.peername())
         self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
@@ -372,6 +388,9 @@ class _InboundProtocol(_Protocol):
                 self._deliver(event.payloads)
                 if self.transport.is_closing():
                     return
+            elif isinstance(event, HelloChallenged):
+                # The handshake timer keeps running: the PROOF must come within the same bound.
+                self.transport.write(event.reply)
             elif isinstance(event, HelloAccepted):
                 self._accepted(event)
             else:
@@ -421,6 +440,9 @@ class PeerTransport:
     block, and an exception it raises closes the connection it came on.
     `on_link_change(peer, connected)`, if given, is called when the outgoing
     connection to a peer is welcomed (True) and when it is lost (False).
+    `secret` is the cluster secret every peer must prove it holds (between
+    `SECRET_BYTES_MIN` and `SECRET_BYTES_MAX` bytes); empty, the bus trusts
+    the network.
 
     `send`, `set_peers` and the stats accessors are plain calls made from the
     loop's thread; `start` and `stop` are coroutines.
@@ -438,9 +460,15 @@ class PeerTransport:
         rng: random.Random | None = None,
         refuse_sender: Callable[[str], str | None] | None = None,
         on_refused: Callable[[str, str], None] | None = None,
+        secret: bytes = b"",
     ) -> None:
+        if secret and not SECRET_BYTES_MIN <= len(secret) <= SECRET_BYTES_MAX:
+            raise ValueError(
+                f"cluster secret of {len(secret)} bytes; it must hold {SECRET_BYTES_MIN} to {SECRET_BYTES_MAX}"
+            )
         # Shared, fixed for the transport's life.
         self.node_id = node_id
+        self.secret = secret
         self.cluster_id = cluster_id
         self.bind_addr = bind_addr
         self.on_message = on_message

@@ -29,6 +29,7 @@ import logging
 import struct
 from typing import Callable, Protocol
 
+from kvorum.server.peer_frames import SECRET_BYTES_MAX, SECRET_BYTES_MIN
 from kvorum.server.peer_transport import Address, PeerTransport, TransportLimits
 
 log = logging.getLogger("kvorum.peers")
@@ -40,6 +41,38 @@ REMOVED_SUFFIX = "was removed from this cluster"
 _HEADER = struct.Struct(">BH")
 HEADER_BYTES = _HEADER.size
 GROUP_ID_MAX = 0xFFFF
+
+
+class SecretError(ValueError):
+    """The cluster secret settings cannot be used; the message says why."""
+
+
+def load_cluster_secret(secret: str, secret_file: str) -> bytes:
+    """The cluster secret from `cluster-secret` or `cluster-secret-file`; b"" when neither is set.
+
+    A file's one trailing newline is not part of the secret (editors and
+    `echo` add it). Raises SecretError for both settings at once, an
+    unreadable file, or a secret outside SECRET_BYTES_MIN..SECRET_BYTES_MAX.
+    """
+    if secret and secret_file:
+        raise SecretError("give either cluster-secret or cluster-secret-file, not both")
+    if secret_file:
+        try:
+            with open(secret_file, "rb") as f:
+                # One byte over the limit, plus a newline, is enough to tell "too long".
+                value = f.read(SECRET_BYTES_MAX + 3)
+        except OSError as exc:
+            raise SecretError(f"cannot read cluster-secret-file {secret_file}: {exc.strerror or exc}") from None
+        value = value.removesuffix(b"\n").removesuffix(b"\r")
+        source = f"cluster-secret-file {secret_file}"
+    else:
+        value = secret.encode()
+        source = "cluster-secret"
+    if value and not SECRET_BYTES_MIN <= len(value) <= SECRET_BYTES_MAX:
+        raise SecretError(f"{source} must hold {SECRET_BYTES_MIN} to {SECRET_BYTES_MAX} bytes")
+    if secret_file and not value:
+        raise SecretError(f"{source} is empty")
+    return value
 
 
 class PayloadKind(enum.IntEnum):
@@ -64,7 +97,7 @@ class PeerHub:
     """Routes peer payloads between the process's transport and its groups."""
 
     def __init__(self, node_id: str, cluster_id: str, bind: Address,
-                 limits: TransportLimits = TransportLimits()) -> None:
+                 limits: TransportLimits = TransportLimits(), secret: bytes = b"") -> None:
         self.node_id = node_id
         self.groups: dict[int, GroupEndpoint] = {}
         self.addresses: dict[str, Address] = {}
@@ -75,7 +108,7 @@ class PeerHub:
         self.on_removed: Callable[[str], None] = lambda reason: None
         self.transport = PeerTransport(node_id, cluster_id, bind, {}, self._on_payload, limits,
                                        on_link_change=self._link_changed, refuse_sender=self._refuse,
-                                       on_refused=self._refused)
+                                       on_refused=self._refused, secret=secret)
 
     def register(self, group_id: int, group: GroupEndpoint) -> None:
         assert group_id not in self.groups, group_id

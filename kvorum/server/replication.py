@@ -75,7 +75,7 @@ from kvorum.server import cluster_views, dispatch, membership
 from kvorum.server.group import Group
 from kvorum.server.group_driver import GroupDriver, Unavailable
 from kvorum.server.leases import LeaseTable
-from kvorum.server.peers import PeerHub
+from kvorum.server.peers import PeerHub, load_cluster_secret
 
 if TYPE_CHECKING:
     from kvorum.server.connection import Connection
@@ -509,7 +509,12 @@ async def start_replication(state: ServerState, join: list[Member] | None = None
         initial = Membership(frozenset())
     me = next(m for m in seed if m.id == settings.node_id)
     # Listen on the bus port given, which may differ from the one peers are told (the roster's).
-    hub = PeerHub(settings.node_id, settings.cluster_id, (me.host, settings.bus_port or me.bus_port))
+    secret = load_cluster_secret(settings.cluster_secret, settings.cluster_secret_file)
+    if not secret:
+        log.warning("the cluster bus has no cluster-secret: any process that reaches the bus port can "
+                    "take part in consensus; use this on trusted networks only")
+    hub = PeerHub(settings.node_id, settings.cluster_id, (me.host, settings.bus_port or me.bus_port),
+                  secret=secret)
     on_removed = membership.removed(state)
     hub.on_removed = on_removed
     group = Group(0, settings.node_id, state.db, state.leases, hub, seed, on_removed=on_removed)

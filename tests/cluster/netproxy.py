@@ -57,7 +57,7 @@ HOST = "127.0.0.1"
 CONTROL_TIMEOUT_S = 10.0
 READ_BYTES = 64 * 1024
 DIAL_TIMEOUT_S = 2.0
-# A first frame longer than this is not a HELLO (which holds a version and three short ids).
+# A first frame longer than this is not a HELLO (which holds a version, three short ids and a nonce).
 HELLO_BYTES_MAX = 1024
 
 PASS, DROP = "pass", "drop"

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from kvorum.server.peer_frames import PROTOCOL_VERSION, Hello, encode_frame
+from kvorum.server.peer_frames import NONCE_BYTES, PROTOCOL_VERSION, Connection, Hello, Role, encode_frame
 from netproxy import ANY, RESET, NetProxy
 
 TIMEOUT_S = 2.0
@@ -191,3 +191,17 @@ def test_a_joined_nodes_one_listener_carries_every_link_into_it(proxy, echo):
     assert proxy.links[("a", "c")].connections == 2 and proxy.links[("b", "c")].connections == 1
     assert proxy.add_node("d", echo) != port and ("c", "d") in proxy.links and ("d", "c") in proxy.links
     assert proxy.cuts() == 4
+
+
+def test_a_hello_with_a_nonce_still_names_its_link(proxy, echo):
+    """A dialer with a cluster secret opens with the same HELLO, plus its nonce."""
+    ab = proxy.add_link("a", "b", echo)
+    proxy.add_link("b", "a", echo)
+    proxy.add_dialer("c")
+    dialer = Connection(Role.DIALER, "c", "kvorum", "b", secret=b"s" * 32, nonce=b"n" * NONCE_BYTES)
+    hello = dialer.start()
+    proxy.drop([("c", "b")])
+    with dial(ab) as s:
+        s.settimeout(0.3)
+        assert not echoes(s, hello)
+    assert proxy.links[("c", "b")].connections == 1 and proxy.links[("a", "b")].connections == 0

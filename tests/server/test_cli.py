@@ -86,3 +86,17 @@ def test_port_in_use_is_a_clean_error(kvorum_node):
     result = kvorum("server", "--port", str(kvorum_node.port))
     assert result.returncode == 1
     assert "cannot listen on 127.0.0.1 port" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--cluster-secret", "short"], "cluster-secret must hold 16 to 4096 bytes"),
+        (["--cluster-secret", "s" * 32, "--cluster-secret-file", "x"], "not both"),
+        (["--cluster-secret-file", "/nonexistent/secret"], "cannot read cluster-secret-file"),
+    ],
+)
+def test_an_unusable_cluster_secret_is_refused_before_the_node_starts(tmp_path: Path, flags, message):
+    result = kvorum("server", "--node-id", "n1", "--peers", "n1@127.0.0.1:1", "--data-dir", str(tmp_path),
+                    *flags)
+    assert result.returncode == 2 and message in result.stderr

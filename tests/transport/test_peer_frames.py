@@ -11,15 +11,24 @@ from hypothesis import strategies as st
 
 from kvorum.server.peer_frames import (
     BATCH_ENVELOPE_BYTES_MAX,
+    NONCE_BYTES,
+    PROOF_BYTES,
     PROTOCOL_VERSION,
+    SECRET_MISMATCH,
+    SECRET_MISSING,
+    SECRET_UNEXPECTED,
     Batch,
+    Challenge,
+    Challenged,
     Connection,
     FrameDecoder,
     FrameKind,
     Hello,
     HelloAccepted,
+    HelloChallenged,
     HelloRefused,
     LocalProtocolError,
+    Proof,
     Refuse,
     RemoteProtocolError,
     Role,
@@ -27,12 +36,17 @@ from kvorum.server.peer_frames import (
     Welcome,
     batch_cost_bytes,
     encode_frame,
+    handshake_proof,
     payload_bytes_max,
 )
 
 FRAMES = [
     Hello(PROTOCOL_VERSION, "cluster-1", "n1", "n2"),
+    Hello(PROTOCOL_VERSION, "cluster-1", "n1", "n2", b"\x01" * NONCE_BYTES),
     Welcome(PROTOCOL_VERSION, "n2"),
+    Welcome(PROTOCOL_VERSION, "n2", b"\x02" * PROOF_BYTES),
+    Challenge(b"\x03" * NONCE_BYTES),
+    Proof(b"\x04" * PROOF_BYTES),
     Refuse("cluster id 'x' is not 'y'"),
     Batch([]),
     Batch([b"", b"a", b"\x00" * 300, bytes(range(256))]),
@@ -127,6 +141,14 @@ def test_decoder_stays_broken_after_a_protocol_error() -> None:
         pytest.param(raw_frame([FrameKind.HELLO, "1", "c", "a", "b"]), id="hello-str-version"),
         pytest.param(raw_frame([FrameKind.HELLO, 1, "c" * 257, "a", "b"]), id="hello-long-id"),
         pytest.param(raw_frame([FrameKind.WELCOME, 1]), id="welcome-short"),
+        pytest.param(raw_frame([FrameKind.WELCOME, 1, "n2"]), id="welcome-without-proof"),
+        pytest.param(raw_frame([FrameKind.WELCOME, 1, "n2", b"short"]), id="welcome-short-proof"),
+        pytest.param(raw_frame([FrameKind.HELLO, 1, "c", "a", "b", b"short"]), id="hello-short-nonce"),
+        pytest.param(raw_frame([FrameKind.HELLO, 1, "c", "a", "b", "x" * NONCE_BYTES]), id="hello-str-nonce"),
+        pytest.param(raw_frame([FrameKind.CHALLENGE, b""]), id="challenge-empty-nonce"),
+        pytest.param(raw_frame([FrameKind.CHALLENGE, b"n" * (NONCE_BYTES + 1)]), id="challenge-long-nonce"),
+        pytest.param(raw_frame([FrameKind.PROOF, b"p" * (PROOF_BYTES - 1)]), id="proof-short"),
+        pytest.param(raw_frame([FrameKind.PROOF]), id="proof-missing"),
         pytest.param(raw_frame([FrameKind.REFUSE, b"bytes"]), id="refuse-bytes-reason"),
     ],
 )
@@ -185,6 +207,13 @@ def test_mismatched_hello_is_refused_with_a_reason(kwargs, reason) -> None:
     assert reason in answer.reason
     assert reply == Refuse(answer.reason)
     assert dialer.state is State.CLOSED and acceptor.state is State.CLOSED
+
+
+def test_a_version_1_hello_is_refused_for_its_version() -> None:
+    """A node of the previous version is told why, not just dropped as malformed."""
+    acceptor = Connection(Role.ACCEPTOR, "n2", "c1")
+    (answer,) = acceptor.receive_data(raw_frame([FrameKind.HELLO, 1, "c1", "n1", "n2"]))
+    assert isinstance(answer, HelloRefused) and "protocol version 1 is not" in answer.reason
 
 
 def test_other_protocol_version_is_refused() -> None:
@@ -256,3 +285,200 @@ def test_an_acceptor_refuses_a_sender_its_owner_names():
     welcome = Connection(Role.ACCEPTOR, "n1", "c", refuse_sender=lambda s: None)
     (event,) = welcome.receive_data(Connection(Role.DIALER, "n2", "c", "n1").start())
     assert isinstance(event, HelloAccepted)
+
+
+# --- the cluster secret: mutual challenge-response ---------------------------
+
+SECRET = b"s" * 32
+OTHER_SECRET = b"o" * 32
+
+
+def nonce(tag: int) -> bytes:
+    """A distinct nonce per tag; the transport draws real ones from os.urandom."""
+    return bytes([tag]) * NONCE_BYTES
+
+
+def secret_pair(dialer_secret=SECRET, acceptor_secret=SECRET, cluster="c1", acceptor_nonce=nonce(2)):
+    dialer = Connection(Role.DIALER, "n1", cluster, "n2", secret=dialer_secret, nonce=nonce(1))
+    acceptor = Connection(Role.ACCEPTOR, "n2", cluster, secret=acceptor_secret, nonce=acceptor_nonce)
+    return dialer, acceptor
+
+
+def secret_handshake(dialer: Connection, acceptor: Connection) -> tuple[list, list]:
+    """Run the handshake to its end; every event of each side, in order."""
+    dialer_events: list = []
+    acceptor_events = acceptor.receive_data(dialer.start())
+    wire = acceptor_events[-1].reply
+    while True:
+        (event,) = dialer.receive_data(wire)
+        dialer_events.append(event)
+        if not isinstance(event, Challenged):
+            return dialer_events, acceptor_events
+        (answer,) = acceptor.receive_data(event.reply)
+        acceptor_events.append(answer)
+        wire = answer.reply
+
+
+def test_the_same_secret_on_both_sides_welcomes_after_both_proved_it() -> None:
+    dialer, acceptor = secret_pair()
+    (hello,) = acceptor.receive_data(dialer.start())
+    assert isinstance(hello, HelloChallenged) and acceptor.state is State.AWAIT_PROOF
+    assert hello.hello.nonce == nonce(1)
+    (challenged,) = dialer.receive_data(hello.reply)
+    assert isinstance(challenged, Challenged) and dialer.state is State.AWAIT_WELCOME_SECRET
+    (accepted,) = acceptor.receive_data(challenged.reply)
+    assert isinstance(accepted, HelloAccepted) and acceptor.state is State.RECEIVING
+    (welcome,) = dialer.receive_data(accepted.reply)
+    assert isinstance(welcome, Welcome) and dialer.state is State.SENDING
+    assert welcome.proof == handshake_proof(SECRET, Role.ACCEPTOR, "c1", "n1", "n2", nonce(1), nonce(2))
+    assert acceptor.receive_data(dialer.encode_batch([b"one"])) == [Batch([b"one"])]
+
+
+def test_a_wrong_secret_is_refused_by_the_acceptor_with_a_reason_for_both_sides() -> None:
+    dialer, acceptor = secret_pair(dialer_secret=OTHER_SECRET)
+    dialer_events, acceptor_events = secret_handshake(dialer, acceptor)
+    assert isinstance(acceptor_events[-1], HelloRefused) and acceptor_events[-1].reason == SECRET_MISMATCH
+    assert dialer_events[-1] == Refuse(SECRET_MISMATCH)
+    assert dialer.state is State.CLOSED and acceptor.state is State.CLOSED
+
+
+@pytest.mark.parametrize(
+    "dialer_secret, acceptor_secret, reason",
+    [(b"", SECRET, SECRET_MISSING), (SECRET, b"", SECRET_UNEXPECTED)],
+    ids=["dialer-without", "acceptor-without"],
+)
+def test_a_node_with_a_secret_and_one_without_never_talk(dialer_secret, acceptor_secret, reason) -> None:
+    dialer, acceptor = secret_pair(dialer_secret, acceptor_secret)
+    dialer_events, acceptor_events = secret_handshake(dialer, acceptor)
+    assert [type(event) for event in acceptor_events] == [HelloRefused]
+    assert acceptor_events[0].reason == reason
+    assert dialer_events == [Refuse(reason)]
+    assert dialer.state is State.CLOSED and acceptor.state is State.CLOSED
+
+
+def test_a_payload_pipelined_before_the_proof_is_a_protocol_error() -> None:
+    """Nothing is delivered before the dialer proved the secret."""
+    dialer, acceptor = secret_pair()
+    events = acceptor.receive_data(dialer.start())
+    assert [type(event) for event in events] == [HelloChallenged]
+    with pytest.raises(RemoteProtocolError):
+        acceptor.receive_data(encode_frame(Batch([b"must not be delivered"])))
+    assert acceptor.state is State.CLOSED
+
+
+def test_a_recorded_handshake_replayed_later_is_refused() -> None:
+    """The acceptor's nonce is fresh per connection, so an old PROOF answers another challenge."""
+    dialer, acceptor = secret_pair(acceptor_nonce=nonce(2))
+    hello = dialer.start()
+    (challenge,) = acceptor.receive_data(hello)
+    (challenged,) = dialer.receive_data(challenge.reply)
+    recorded = hello + challenged.reply
+    assert isinstance(acceptor.receive_data(challenged.reply)[0], HelloAccepted)
+    later = Connection(Role.ACCEPTOR, "n2", "c1", secret=SECRET, nonce=nonce(3))
+    events = later.receive_data(recorded)
+    assert [type(event) for event in events] == [HelloChallenged, HelloRefused]
+    assert events[1].reason == SECRET_MISMATCH and later.state is State.CLOSED
+
+
+def test_a_tampered_proof_is_refused() -> None:
+    dialer, acceptor = secret_pair()
+    (challenge,) = acceptor.receive_data(dialer.start())
+    (challenged,) = dialer.receive_data(challenge.reply)
+    tampered = bytearray(challenged.reply)
+    tampered[-1] ^= 1
+    (event,) = acceptor.receive_data(bytes(tampered))
+    assert isinstance(event, HelloRefused) and event.reason == SECRET_MISMATCH
+
+
+@pytest.mark.parametrize(
+    "cluster, dialer_id, acceptor_id, role",
+    [
+        ("c1", "n1", "n3", Role.DIALER),  # made for another receiver
+        ("c9", "n1", "n2", Role.DIALER),  # made for another cluster
+        ("c1", "n4", "n2", Role.DIALER),  # made by another sender
+        ("c1", "n1", "n2", Role.ACCEPTOR),  # the acceptor's proof reflected back as the dialer's
+    ],
+    ids=["other-receiver", "other-cluster", "other-sender", "reflected"],
+)
+def test_a_proof_made_for_another_connection_is_refused(cluster, dialer_id, acceptor_id, role) -> None:
+    dialer, acceptor = secret_pair()
+    acceptor.receive_data(dialer.start())
+    forged = handshake_proof(SECRET, role, cluster, dialer_id, acceptor_id, nonce(1), nonce(2))
+    (event,) = acceptor.receive_data(encode_frame(Proof(forged)))
+    assert isinstance(event, HelloRefused) and event.reason == SECRET_MISMATCH
+
+
+def _dialer_after_challenge() -> Connection:
+    dialer = Connection(Role.DIALER, "n1", "c1", "n2", secret=SECRET, nonce=nonce(1))
+    dialer.start()
+    (event,) = dialer.receive_data(encode_frame(Challenge(nonce(2))))
+    assert isinstance(event, Challenged)
+    return dialer
+
+
+@pytest.mark.parametrize(
+    "proof",
+    [
+        pytest.param(b"", id="no-proof"),
+        pytest.param(b"\x00" * PROOF_BYTES, id="made-up"),
+        pytest.param(handshake_proof(OTHER_SECRET, Role.ACCEPTOR, "c1", "n1", "n2", nonce(1), nonce(2)),
+                     id="other-secret"),
+        pytest.param(handshake_proof(SECRET, Role.DIALER, "c1", "n1", "n2", nonce(1), nonce(2)), id="reflected"),
+        pytest.param(handshake_proof(SECRET, Role.ACCEPTOR, "c1", "n1", "n2", nonce(1), nonce(9)),
+                     id="other-connection"),
+    ],
+)
+def test_an_impostor_acceptor_is_caught_before_the_dialer_sends_anything(proof) -> None:
+    """A listener on a peer's address without the secret never receives a consensus message."""
+    dialer = _dialer_after_challenge()
+    with pytest.raises(RemoteProtocolError, match="did not prove the cluster secret"):
+        dialer.receive_data(encode_frame(Welcome(PROTOCOL_VERSION, "n2", proof)))
+    assert dialer.state is State.CLOSED
+    with pytest.raises(AssertionError):
+        dialer.encode_batch([b"never"])
+
+
+def test_an_acceptor_may_not_skip_the_challenge() -> None:
+    dialer = Connection(Role.DIALER, "n1", "c1", "n2", secret=SECRET, nonce=nonce(1))
+    dialer.start()
+    with pytest.raises(RemoteProtocolError, match="not allowed in state await-challenge"):
+        dialer.receive_data(encode_frame(Welcome(PROTOCOL_VERSION, "n2")))
+    assert dialer.state is State.CLOSED
+
+
+def test_a_dialer_without_a_secret_takes_no_challenge_and_no_proof() -> None:
+    dialer = Connection(Role.DIALER, "n1", "c1", "n2")
+    dialer.start()
+    with pytest.raises(RemoteProtocolError):
+        dialer.receive_data(encode_frame(Challenge(nonce(2))))
+    dialer = Connection(Role.DIALER, "n1", "c1", "n2")
+    dialer.start()
+    with pytest.raises(RemoteProtocolError, match="carries a proof"):
+        dialer.receive_data(encode_frame(Welcome(PROTOCOL_VERSION, "n2", b"\x00" * PROOF_BYTES)))
+
+
+@pytest.mark.parametrize(
+    "state_frames",
+    [
+        [Proof(b"p" * PROOF_BYTES)],  # a PROOF before any HELLO
+        [Hello(PROTOCOL_VERSION, "c1", "n1", "n2", nonce(1)), Challenge(nonce(5))],  # wrong direction
+    ],
+)
+def test_an_acceptor_with_a_secret_follows_the_table(state_frames) -> None:
+    acceptor = Connection(Role.ACCEPTOR, "n2", "c1", secret=SECRET, nonce=nonce(2))
+    with pytest.raises(RemoteProtocolError):
+        acceptor.receive_data(b"".join(map(encode_frame, state_frames)))
+    assert acceptor.state is State.CLOSED
+
+
+def test_a_removed_node_is_told_so_only_after_it_proved_the_secret() -> None:
+    dialer = Connection(Role.DIALER, "n3", "c1", "n2", secret=SECRET, nonce=nonce(1))
+    acceptor = Connection(Role.ACCEPTOR, "n2", "c1", refuse_sender=lambda s: f"{s} is out",
+                          secret=SECRET, nonce=nonce(2))
+    dialer_events, acceptor_events = secret_handshake(dialer, acceptor)
+    assert [type(event) for event in acceptor_events] == [HelloChallenged, HelloRefused]
+    assert dialer_events[-1] == Refuse("n3 is out")
+    stranger = Connection(Role.DIALER, "n3", "c1", "n2", secret=OTHER_SECRET, nonce=nonce(1))
+    acceptor = Connection(Role.ACCEPTOR, "n2", "c1", refuse_sender=lambda s: f"{s} is out",
+                          secret=SECRET, nonce=nonce(2))
+    assert secret_handshake(stranger, acceptor)[0][-1] == Refuse(SECRET_MISMATCH)

@@ -42,7 +42,8 @@ LIMITS = TransportLimits(
 class Node:
     """A transport plus what it received and its link changes, each awaitable."""
 
-    def __init__(self, node_id: str, cluster_id: str = "c1", limits: TransportLimits = LIMITS, port: int = 0):
+    def __init__(self, node_id: str, cluster_id: str = "c1", limits: TransportLimits = LIMITS, port: int = 0,
+                 secret: bytes = b""):
         self.received: list[tuple[str, bytes]] = []
         self._count_waiters: list[tuple[int, asyncio.Event]] = []
         self._link_waiters: list[tuple[str, bool, asyncio.Event]] = []
@@ -55,6 +56,7 @@ class Node:
             limits,
             on_link_change=self._on_link_change,
             rng=random.Random(7),
+            secret=secret,
         )
 
     def _on_message(self, sender: str, payload: bytes) -> None:
