@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import pathlib
+import re
 import threading
 import time
 
@@ -15,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from harness import LocalCluster, free_ports
 
 READY_FLIP_S_MAX = 15.0
+OPERATIONS_MD = pathlib.Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
 
 def http_get(port: int, path: str) -> tuple[int, bytes]:
@@ -155,3 +158,15 @@ def test_ready_on_a_follower_during_a_failover(admin_cluster):
             r.set("after", "1")
         except redis.RedisError as exc:
             pytest.fail(f"write after failover: {exc}")
+
+
+def test_every_metric_in_the_docs_is_served(admin_cluster):
+    """docs/operations.md names what /metrics serves: every name it lists is in a leader's scrape."""
+    leader = admin_cluster.wait_leader()
+    with leader.client() as r:
+        r.set("a", "1")
+    served = {name for name, _labels in scrape(leader.admin_port)}
+    documented = set(re.findall(r"`(kvorum_[a-z_]+)`", OPERATIONS_MD.read_text()))
+    assert len(documented) > 20
+    missing = sorted(name for name in documented if name not in served and name + "_count" not in served)
+    assert not missing, f"documented but not served: {missing}"
