@@ -268,3 +268,16 @@ def test_client_list_has_redis_fields(kvorum_node):
     assert names == ["id", "addr", "laddr", "fd", "name", "age", "idle", "flags", "db", "sub", "psub", "ssub",
                      "multi", "watch", "qbuf", "qbuf-free", "argv-mem", "multi-mem", "rbs", "rbp", "obl", "oll",
                      "omem", "tot-mem", "events", "cmd", "user", "redir", "resp", "lib-name", "lib-ver"]
+
+
+def test_a_mixed_pipeline_counts_every_command(node_factory):
+    node = node_factory()
+    r = node.client(decode_responses=True)
+    pipe = r.pipeline(transaction=False)
+    for i in range(30):
+        pipe.set(f"k{i}", i).get(f"k{i}").get(f"k{i}").execute_command("PING")
+    pipe.execute()
+    stats = info_section(r, "commandstats")
+    assert stats["cmdstat_set"].startswith("calls=30,")
+    assert stats["cmdstat_get"].startswith("calls=60,")
+    assert int(stats["cmdstat_ping"].split(",")[0].split("=")[1]) >= 30  # redis-py may PING on connect
