@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -54,8 +54,8 @@ def _live(state: ServerState) -> Answer:
     return _json(200, {"status": "live"})
 
 
-def _ready(state: ServerState) -> Answer:
-    ready, reason = metrics.readiness(state)
+async def _ready(state: ServerState) -> Answer:
+    ready, reason = await metrics.readiness_settled(state)
     return _json(200 if ready else 503, {"status": "ready" if ready else "not ready", "reason": reason})
 
 
@@ -71,7 +71,8 @@ def _page(state: ServerState) -> Answer:
     return 200, "text/html; charset=utf-8", dashboard.PAGE
 
 
-ROUTES: dict[str, Callable[[ServerState], Answer]] = {
+# A route answers at once, or (readiness) is a coroutine function that may wait a little.
+ROUTES: dict[str, Callable[[ServerState], Answer | Awaitable[Answer]]] = {
     "/health/live": _live,
     "/health/ready": _ready,
     "/metrics": _metrics,
@@ -138,7 +139,10 @@ class AdminServer:
             return _json(404, {"error": f"no such path: {path[:200]}", "paths": sorted(ROUTES)}), False
         if method not in ("GET", "HEAD"):
             return _json(405, {"error": "only GET and HEAD"}), False
-        return route(self.state), method == "HEAD"
+        answer = route(self.state)
+        if asyncio.iscoroutine(answer):
+            answer = await answer
+        return answer, method == "HEAD"
 
 
 def _encode(answer: Answer, head_only: bool) -> bytes:

@@ -10,6 +10,7 @@ docs/operations.md.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import TYPE_CHECKING
@@ -30,6 +31,11 @@ LATENCY_BOUNDS_NS = (
     1 << 10, 2 << 10, 5 << 10, 10 << 10, 25 << 10, 50 << 10, 100 << 10, 250 << 10, 500 << 10, 1024 << 10,
     1 << 21, 1 << 22, 1 << 23, 1 << 24, 1 << 25, 1 << 26, 1 << 27, 1 << 28, 1 << 29, 1 << 30, 1 << 31,
 )
+
+
+# How long a readiness check waits for this node to apply the commit index it knows, and how often it looks.
+READY_APPLY_WAIT_S = 1.0
+READY_APPLY_POLL_S = 0.01
 
 
 def _buckets(stat: CommandStat) -> list[tuple[str, int]]:
@@ -189,6 +195,22 @@ def readiness(state: ServerState) -> tuple[bool, str]:
     if applied < status.commit:
         return False, f"applied index {applied} is behind commit index {status.commit}"
     return True, f"leader {status.leader}, applied index {applied}"
+
+
+async def readiness_settled(state: ServerState) -> tuple[bool, str]:
+    """`readiness`, giving a node that knows its leader up to READY_APPLY_WAIT_S to apply the
+    commit index it knew when asked. Under a steady write load a follower hears of each
+    commit a moment before it applies it; without the wait, readiness would flap with every
+    batch instead of telling a node that is really behind (catching up after a restart)."""
+    ready, reason = readiness(state)
+    node = state.cluster
+    if ready or node is None or node.driver.leader is None:
+        return ready, reason
+    target = node.driver.status().commit
+    deadline_s = time.monotonic() + READY_APPLY_WAIT_S
+    while node.driver.applied_index < target and time.monotonic() < deadline_s:
+        await asyncio.sleep(READY_APPLY_POLL_S)
+    return readiness(state) if node.driver.applied_index >= target else (ready, reason)
 
 
 def overview(state: ServerState) -> dict:
