@@ -149,19 +149,23 @@ class ClusterNode:
     # Routing.
 
     def redirect(self, cmd: Command | None, argv: list[bytes]) -> bytes | None:
-        """None on the leader; else MOVED to the leader, or CLUSTERDOWN without one."""
+        """None on the leader; else MOVED to the leader, or CLUSTERDOWN without one (each
+        counted in INFO errorstats, as Redis counts its redirections)."""
         leader = self.driver.leader
         if leader == self.id:
             return None
         address = self.group.address_of(leader) if leader is not None else None
         if address is None:
+            self.state.stats.error("CLUSTERDOWN The cluster is down")
             return CLUSTERDOWN
         slot = 0
         if cmd is not None:
             keys = cmd.key_positions(len(argv))
             if keys:
                 slot = key_slot(argv[keys[0]])
-        return b"-MOVED %d %s\r\n" % (slot, address.client_addr.encode())
+        moved = f"MOVED {slot} {address.client_addr}"
+        self.state.stats.error(moved)
+        return b"-%s\r\n" % moved.encode()
 
     def write_concern(self, client) -> WriteConcern:
         return client.write_concern or WriteConcern(self.state.settings.write_concern)

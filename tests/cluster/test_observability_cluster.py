@@ -109,6 +109,10 @@ def test_group_metrics_under_a_write_load(admin_cluster):
         assert metrics[("kvorum_group_applied_index", group)] <= metrics[("kvorum_group_commit_index", group)]
         assert ("kvorum_group_snapshot_bytes", group) in metrics
         assert ready(node)[0] == 200
+    with pytest.raises(redis.exceptions.MovedError):
+        followers[0].client().set("k", "v")
+    errors = scrape(followers[0].admin_port)
+    assert errors[("kvorum_error_replies_total", (("prefix", "MOVED"),))] >= 1
     index = int(leader.info()["raft_applied_index"])
     cluster.wait_applied(index)
     after = scrape(followers[0].admin_port)
