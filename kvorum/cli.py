@@ -72,6 +72,9 @@ def main() -> None:
               help="File holding the cluster secret (one trailing newline ignored).")
 @click.option("--write-concern", type=click.Choice(["one", "majority", "all"]),
               help="When writes are acknowledged (docs/cluster.md). [default: majority]")
+@click.option("--admin-port", type=int,
+              help="HTTP port for /health, /metrics and the dashboard (docs/operations.md). [default: 0, off]")
+@click.option("--admin-bind", help="Address the admin port listens on. [default: 127.0.0.1]")
 def server(config_file: str | None, **flags) -> None:
     """Start a kvorum node and serve until Ctrl-C or SIGTERM.
 

@@ -130,6 +130,8 @@ def _show_output_limits(limit: OutputBufferLimit) -> str:
 
 INT_MAX = 2**31 - 1
 LONG_MAX = 2**63 - 1
+# The slow log is a collection held in memory: bounded, unlike Redis' LONG_MAX.
+SLOWLOG_MAX_LEN_MAX = 1_000_000
 
 
 @dataclass(slots=True)
@@ -157,6 +159,12 @@ class Settings:
     # Read by OBJECT ENCODING: hashes up to these sizes report "listpack" as in Redis.
     hash_max_listpack_entries: int = 128
     hash_max_listpack_value_bytes: int = 64
+    # The slow log: calls slower than this are logged (negative: none; 0: every call).
+    slowlog_log_slower_than_us: int = 10_000
+    slowlog_max_len: int = 128
+    # The admin HTTP port (health, metrics, dashboard; docs/operations.md); 0 = off.
+    admin_port: int = 0
+    admin_bind: str = "127.0.0.1"
     save: str = ""
     appendonly: bool = False
     config_file: str = ""
@@ -236,6 +244,14 @@ SETTINGS: dict[str, Setting] = {
                 doc="alias of hash-max-listpack-entries"),
         Setting("hash-max-ziplist-value", "hash_max_listpack_value_bytes", _memory_in(0, LONG_MAX),
                 doc="alias of hash-max-listpack-value"),
+        Setting("slowlog-log-slower-than", "slowlog_log_slower_than_us", _int_in(-1, LONG_MAX),
+                doc="log calls slower than this many microseconds in SLOWLOG; -1 = none, 0 = all"),
+        Setting("slowlog-max-len", "slowlog_max_len", _int_in(0, SLOWLOG_MAX_LEN_MAX),
+                doc=f"most SLOWLOG entries kept (at most {SLOWLOG_MAX_LEN_MAX})"),
+        Setting("admin-port", "admin_port", _int_in(0, 65535), mutable=False,
+                doc="HTTP port for /health, /metrics and the dashboard; 0 = off (the default)"),
+        Setting("admin-bind", "admin_bind", _text, mutable=False,
+                doc="address the admin port listens on (loopback unless told otherwise)"),
         Setting("save", "save", _text, doc="accepted for tools that read it; kvorum writes no RDB file"),
         Setting("appendonly", "appendonly", _appendonly, _show_bool, doc="always 'no'"),
         Setting("databases", "", _text, lambda _: "1", mutable=False, doc="always 1 (SELECT 0 only)"),

@@ -29,7 +29,7 @@ ALLOWED = {
     "commands": {"kvorum", "protocol", "settings", "store", "cluster.slots", "cluster.concern"},
     "cluster": set(),
     "replica": {"commands", "protocol", "store", "cluster", "consensus"},
-    "server": {"protocol", "settings", "store", "consensus", "storage", "commands", "cluster", "replica"},
+    "server": {"kvorum", "protocol", "settings", "store", "consensus", "storage", "commands", "cluster", "replica"},
     "client": set(),
     "sim": {"consensus", "replica", "store", "commands", "protocol"},
 }

@@ -251,7 +251,7 @@ def client_line(client, now_ms: int) -> str:
         f"id={client.id} addr={client.addr} laddr={client.laddr} fd={client.fd} "
         f"name={client.name.decode('utf-8', 'replace')} age={(now_ms - client.created_ms) // 1000} "
         f"idle={(now_ms - client.last_ms) // 1000} flags={client_flags(client)} db={client.db_index} "
-        f"sub={len(client.channels)} psub={len(client.patterns)} ssub=0 multi={multi} "
+        f"sub={len(client.channels)} psub={len(client.patterns)} ssub=0 multi={multi} watch={len(client.watched)} "
         f"qbuf={client.parser.buffered_bytes()} qbuf-free=0 "
         f"argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={client.output_buffer_bytes()} "
         f"tot-mem=0 events=r cmd={client.last_command.decode('utf-8', 'replace').lower()} user=default "

@@ -1,4 +1,4 @@
-"""Server commands: INFO CONFIG TIME FUNCTION LASTSAVE ROLE SHUTDOWN.
+"""Server commands: INFO CONFIG SLOWLOG TIME FUNCTION LASTSAVE ROLE SHUTDOWN.
 
 DBSIZE, FLUSHDB and FLUSHALL live with the keyspace commands (`keys.py`).
 """
@@ -14,13 +14,17 @@ import time
 from kvorum import __version__
 from kvorum.commands.connection import REDIS_VERSION
 from kvorum.commands.table import CommandContext, command, container
-from kvorum.protocol.values import OK, SYNTAX, CommandError, RawReply, Verbatim
+from kvorum.protocol.parser import parse_strict_int
+from kvorum.protocol.values import OK, SYNTAX, CommandError, RawReply, SimpleString, Verbatim
 from kvorum.settings import SETTINGS, SettingError, get_value, parse_value
 from kvorum.store.glob import stringmatch
 
 DEFAULT_SECTIONS = ("server", "clients", "memory", "persistence", "stats", "replication", "cpu", "cluster",
                     "keyspace", "kvorum")
-ALL_SECTIONS = DEFAULT_SECTIONS
+# As in Redis, the per-command and per-error sections come with INFO ALL (or by name), not by default.
+ALL_SECTIONS = DEFAULT_SECTIONS[:7] + ("commandstats", "errorstats", "latencystats") + DEFAULT_SECTIONS[7:]
+# latency-tracking-info-percentiles' default in Redis 7.
+LATENCY_PERCENTILES = (50.0, 99.0, 99.9)
 
 
 def human_bytes(n: int) -> str:
@@ -149,6 +153,29 @@ def _section_cluster(server, now_ms: int) -> dict:
     return {"cluster_enabled": 0 if server.cluster is None else 1}
 
 
+def _section_commandstats(server, now_ms: int) -> dict:
+    out = {}
+    for name, stat in sorted(server.command_stats.items()):
+        if stat.calls or stat.rejected or stat.failed:
+            usec_per_call = stat.ns / 1000 / stat.calls if stat.calls else 0.0
+            out[f"cmdstat_{name}"] = (f"calls={stat.calls},usec={stat.ns // 1000},usec_per_call={usec_per_call:.2f},"
+                                      f"rejected_calls={stat.rejected},failed_calls={stat.failed}")
+    return out
+
+
+def _section_errorstats(server, now_ms: int) -> dict:
+    return {f"errorstat_{prefix}": f"count={count}" for prefix, count in sorted(server.stats.errors.counts.items())}
+
+
+def _section_latencystats(server, now_ms: int) -> dict:
+    out = {}
+    for name, stat in sorted(server.command_stats.items()):
+        if stat.calls:
+            out[f"latency_percentiles_usec_{name}"] = ",".join(
+                f"p{percent:g}={stat.percentile_us(percent):.3f}" for percent in LATENCY_PERCENTILES)
+    return out
+
+
 def _section_keyspace(server, now_ms: int) -> dict:
     keys = len(server.db)
     if not keys:
@@ -179,6 +206,9 @@ SECTIONS = {
     "stats": ("Stats", _section_stats),
     "replication": ("Replication", _section_replication),
     "cpu": ("CPU", _section_cpu),
+    "commandstats": ("Commandstats", _section_commandstats),
+    "errorstats": ("Errorstats", _section_errorstats),
+    "latencystats": ("Latencystats", _section_latencystats),
     "cluster": ("Cluster", _section_cluster),
     "keyspace": ("Keyspace", _section_keyspace),
     "kvorum": ("Kvorum", _section_kvorum),
@@ -261,10 +291,63 @@ def config_set(ctx: CommandContext, argv: list[bytes]):
 @command("resetstat", container="config", arity=2, flags="admin noscript loading stale", group="server",
          summary="Resets the server's statistics.", since="2.0.0")
 def config_resetstat(ctx: CommandContext, argv: list[bytes]):
-    ctx.server.stats.reset()
-    db = ctx.server.db
-    db.keyspace_hits = db.keyspace_misses = db.expired_keys = db.evicted_keys = 0
+    ctx.server.reset_stats()
     return OK
+
+
+container("slowlog", group="server", summary="A container for slow log commands.", since="2.2.12")
+
+
+# SLOWLOG GET [count]
+@command("get", container="slowlog", arity=-2, flags="admin loading stale", group="server",
+         summary="Returns the slow log's entries.", since="2.2.12", complexity="O(N)")
+def slowlog_get(ctx: CommandContext, argv: list[bytes]):
+    if len(argv) > 3:
+        raise CommandError(SYNTAX)
+    count = 10
+    if len(argv) == 3:
+        count = parse_strict_int(argv[2])
+        if count is None or count < -1:
+            raise CommandError("ERR count should be greater than or equal to -1")
+    entries = ctx.server.slowlog.entries
+    if count == -1:
+        count = len(entries)
+    return [entry for _, entry in zip(range(count), entries)]
+
+
+# SLOWLOG LEN
+@command("len", container="slowlog", arity=2, flags="admin loading stale", group="server",
+         summary="Returns the number of entries in the slow log.", since="2.2.12")
+def slowlog_len(ctx: CommandContext, argv: list[bytes]):
+    return len(ctx.server.slowlog.entries)
+
+
+# SLOWLOG RESET
+@command("reset", container="slowlog", arity=2, flags="admin loading stale", group="server",
+         summary="Clears all entries from the slow log.", since="2.2.12")
+def slowlog_reset(ctx: CommandContext, argv: list[bytes]):
+    ctx.server.slowlog.reset()
+    return OK
+
+
+# SLOWLOG HELP
+@command("help", container="slowlog", arity=2, flags="loading stale", group="server",
+         summary="Shows helpful text about the different subcommands.", since="6.2.0")
+def slowlog_help(ctx: CommandContext, argv: list[bytes]):
+    return [SimpleString(line) for line in (
+        "SLOWLOG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+        "GET [<count>]",
+        "    Return top <count> entries from the slowlog (default: 10, -1 mean all).",
+        "    Entries are made of:",
+        "    id, timestamp, time in microseconds, arguments array, client IP and port,",
+        "    client name",
+        "LEN",
+        "    Return the length of the slowlog.",
+        "RESET",
+        "    Reset the slowlog.",
+        "HELP",
+        "    Print this help.",
+    )]
 
 
 # TIME

@@ -17,6 +17,10 @@ that cannot listen on either port exits at once with a `ListenError` instead of
 running as a voter no client can reach. The driver and hub stop after the
 clients are closed, and expiry goes through the log instead of the local cycle.
 
+With `admin-port` set, the admin HTTP server (`kvorum.server.admin_http`:
+health, metrics, dashboard) starts once clients are served, on the same
+loop, and closes first on shutdown.
+
 The cron runs `hz` times a second: one active expiry cycle (at most
 `active-expire-keys-per-cycle` keys), and once a second the client checks
 (idle timeout, output-buffer soft limit) and the ops/sec sample.
@@ -33,6 +37,7 @@ import kvorum.commands  # noqa: F401  (registers every command in the table)
 from kvorum.cluster.topology import BUS_PORT_OFFSET
 from kvorum.replica.roster import Member
 from kvorum.settings import Settings
+from kvorum.server.admin_http import AdminServer
 from kvorum.server.connection import Connection
 from kvorum.server.join import join
 from kvorum.server.peer_transport import ListenError
@@ -62,6 +67,7 @@ async def serve(settings: Settings, ready: asyncio.Future | None = None) -> None
     state.request_shutdown = stop.set
     hosts = settings.bind.split() or ["127.0.0.1"]
     hub = driver = None
+    admin = AdminServer(state) if settings.admin_port else None
     # Bound now, served once replication runs (a connection reads state.cluster).
     try:
         listener = await loop.create_server(
@@ -74,6 +80,9 @@ async def serve(settings: Settings, ready: asyncio.Future | None = None) -> None
         if settings.peers or settings.join:
             hub, driver = await start_replication(state, await _join(settings))
         await listener.start_serving()
+        if admin is not None:
+            await admin.start(settings.admin_bind, settings.admin_port)
+            state.admin_port = admin.port
     except BaseException:
         listener.close()
         if driver is not None:
@@ -94,6 +103,8 @@ async def serve(settings: Settings, ready: asyncio.Future | None = None) -> None
     finally:
         log.info("shutting down: %d clients", len(state.clients))
         state.shutting_down = True
+        if admin is not None:
+            await admin.close()
         listener.close()
         cron.cancel()
         for client in list(state.clients.values()):

@@ -76,6 +76,7 @@ from kvorum.consensus.replicated_log import (
     Status,
 )
 from kvorum.replica.ready_loop import ReadyLoop
+from kvorum.server.command_stats import CommandStat
 from kvorum.server.events import log_leader_change
 from kvorum.server.peer_frames import RemoteProtocolError
 from kvorum.server.peers import PayloadKind, PeerHub
@@ -217,6 +218,12 @@ class GroupDriver:
         # Snapshot images in transit: to each follower (while leading), and from the leader.
         self._snapshot_senders: dict[str, SnapshotSender] = {}
         self._snapshot_receiver = SnapshotReceiver()
+        # Observations for /metrics and the dashboard (never read by the engine).
+        self.fsync_latency = CommandStat("fsync")
+        self.elections_seen = 0  # terms this node saw begin
+        self.leader_changes = 0
+        self.snapshots_taken = 0
+        self.snapshot_bytes_last = 0  # the image this node last took or installed
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -423,6 +430,7 @@ class GroupDriver:
                 rd = node.ready()
                 if rd.snapshot is not None:
                     await asyncio.to_thread(storage.save_snapshot, rd.snapshot)
+                    self.snapshot_bytes_last = len(rd.snapshot.data)
                 leader = loop.leader
                 # Committed entries are durable on a majority already: they are applied
                 # (and their clients answered) while this node's own fsync runs.
@@ -430,12 +438,16 @@ class GroupDriver:
                 if rd.entries or rd.hard_state is not None:
                     storage.append(rd.entries, rd.hard_state)
                     if rd.must_sync:
-                        sync = asyncio.ensure_future(asyncio.to_thread(storage.sync))
+                        sync = asyncio.ensure_future(asyncio.to_thread(_timed_sync, storage))
+                term = loop.term
                 loop.process(rd)
+                if loop.term > term:
+                    self.elections_seen += 1
                 if rd.soft_state is not None and loop.leader != leader:
+                    self.leader_changes += 1
                     log_leader_change(group_id, self.id, leader, loop.leader, loop.term)
                 if sync is not None:
-                    await sync
+                    self.fsync_latency.record(await sync)
                     self._acknowledge_durable(rd.entries)
                 for message in rd.messages:
                     carried = snapshot_in(message)
@@ -484,6 +496,8 @@ class GroupDriver:
         snapshot = self.loop.snapshot()
         await asyncio.to_thread(self.storage.save_snapshot, snapshot)
         self.loop.compacted(snapshot)
+        self.snapshots_taken += 1
+        self.snapshot_bytes_last = len(snapshot.data)
         log.info("snapshot at index %d (%d bytes)", snapshot.index, len(snapshot.data))
 
     # ------------------------------------------------------------------ waiting clients
@@ -549,6 +563,13 @@ class GroupDriver:
         if heard_s is None:
             return float("inf")
         return time.monotonic() - heard_s
+
+
+def _timed_sync(storage: Storage) -> int:
+    """Sync the log (in a worker thread); the nanoseconds the fsync took."""
+    start_ns = time.perf_counter_ns()
+    storage.sync()
+    return time.perf_counter_ns() - start_ns
 
 
 class _Machine:

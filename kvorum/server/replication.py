@@ -149,19 +149,23 @@ class ClusterNode:
     # Routing.
 
     def redirect(self, cmd: Command | None, argv: list[bytes]) -> bytes | None:
-        """None on the leader; else MOVED to the leader, or CLUSTERDOWN without one."""
+        """None on the leader; else MOVED to the leader, or CLUSTERDOWN without one (each
+        counted in INFO errorstats, as Redis counts its redirections)."""
         leader = self.driver.leader
         if leader == self.id:
             return None
         address = self.group.address_of(leader) if leader is not None else None
         if address is None:
+            self.state.stats.error("CLUSTERDOWN The cluster is down")
             return CLUSTERDOWN
         slot = 0
         if cmd is not None:
             keys = cmd.key_positions(len(argv))
             if keys:
                 slot = key_slot(argv[keys[0]])
-        return b"-MOVED %d %s\r\n" % (slot, address.client_addr.encode())
+        moved = f"MOVED {slot} {address.client_addr}"
+        self.state.stats.error(moved)
+        return b"-%s\r\n" % moved.encode()
 
     def write_concern(self, client) -> WriteConcern:
         return client.write_concern or WriteConcern(self.state.settings.write_concern)
@@ -221,7 +225,23 @@ class ClusterNode:
         elif leases.outstanding:
             leases.void_keys(cmd, argv)
         data = state_machine.encode_command(self.stamper.next_ms(), argv)
-        return self._propose(client, data, _blind(cmd, argv))
+        start_ns = time.perf_counter_ns()
+        reply = self._propose(client, data, _blind(cmd, argv))
+        stat = dispatch.STATS[cmd.full_name]
+        if reply.__class__ is bytes:
+            self._count(stat, reply, start_ns)
+        else:
+            reply.add_done_callback(
+                lambda done: done.cancelled() or done.exception() or self._count(stat, done.result(), start_ns))
+        return reply
+
+    def _count(self, stat, reply: bytes, start_ns: int) -> None:
+        """A write's statistics, timed from its proposal to its reply: on a replicated node a
+        write's latency is the log's (commit and apply), which is what an operator watches."""
+        stat.record(time.perf_counter_ns() - start_ns)
+        if reply[:1] == b"-":
+            stat.failed += 1
+            self.state.stats.error(reply[1:].split(b"\r\n", 1)[0].decode("utf-8", "replace"))
 
     def make_room(self) -> bool:
         """Whether a denyoom write may go ahead under maxmemory (the leader's setting).

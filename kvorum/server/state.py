@@ -15,12 +15,14 @@ key is watched, so that writes pay nothing for WATCH when nobody uses it.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
 from typing import TYPE_CHECKING, Callable
 
-from kvorum.server import dispatch
+from kvorum.server import dispatch, metrics
+from kvorum.server.command_stats import LATENCY_LINEAR_NS_MAX, ErrorStats, SlowLog
 from kvorum.settings import LOG_LEVELS_PY, Settings
 from kvorum.server.leases import TOKEN_MAX, LeaseTable
 from kvorum.server.pubsub import PubSub
@@ -30,17 +32,37 @@ from kvorum.store import Keyspace
 if TYPE_CHECKING:
     from kvorum.server.connection import Connection
 
+# Once-a-second ops/sec samples kept for the admin dashboard: ten minutes.
+OPS_HISTORY_S_MAX = 600
+# slowlog_ns while slowlog-log-slower-than is negative (the slow log is off): above any duration.
+SLOWLOG_OFF_NS = 2**63
+
+
+def slowlog_threshold_ns(slower_than_us: int) -> int:
+    """The duration a call must exceed to be logged: Redis logs calls taking more than the setting."""
+    return SLOWLOG_OFF_NS if slower_than_us < 0 else slower_than_us * 1000
+
 
 class Stats:
-    """Counters shown by INFO; CONFIG RESETSTAT zeroes them."""
+    """Counters shown by INFO; CONFIG RESETSTAT zeroes them.
+
+    `ops_history` keeps the last OPS_HISTORY_S_MAX once-a-second ops/sec samples (the dashboard's chart)."""
 
     __slots__ = (
         "connections_received", "commands_processed", "net_input_bytes", "net_output_bytes",
-        "rejected_connections", "error_replies", "ops_per_sec", "_ops_sample", "_ops_sample_ms",
+        "rejected_connections", "error_replies", "errors", "ops_per_sec", "ops_history", "_ops_sample",
+        "_ops_sample_ms",
     )
 
     def __init__(self) -> None:
+        self.errors = ErrorStats()
+        self.ops_history: collections.deque[tuple[int, int]] = collections.deque(maxlen=OPS_HISTORY_S_MAX)
         self.reset()
+
+    def error(self, message: str) -> None:
+        """One error reply (`message` without the leading '-')."""
+        self.error_replies += 1
+        self.errors.add(message)
 
     def reset(self) -> None:
         self.connections_received = 0
@@ -49,6 +71,7 @@ class Stats:
         self.net_output_bytes = 0
         self.rejected_connections = 0
         self.error_replies = 0
+        self.errors.reset()
         self.ops_per_sec = 0
         self._ops_sample = 0
         self._ops_sample_ms = 0
@@ -60,12 +83,18 @@ class Stats:
             self.ops_per_sec = done * 1000 // (now_ms - self._ops_sample_ms)
         self._ops_sample = self.commands_processed
         self._ops_sample_ms = now_ms
+        self.ops_history.append((now_ms, self.ops_per_sec))
 
 
 class ServerState:
     def __init__(self, settings: Settings):
         self.settings = settings
-        dispatch.prepare()
+        # Full command name -> its statistics (INFO commandstats, latencystats, /metrics).
+        self.command_stats = dispatch.prepare()
+        self.slowlog = SlowLog()
+        self.slowlog_ns = 0
+        self.stats_fast_ns = 0
+        self.set_slowlog_threshold(settings.slowlog_log_slower_than_us)
         self.db = Keyspace(settings.maxmemory_bytes, settings.maxmemory_policy)
         self.db.proto_max_bulk_len = settings.proto_max_bulk_len_bytes
         self.db.hash_max_listpack_entries = settings.hash_max_listpack_entries
@@ -91,6 +120,9 @@ class ServerState:
         self.shutting_down = False
         # The replicated node's front end (kvorum.server.replication.ClusterNode); None on a single node.
         self.cluster = None
+        # /metrics on the admin port (kvorum.server.metrics), read only when scraped.
+        self.metrics_registry = metrics.registry_of(self)
+        self.admin_port = 0  # bound by the asyncio shell when admin-port is set
         # Set by the asyncio shell; SHUTDOWN calls it.
         self.request_shutdown: Callable[[], None] = lambda: None
 
@@ -110,10 +142,29 @@ class ServerState:
             # Without a password every client is authenticated, as Redis decides per command.
             for client in self.clients.values():
                 client.set_authenticated(True)
+        elif field == "slowlog_log_slower_than_us":
+            self.set_slowlog_threshold(value)
+        elif field == "slowlog_max_len":
+            self.slowlog.trim(value)
         elif field == "loglevel":
             logging.getLogger("kvorum").setLevel(LOG_LEVELS_PY[value])
         for client in self.clients.values():
             client.apply_settings()
+
+    def set_slowlog_threshold(self, slower_than_us: int) -> None:
+        """Calls longer than `slowlog_ns` are logged; dispatch's hot path counts only calls shorter
+        than `stats_fast_ns` itself, and hands the rest (logged, or off its histogram's linear
+        part) to `dispatch.slow`."""
+        self.slowlog_ns = slowlog_threshold_ns(slower_than_us)
+        self.stats_fast_ns = min(self.slowlog_ns + 1, LATENCY_LINEAR_NS_MAX)
+
+    def reset_stats(self) -> None:
+        """CONFIG RESETSTAT: the counters of INFO stats, commandstats, errorstats and latencystats."""
+        self.stats.reset()
+        for stat in self.command_stats.values():
+            stat.reset()
+        db = self.db
+        db.keyspace_hits = db.keyspace_misses = db.expired_keys = db.evicted_keys = 0
 
     # Dispatch, for commands that run other commands (EXEC).
     call = staticmethod(dispatch.call)

@@ -60,6 +60,7 @@ class ClusterNode:
         self.join_via: ClusterNode | None = None  # a member to --join through, instead of --peers
         self.join_flags: tuple[str, ...] = ()
         self.announce_bus_port: int | None = None  # with join_via: the bus port peers dial, if not bus_port
+        self.flags: tuple[str, ...] = ()  # this node's own extra flags (an --admin-port of its own)
 
     def start(self) -> None:
         assert self.process is None or self.process.poll() is not None
@@ -70,7 +71,7 @@ class ClusterNode:
         cmd = [sys.executable, "-m", "kvorum", "server", "--node-id", self.id, "--port", str(self.port),
                *topology, "--data-dir", str(self.data_dir),
                "--fsync", self.cluster.fsync,
-               "--log-level", "verbose", *self.cluster.extra_flags]
+               "--log-level", "verbose", *self.cluster.extra_flags, *self.flags]
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
