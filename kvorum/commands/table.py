@@ -166,6 +166,43 @@ def container(name: str, *, arity: int = -2, group: str, summary: str, since: st
     return cmd
 
 
+def decode_arg(arg: bytes) -> str:
+    """Connection bytes as text for error messages, byte-exact on the way back out."""
+    return arg.decode("utf-8", "surrogateescape")
+
+
+def unknown_command(argv: list[bytes]) -> str:
+    args = ""
+    for arg in argv[1:]:
+        if len(args) >= 128:
+            break
+        args += "'" + decode_arg(arg)[:128 - len(args)] + "' "
+    return f"ERR unknown command '{decode_arg(argv[0])[:128]}', with args beginning with: {args}"
+
+
+def resolve(argv: list[bytes]) -> Command | str:
+    """The command argv names (a subcommand for containers), or the error text."""
+    cmd = TABLE_BY_BYTES.get(argv[0])
+    if cmd is None:
+        cmd = TABLE_BY_BYTES.get(argv[0].lower())
+        if cmd is None:
+            return unknown_command(argv)
+    argc = len(argv)
+    arity = cmd.arity
+    if argc != arity if arity > 0 else argc < -arity:
+        return f"ERR wrong number of arguments for '{cmd.name}' command"
+    if cmd.handler is None or (cmd.subcommands and argc > 1):
+        sub = cmd.subcommands.get(decode_arg(argv[1]).lower())
+        if sub is None:
+            return (f"ERR unknown subcommand '{decode_arg(argv[1])[:128]}'. "
+                    f"Try {cmd.name.upper()} HELP.")
+        arity = sub.arity
+        if argc != arity if arity > 0 else argc < -arity:
+            return f"ERR wrong number of arguments for '{cmd.name}|{sub.name}' command"
+        cmd = sub
+    return cmd
+
+
 def lookup(name: bytes) -> Command | None:
     cmd = TABLE_BY_BYTES.get(name)
     if cmd is None:

@@ -20,6 +20,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Callable
 
+from kvorum.commands.connection import REDIS_VERSION
+from kvorum.scripting.runtime import Engine
 from kvorum.server import dispatch
 from kvorum.settings import LOG_LEVELS_PY, Settings
 from kvorum.server.leases import TOKEN_MAX, LeaseTable
@@ -86,6 +88,8 @@ class ServerState:
         # CLIENT TRACKING (client-side caching) and pub/sub of this node.
         self.tracking = Tracking(self)
         self.pubsub = PubSub()
+        # The Lua runtime and script cache (EVAL, SCRIPT ...), this node's only.
+        self.scripts = Engine(version=REDIS_VERSION)
         self.event_loop_name = "asyncio"
         self.port = settings.port
         self.shutting_down = False
