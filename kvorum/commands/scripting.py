@@ -24,6 +24,9 @@ SCRIPT_FLAGS = frozenset({"no-writes", "allow-oom", "allow-stale", "no-cluster",
 NOT_FROM_SCRIPT = "ERR This Redis command is not allowed from script"
 WRITE_FROM_READONLY = "ERR Write commands are not allowed from read-only scripts."
 WRITE_SCRIPT_RO = "ERR Can not execute a script with write flag using *_ro command."
+NON_LOCAL_KEY = "ERR Script attempted to access a non local key in a cluster node"
+KEYLESS_DATA_COMMAND = ("ERR Script attempted to run a command on undeclared keys in a cluster node "
+                        "(a replicated script may touch only the keys it declares)")
 
 
 def shebang_flags(body: bytes) -> frozenset[str] | None:
@@ -50,15 +53,16 @@ def shebang_flags(body: bytes) -> frozenset[str] | None:
 
 
 class ScriptRun:
-    """One script invocation's redis.call: which commands it may run, and running them."""
+    """One script invocation's redis.call on a single node: which commands it may run,
+    and running them on the node's keyspace."""
 
     def __init__(self, ctx: CommandContext, readonly: bool, allow_oom: bool):
         self.ctx = ctx
         self.readonly = readonly
         self.allow_oom = allow_oom
-        self.wrote = False
 
-    def command(self, argv: list[bytes]):
+    def admit(self, argv: list[bytes]):
+        """The command argv names, or the CommandError that refuses it."""
         cmd = resolve(argv)
         if cmd.__class__ is str:
             if cmd.startswith("ERR unknown command") or cmd.startswith("ERR unknown subcommand"):
@@ -67,17 +71,75 @@ class ScriptRun:
         flags = cmd.flags
         if "noscript" in flags:
             return CommandError(NOT_FROM_SCRIPT)
-        writes = "write" in flags
-        if writes and self.readonly:
+        if "write" in flags and self.readonly:
             return CommandError(WRITE_FROM_READONLY)
         ctx = self.ctx
-        server = ctx.server
         if ("denyoom" in flags and not self.allow_oom and ctx.db.maxmemory
-                and not server.memory_ok(ctx.client, ctx.now_ms)):
+                and not ctx.server.memory_ok(ctx.client, ctx.now_ms)):
             return CommandError(OOM)
+        return cmd
+
+    def command(self, argv: list[bytes]):
+        cmd = self.admit(argv)
+        if cmd.__class__ is CommandError:
+            return cmd
+        ctx = self.ctx
+        return ctx.server.call(ctx.client, cmd, argv, ctx.now_ms)
+
+
+class EffectsRun(ScriptRun):
+    """A script on a replicated node: its data commands run on a scratch keyspace that holds
+    copies of its declared keys, and its successful writes are recorded (their argv, as
+    run), to be replicated as one log entry instead of the script.
+
+    Every key a command names must be declared: the scratch keyspace has no others, and
+    the log entry's watches cover only those."""
+
+    def __init__(self, ctx: CommandContext, scratch: CommandContext, readonly: bool, allow_oom: bool,
+                 declared: frozenset[bytes]):
+        super().__init__(ctx, readonly, allow_oom)
+        self.scratch = scratch
+        self.declared = declared
+        self.writes: list[list[bytes]] = []
+
+    def command(self, argv: list[bytes]):
+        cmd = self.admit(argv)
+        if cmd.__class__ is CommandError:
+            return cmd
+        flags = cmd.flags
+        writes = "write" in flags
+        if not writes and "readonly" not in flags:
+            ctx = self.ctx
+            return ctx.server.call(ctx.client, cmd, argv, ctx.now_ms)
+        positions = cmd.key_positions(len(argv))
+        if not positions:
+            return CommandError(KEYLESS_DATA_COMMAND)
+        for i in positions:
+            if argv[i] not in self.declared:
+                return CommandError(NON_LOCAL_KEY)
+        try:
+            reply = cmd.handler(self.scratch, argv)
+        except CommandError as exc:
+            return exc
         if writes:
-            self.wrote = True
-        return server.call(ctx.client, cmd, argv, ctx.now_ms)
+            self.writes.append(argv)
+        return reply
+
+
+class Prepared:
+    """A script invocation checked and ready to run: its function, keys, arguments and flags."""
+
+    __slots__ = ("fn", "name", "keys", "args", "readonly", "allow_oom", "flags")
+
+    def __init__(self, fn, name: str, keys: list[bytes], args: list[bytes], readonly: bool, allow_oom: bool,
+                 flags: frozenset[str] | None):
+        self.fn = fn
+        self.name = name
+        self.keys = keys
+        self.args = args
+        self.readonly = readonly
+        self.allow_oom = allow_oom
+        self.flags = flags
 
 
 def parse_keys(argv: list[bytes]) -> tuple[list[bytes], list[bytes]]:
@@ -93,7 +155,11 @@ def parse_keys(argv: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     return argv[3:3 + numkeys], argv[3 + numkeys:]
 
 
-def run_script(ctx: CommandContext, argv: list[bytes], by_sha: bool, ro: bool):
+def prepare(ctx: CommandContext, argv: list[bytes]) -> Prepared:
+    """Check an EVAL / EVALSHA / EVAL_RO / EVALSHA_RO call and find (or compile) its script."""
+    name = argv[0].lower()
+    by_sha = name.startswith(b"evalsha")
+    ro = name.endswith(b"_ro")
     keys, args = parse_keys(argv)
     scripts = ctx.server.scripts
     if by_sha:
@@ -114,38 +180,48 @@ def run_script(ctx: CommandContext, argv: list[bytes], by_sha: bool, ro: bool):
             and not ctx.server.memory_ok(ctx.client, ctx.now_ms)):
         raise CommandError("OOM allow-oom flag is not set on the script, can not run it when used memory > "
                            "'maxmemory'")
-    run = ScriptRun(ctx, readonly, allow_oom)
-    return scripts.run(fn, f"f_{sha}", keys, args, Call(run.command))
+    return Prepared(fn, f"f_{sha}", keys, args, readonly, allow_oom, flags)
+
+
+def run(ctx: CommandContext, prepared: Prepared, script_run: ScriptRun):
+    """Run a prepared script with `script_run` deciding what redis.call does; its reply value."""
+    return ctx.server.scripts.run(prepared.fn, prepared.name, prepared.keys, prepared.args,
+                                  Call(script_run.command))
+
+
+def run_script(ctx: CommandContext, argv: list[bytes]):
+    prepared = prepare(ctx, argv)
+    return run(ctx, prepared, ScriptRun(ctx, prepared.readonly, prepared.allow_oom))
 
 
 # EVAL script numkeys [key [key ...]] [arg [arg ...]]
-@command("eval", arity=-3, flags="noscript skip_monitor may_replicate stale", group="scripting",
+@command("eval", arity=-3, flags="noscript skip_monitor may_replicate stale script", group="scripting",
          summary="Execute a Lua script server side.", since="2.6.0", complexity="Depends on the script that is executed.")
 def eval_(ctx: CommandContext, argv: list[bytes]):
-    return run_script(ctx, argv, by_sha=False, ro=False)
+    return run_script(ctx, argv)
 
 
 # EVALSHA sha1 numkeys [key [key ...]] [arg [arg ...]]
-@command("evalsha", arity=-3, flags="noscript skip_monitor may_replicate stale", group="scripting",
+@command("evalsha", arity=-3, flags="noscript skip_monitor may_replicate stale script", group="scripting",
          summary="Execute a Lua script server side.", since="2.6.0", complexity="Depends on the script that is executed.")
 def evalsha(ctx: CommandContext, argv: list[bytes]):
-    return run_script(ctx, argv, by_sha=True, ro=False)
+    return run_script(ctx, argv)
 
 
 # EVAL_RO script numkeys [key [key ...]] [arg [arg ...]]
-@command("eval_ro", arity=-3, flags="noscript skip_monitor stale readonly", group="scripting",
+@command("eval_ro", arity=-3, flags="noscript skip_monitor stale readonly script", group="scripting",
          summary="Execute a read-only Lua script server side.", since="7.0.0",
          complexity="Depends on the script that is executed.")
 def eval_ro(ctx: CommandContext, argv: list[bytes]):
-    return run_script(ctx, argv, by_sha=False, ro=True)
+    return run_script(ctx, argv)
 
 
 # EVALSHA_RO sha1 numkeys [key [key ...]] [arg [arg ...]]
-@command("evalsha_ro", arity=-3, flags="noscript skip_monitor stale readonly", group="scripting",
+@command("evalsha_ro", arity=-3, flags="noscript skip_monitor stale readonly script", group="scripting",
          summary="Execute a read-only Lua script server side.", since="7.0.0",
          complexity="Depends on the script that is executed.")
 def evalsha_ro(ctx: CommandContext, argv: list[bytes]):
-    return run_script(ctx, argv, by_sha=True, ro=True)
+    return run_script(ctx, argv)
 
 
 container("script", group="scripting", summary="A container for Lua scripts management commands.", since="2.6.0")

@@ -52,12 +52,13 @@ KNOWN_FLAGS = frozenset(
         "leader_state",  # uses state only the leader holds (LEASEGET's tokens): not in a replicated MULTI
         "unwatches",  # ends the connection's WATCH (DISCARD, UNWATCH, RESET)
         "membership",  # changes or moves the replica group (CLUSTER MEMBER ...): the handler returns a Future
+        "script",  # runs a script: a replicated node runs it on the leader and replicates its effects
     }
 )
 
 
 # kvorum's own flags, for its replication layer; COMMAND does not report them.
-REPLICATION_FLAGS = frozenset({"leader_state", "unwatches", "membership"})
+REPLICATION_FLAGS = frozenset({"leader_state", "unwatches", "membership", "script"})
 
 
 @dataclass(slots=True)
