@@ -1,4 +1,4 @@
-"""Scripting commands: EVAL EVALSHA EVAL_RO EVALSHA_RO SCRIPT (LOAD EXISTS FLUSH KILL).
+"""Scripting commands: EVAL EVALSHA EVAL_RO EVALSHA_RO SCRIPT, FCALL FCALL_RO FUNCTION.
 
 A script runs in the node's Lua runtime (`kvorum.scripting.runtime`, on
 `ctx.server.scripts`); what `redis.call` does is decided here, by `ScriptRun`:
@@ -129,10 +129,11 @@ class EffectsRun(ScriptRun):
 class Prepared:
     """A script invocation checked and ready to run: its function, keys, arguments and flags."""
 
-    __slots__ = ("fn", "name", "keys", "args", "readonly", "allow_oom", "flags")
+    __slots__ = ("fn", "name", "keys", "args", "readonly", "allow_oom", "flags", "as_function")
 
     def __init__(self, fn, name: str, keys: list[bytes], args: list[bytes], readonly: bool, allow_oom: bool,
-                 flags: frozenset[str] | None):
+                 flags: frozenset[str] | None, as_function: bool = False):
+        self.as_function = as_function
         self.fn = fn
         self.name = name
         self.keys = keys
@@ -156,11 +157,14 @@ def parse_keys(argv: list[bytes]) -> tuple[list[bytes], list[bytes]]:
 
 
 def prepare(ctx: CommandContext, argv: list[bytes]) -> Prepared:
-    """Check an EVAL / EVALSHA / EVAL_RO / EVALSHA_RO call and find (or compile) its script."""
+    """Check an EVAL / EVALSHA / EVAL_RO / EVALSHA_RO / FCALL / FCALL_RO call and find
+    (or compile) its script or function."""
     name = argv[0].lower()
     by_sha = name.startswith(b"evalsha")
     ro = name.endswith(b"_ro")
     keys, args = parse_keys(argv)
+    if name.startswith(b"fcall"):
+        return _prepare_function(ctx, argv, keys, args, ro)
     scripts = ctx.server.scripts
     if by_sha:
         entry = scripts.lookup(argv[1])
@@ -183,10 +187,31 @@ def prepare(ctx: CommandContext, argv: list[bytes]) -> Prepared:
     return Prepared(fn, f"f_{sha}", keys, args, readonly, allow_oom, flags)
 
 
+def _prepare_function(ctx: CommandContext, argv: list[bytes], keys: list[bytes], args: list[bytes],
+                      ro: bool) -> Prepared:
+    function = registry(ctx).functions.get(argv[1].decode("utf-8", "surrogateescape"))
+    if function is None:
+        raise CommandError("ERR Function not found")
+    flags = function.flags
+    writes = "no-writes" not in flags
+    if ro and writes:
+        raise CommandError(WRITE_SCRIPT_RO)
+    allow_oom = bool(flags & {"allow-oom", "no-writes"})
+    if not allow_oom and ctx.db.maxmemory and not ctx.server.memory_ok(ctx.client, ctx.now_ms):
+        raise CommandError("OOM allow-oom flag is not set on the script, can not run it when used memory > "
+                           "'maxmemory'")
+    return Prepared(function.fn, function.name, keys, args, not writes, allow_oom, flags, as_function=True)
+
+
+def registry(ctx: CommandContext):
+    """The function registry: the group's replicated one, which a connection's context also holds."""
+    return ctx.functions
+
+
 def run(ctx: CommandContext, prepared: Prepared, script_run: ScriptRun):
     """Run a prepared script with `script_run` deciding what redis.call does; its reply value."""
     return ctx.server.scripts.run(prepared.fn, prepared.name, prepared.keys, prepared.args,
-                                  Call(script_run.command))
+                                  Call(script_run.command), as_function=prepared.as_function)
 
 
 def run_script(ctx: CommandContext, argv: list[bytes]):
@@ -274,3 +299,122 @@ def script_help(ctx: CommandContext, argv: list[bytes]):
         b"HELP", b"    Print this help.",
     ]
 
+
+
+# FCALL function numkeys [key [key ...]] [arg [arg ...]]
+@command("fcall", arity=-3, flags="noscript skip_monitor may_replicate stale script", group="scripting",
+         summary="Invoke a function.", since="7.0.0", complexity="Depends on the function that is executed.")
+def fcall(ctx: CommandContext, argv: list[bytes]):
+    return run_script(ctx, argv)
+
+
+# FCALL_RO function numkeys [key [key ...]] [arg [arg ...]]
+@command("fcall_ro", arity=-3, flags="noscript skip_monitor stale readonly script", group="scripting",
+         summary="Invoke a read-only function.", since="7.0.0", complexity="Depends on the function that is executed.")
+def fcall_ro(ctx: CommandContext, argv: list[bytes]):
+    return run_script(ctx, argv)
+
+
+container("function", group="scripting", summary="A container for function commands.", since="7.0.0")
+
+
+# FUNCTION LOAD [REPLACE] function-code
+@command("load", container="function", arity=-3, flags="write denyoom noscript", group="scripting",
+         summary="Create a function with the given arguments (name, code, description).", since="7.0.0")
+def function_load(ctx: CommandContext, argv: list[bytes]):
+    replace = False
+    for arg in argv[2:-1]:
+        if arg.lower() != b"replace":
+            raise CommandError(f"ERR Unknown option given: {arg.decode('utf-8', 'surrogateescape')}")
+        replace = True
+    return registry(ctx).load(argv[-1], replace).encode()
+
+
+# FUNCTION DELETE library-name
+@command("delete", container="function", arity=3, flags="write noscript", group="scripting",
+         summary="Delete a function by name.", since="7.0.0")
+def function_delete(ctx: CommandContext, argv: list[bytes]):
+    registry(ctx).delete(argv[2].decode("utf-8", "surrogateescape"))
+    return OK
+
+
+# FUNCTION FLUSH [ASYNC|SYNC]
+@command("flush", container="function", arity=-2, flags="write noscript", group="scripting",
+         summary="Deletes all libraries and functions.", since="7.0.0")
+def function_flush(ctx: CommandContext, argv: list[bytes]):
+    if len(argv) > 3 or (len(argv) == 3 and argv[2].lower() not in (b"async", b"sync")):
+        raise CommandError("ERR FUNCTION FLUSH only supports SYNC|ASYNC option")
+    registry(ctx).flush()
+    return OK
+
+
+# FUNCTION RESTORE serialized-value [FLUSH|APPEND|REPLACE]
+@command("restore", container="function", arity=-3, flags="write denyoom noscript", group="scripting",
+         summary="Restore all the functions on the given payload.", since="7.0.0")
+def function_restore(ctx: CommandContext, argv: list[bytes]):
+    if len(argv) > 4:
+        raise CommandError("ERR wrong number of arguments for 'function|restore' command")
+    policy = argv[3].decode("utf-8", "surrogateescape").lower() if len(argv) == 4 else "append"
+    if policy not in ("flush", "append", "replace"):
+        raise CommandError("ERR Wrong restore policy given, value should be either FLUSH, APPEND or REPLACE.")
+    registry(ctx).restore(argv[2], policy)
+    return OK
+
+
+# FUNCTION DUMP
+@command("dump", container="function", arity=2, flags="noscript", group="scripting",
+         summary="Dump all functions into a serialized binary payload.", since="7.0.0")
+def function_dump(ctx: CommandContext, argv: list[bytes]):
+    return registry(ctx).dump()
+
+
+# FUNCTION LIST [LIBRARYNAME library-name-pattern] [WITHCODE]
+@command("list", container="function", arity=-2, flags="noscript", group="scripting",
+         summary="List information about all the functions.", since="7.0.0")
+def function_list(ctx: CommandContext, argv: list[bytes]):
+    pattern = None
+    with_code = False
+    i = 2
+    while i < len(argv):
+        option = argv[i].lower()
+        if option == b"withcode" and not with_code:
+            with_code = True
+        elif option == b"libraryname" and pattern is None and i + 1 < len(argv):
+            pattern = argv[i + 1].decode("utf-8", "surrogateescape")
+            i += 1
+        else:
+            raise CommandError(f"ERR Unknown argument {argv[i].decode('utf-8', 'surrogateescape')}")
+        i += 1
+    return registry(ctx).list(pattern, with_code)
+
+
+# FUNCTION STATS
+@command("stats", container="function", arity=2, flags="noscript allow_busy", group="scripting",
+         summary="Return information about the function currently running (name, description, duration).",
+         since="7.0.0")
+def function_stats(ctx: CommandContext, argv: list[bytes]):
+    functions = registry(ctx)
+    return {
+        "running_script": None,
+        "engines": {"LUA": {"libraries_count": len(functions.libraries),
+                            "functions_count": len(functions.functions)}},
+    }
+
+
+# FUNCTION KILL
+@command("kill", container="function", arity=2, flags="noscript allow_busy", group="scripting",
+         summary="Kill the function currently in execution.", since="7.0.0")
+def function_kill(ctx: CommandContext, argv: list[bytes]):
+    # Functions run to completion on the event loop: none is ever running when a command is served.
+    raise CommandError("NOTBUSY No scripts in execution right now.")
+
+
+# FUNCTION HELP
+@command("help", container="function", arity=2, flags="loading stale", group="scripting",
+         summary="Show helpful text about the different subcommands.", since="7.0.0")
+def function_help(ctx: CommandContext, argv: list[bytes]):
+    return [
+        b"FUNCTION <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+        b"LOAD [REPLACE] <FUNCTION CODE>", b"DELETE <LIBRARY NAME>", b"LIST [LIBRARYNAME PATTERN] [WITHCODE]",
+        b"FLUSH [ASYNC|SYNC]", b"DUMP", b"RESTORE <PAYLOAD> [FLUSH|APPEND|REPLACE]", b"STATS", b"KILL", b"HELP",
+    ]

@@ -219,10 +219,12 @@ class CommandContext:
     in a log entry on a replica), so a handler never reads a clock itself.
     """
 
-    __slots__ = ("db", "now_ms", "client", "server")
+    __slots__ = ("db", "now_ms", "client", "server", "functions")
 
-    def __init__(self, db: Any, now_ms: int, client: Any = None, server: Any = None):
+    def __init__(self, db: Any, now_ms: int, client: Any = None, server: Any = None, functions: Any = None):
         self.db = db
         self.now_ms = now_ms
         self.client = client
         self.server = server
+        # The function registry (kvorum.scripting.functions), replicated state like `db`.
+        self.functions = functions

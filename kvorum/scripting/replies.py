@@ -80,8 +80,10 @@ def to_lua(lua, value, resp3: bool):
     raise AssertionError(f"no Lua conversion for {t.__name__}")
 
 
-def from_lua(value, resp3: bool, lua_type, depth: int = 0):
-    """What a script returned, as a reply value (an error is a returned CommandError)."""
+def from_lua(value, resp3: bool, lua_type, rawget, depth: int = 0):
+    """What a script returned, as a reply value (an error is a returned CommandError).
+
+    Tables are read with `rawget`, as Redis reads them: a metatable cannot run code here."""
     if value is None:
         return None
     t = value.__class__
@@ -99,39 +101,39 @@ def from_lua(value, resp3: bool, lua_type, depth: int = 0):
         return None  # functions, coroutines, userdata: Redis answers nil
     if depth >= REPLY_DEPTH_MAX:
         return CommandError(STACK_LIMIT)
-    err = value[b"err"]
+    err = rawget(value, b"err")
     if err.__class__ is bytes:
         return CommandError(err.decode("utf-8", "surrogateescape"))
-    ok = value[b"ok"]
+    ok = rawget(value, b"ok")
     if ok.__class__ is bytes:
         return SimpleString(ok.decode("utf-8", "surrogateescape").replace("\r", " ").replace("\n", " "))
-    double = value[b"double"]
+    double = rawget(value, b"double")
     if double.__class__ in (int, float):
         return float(double)
-    big = value[b"big_number"]
+    big = rawget(value, b"big_number")
     if big.__class__ is bytes:
         return big.replace(b"\r", b" ").replace(b"\n", b" ")
-    verbatim = value[b"verbatim_string"]
+    verbatim = rawget(value, b"verbatim_string")
     if verbatim is not None and lua_type(verbatim) == b"table":
-        fmt, text = verbatim[b"format"], verbatim[b"string"]
+        fmt, text = rawget(verbatim, b"format"), rawget(verbatim, b"string")
         if fmt.__class__ is bytes and text.__class__ is bytes:
             return Verbatim(text.decode("utf-8", "surrogateescape"), fmt.decode("utf-8", "surrogateescape"))
-    mapping = value[b"map"]
+    mapping = rawget(value, b"map")
     if mapping is not None and lua_type(mapping) == b"table":
         out = {}
         for k, v in mapping.items():
-            out[_key(from_lua(k, resp3, lua_type, depth + 1))] = from_lua(v, resp3, lua_type, depth + 1)
+            out[_key(from_lua(k, resp3, lua_type, rawget, depth + 1))] = from_lua(v, resp3, lua_type, rawget, depth + 1)
         return out
-    members = value[b"set"]
+    members = rawget(value, b"set")
     if members is not None and lua_type(members) == b"table":
-        return {_key(from_lua(k, resp3, lua_type, depth + 1)) for k in members.keys()}
+        return {_key(from_lua(k, resp3, lua_type, rawget, depth + 1)) for k in members.keys()}
     items = []
     i = 1
     while True:
-        item = value[i]
+        item = rawget(value, i)
         if item is None:
             return _first_error(items)
-        items.append(from_lua(item, resp3, lua_type, depth + 1))
+        items.append(from_lua(item, resp3, lua_type, rawget, depth + 1))
         i += 1
 
 

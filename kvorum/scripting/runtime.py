@@ -93,7 +93,8 @@ class Engine:
     def _start(self) -> None:
         self.lua = lua51.LuaRuntime(register_eval=False, register_builtins=False, unpack_returned_tuples=True,
                                     encoding=None, max_memory=self.memory_bytes_max)
-        self._lua_type = self.lua.eval("type")
+        self.lua_type = self.lua.eval("type")
+        self.rawget = self.lua.eval("rawget")
         self.json_null = self.lua.table()
         major, minor, patch = (int(x) for x in self.version.split("."))
         py = self.lua.table_from({
@@ -157,9 +158,9 @@ class Engine:
         return sha.decode("latin-1").lower() in self.cache
 
     def flush(self) -> None:
-        """SCRIPT FLUSH: forget every script and start a fresh Lua state."""
+        """SCRIPT FLUSH: forget every script (the Lua state stays: functions live in it too)."""
         self.cache.clear()
-        self._start()
+        self._collect()
 
     def memory_used_bytes(self) -> int:
         return self.lua.get_memory_used()
@@ -177,7 +178,7 @@ class Engine:
             ok, result = self.env[b"run"](fn, lua.table_from(keys), lua.table_from(args), as_function,
                                           HOOK_INSTRUCTIONS)
             if ok:
-                return replies.from_lua(result, call.resp3, self._lua_type)
+                return replies.from_lua(result, call.resp3, self.lua_type, self.rawget)
             return self._error_reply(result, name)
         except lua51.LuaMemoryError:
             return CommandError(f"ERR Error running script {name}, not enough memory "
@@ -191,7 +192,7 @@ class Engine:
 
     def _error_reply(self, error, name: str) -> CommandError:
         """Redis 7's text for a failed run: the error, then where the script raised it."""
-        if error.__class__ is bytes or self._lua_type(error) != b"table":
+        if error.__class__ is bytes or self.lua_type(error) != b"table":
             text = error.decode("utf-8", "surrogateescape") if error.__class__ is bytes else "execution failure"
             if text == "not enough memory":
                 text += f" (the Lua state is limited to {self.memory_bytes_max} bytes)"
@@ -318,8 +319,8 @@ class Engine:
             return value
         if t is bytes:
             return value.decode("utf-8", "surrogateescape")
-        if self._lua_type(value) != b"table":
-            raise TypeError(f"type not supported: {self._lua_type(value).decode()}")
+        if self.lua_type(value) != b"table":
+            raise TypeError(f"type not supported: {self.lua_type(value).decode()}")
         if value == self.json_null:
             return None
         items = list(value.items())

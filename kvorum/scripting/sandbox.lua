@@ -42,13 +42,29 @@ local function sandboxed_loadstring(s, name)
 end
 
 -- Redis 7 keeps pcall returning the error message, not the error table, for old scripts.
+local function pack(...)
+    return {n = select("#", ...), ...}
+end
+
 local function redis_pcall(f, ...)
-    local r = {real_pcall(f, ...)}
-    local n = select("#", unpack(r))
+    local r = pack(real_pcall(f, ...))
     if not r[1] and type(r[2]) == "table" and type(rawget(r[2], "err")) == "string" then
         r[2] = r[2].err
     end
-    return unpack(r, 1, math.max(n, 2))
+    return unpack(r, 1, r.n)
+end
+
+-- Lua 5.1's unpack computes its result count in a C int: huge ranges overflow it and crash
+-- the process. Refuse them first, with the error Redis' patched Lua gives.
+local real_unpack, floor = unpack, math.floor
+local UNPACK_RESULTS_MAX = 8000
+local function safe_unpack(t, i, j)
+    i = floor(tonumber(i) or 1)
+    if j == nil then j = #t else j = floor(tonumber(j) or 0) end
+    local n = j - i + 1
+    if n <= 0 then return end
+    if n >= UNPACK_RESULTS_MAX then error("too many results to unpack", 2) end
+    return real_unpack(t, i, j)
 end
 
 local function safe_rawset(t, k, v)
@@ -118,11 +134,12 @@ end
 
 local builtins = {
     "assert", "collectgarbage", "error", "gcinfo", "getmetatable", "ipairs", "next", "pairs",
-    "rawequal", "rawget", "select", "setmetatable", "tonumber", "tostring", "type", "unpack",
+    "rawequal", "rawget", "select", "setmetatable", "tonumber", "tostring", "type",
     "xpcall", "_VERSION",
 }
 for _, name in ipairs(builtins) do rawset(G, name, _G[name]) end
 rawset(G, "pcall", redis_pcall)
+rawset(G, "unpack", safe_unpack)
 rawset(G, "rawset", safe_rawset)
 rawset(G, "loadstring", sandboxed_loadstring)
 rawset(G, "_G", G)

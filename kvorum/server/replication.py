@@ -551,7 +551,8 @@ async def start_replication(state: ServerState, join: list[Member] | None = None
     hub = PeerHub(settings.node_id, settings.cluster_id, (me.host, me.bus_port))
     on_removed = membership.removed(state)
     hub.on_removed = on_removed
-    group = Group(0, settings.node_id, state.db, state.leases, hub, seed, on_removed=on_removed)
+    group = Group(0, settings.node_id, state.db, state.leases, hub, seed, on_removed=on_removed,
+                  functions=state.functions)
     driver = GroupDriver(
         0, settings.node_id, initial, settings.data_dir, settings.fsync, hub,
         apply=lambda data, origin: node.apply(data, origin), dump=group.dump, load=group.load,

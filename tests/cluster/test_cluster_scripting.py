@@ -189,3 +189,49 @@ def test_redis_py_lock_survives_a_leader_failover(cluster):
     lock2.release()
     assert new.client().get("resource") is None
     assert rc.lock("resource", timeout=30).acquire(blocking=False)
+
+
+LIBRARY = """#!lua name=counters
+redis.register_function('bump', function(keys, args) return redis.call('incrby', keys[1], args[1]) end)
+redis.register_function{function_name='peek', callback=function(keys) return redis.call('get', keys[1]) end,
+                        flags={'no-writes'}}
+"""
+
+
+def library_names(client) -> list[bytes]:
+    names = []
+    for lib in client.function_list():
+        if isinstance(lib, list):  # RESP2: a flat array of fields and values
+            lib = dict(zip(lib[::2], lib[1::2]))
+        names.append(lib[b"library_name"])
+    return names
+
+
+def test_functions_are_replicated_and_survive_failover_and_restart(cluster):
+    leader = cluster.leader()
+    r = leader.client()
+    assert r.function_load(LIBRARY) == b"counters"
+    assert r.fcall("bump", 1, "fc", 5) == 5
+    cluster.wait_applied(int(leader.info()["raft_applied_index"]))
+    for node in cluster.nodes:
+        ro = readonly_client(node)
+        assert library_names(ro) == [b"counters"]
+        assert ro.fcall_ro("peek", 1, "fc") == b"5"
+    leader.kill()
+    new = cluster.wait_leader(exclude=leader.id)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            assert new.client().fcall("bump", 1, "fc", 1) == 6
+            break
+        except (redis.ResponseError, redis.ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    leader.start()
+    leader.wait_listening()
+    cluster.wait_applied(int(new.info()["raft_applied_index"]), [leader])
+    assert library_names(readonly_client(leader)) == [b"counters"]
+    new.client().function_delete("counters")
+    cluster.wait_applied(int(new.info()["raft_applied_index"]))
+    assert all(readonly_client(node).function_list() == [] for node in cluster.nodes)

@@ -83,6 +83,12 @@ CONVERSIONS = [
     "return string.format('%05d', 42)",
     "return table.concat({'a', 'b'}, '-')",
     "return {err='MYERR custom'}",
+    "return {unpack({1, 2, 3}, -1, -2)}",
+    "return {unpack({1, 2, 3}, 2)}",
+    "return _G",
+    "return setmetatable({1, 2}, {__index = function() error('no') end})",
+    "local ok, e = pcall(error, 'x') return {tostring(ok), e}",
+    "return select('#', pcall(function() return 1, nil, 3 end))",
     "return redis.error_reply('MYERR custom')",
 ]
 
@@ -135,6 +141,8 @@ ERRORS = [
     ("error('boom')", "boom"),
     ("redis.setresp(4)", "RESP version must be 2 or 3"),
     ("redis.log(99, 'x')", "Invalid debug level"),
+    ("return {unpack({1, 2, 3}, -2, 2147483647)}", "too many results to unpack"),
+    ("return {unpack({1, 2, 3}, -2147483648, -2)}", "too many results to unpack"),
 ]
 
 
@@ -285,3 +293,51 @@ def test_oom_refuses_writes_inside_scripts(node_factory):
     with pytest.raises(redis.ResponseError, match="command not allowed when used memory"):
         r.eval("return redis.call('set', 'x', 1)", 0)
     assert r.eval("return redis.call('get', 'x')", 0) == b"taking memory"
+
+
+LIBRARY = """#!lua name=mylib
+redis.register_function('myset', function(keys, args) return redis.call('set', keys[1], args[1]) end)
+redis.register_function{function_name='myget', callback=function(keys, args) return redis.call('get', keys[1]) end,
+                        flags={'no-writes'}, description='reads'}
+"""
+
+
+def test_functions_load_call_list_dump_restore(r):
+    r.function_flush()
+    assert r.function_load(LIBRARY) == b"mylib"
+    assert r.fcall("myset", 1, "k", "v") in (True, b"OK")
+    assert r.fcall_ro("myget", 1, "k") == b"v"
+    with pytest.raises(redis.ResponseError, match="write flag using \\*_ro"):
+        r.fcall_ro("myset", 1, "k", "v")
+    listed = r.function_list(withcode=True)
+    assert len(listed) == 1
+    payload = r.function_dump()
+    r.function_flush()
+    assert r.function_list() == []
+    with pytest.raises(redis.ResponseError, match="Function not found"):
+        r.fcall("myget", 1, "k")
+    assert r.function_restore(payload)
+    assert r.fcall("myget", 1, "k") == b"v"
+    with pytest.raises(redis.ResponseError, match="already exists"):
+        r.function_load(LIBRARY)
+    assert r.function_load(LIBRARY, replace=True) == b"mylib"
+    assert r.function_delete("mylib")
+    with pytest.raises(redis.ResponseError, match="Library not found"):
+        r.function_delete("mylib")
+
+
+@pytest.mark.parametrize("code,message", [
+    ("return 1", "Missing library metadata"),
+    ("#!lua\nreturn 1", "Library name was not given"),
+    ("#!lua name=x\nreturn 1", "No functions registered"),
+    ("#!lua name=x\nredis.register_function('a b', function() end)", "Function names can only contain"),
+    ("#!lua name=x\nredis.call('set', 'k', 1)", "can only be called inside a script invocation"),
+    ("#!lua name=x\nwhile true do end", "script run time limit"),
+    ("#!python name=x\n", "Engine 'python' not found"),
+])
+def test_function_load_errors_change_nothing(kvorum_node, code, message):
+    r = kvorum_node.client()
+    r.function_flush()
+    with pytest.raises(redis.ResponseError, match=message):
+        r.function_load(code)
+    assert r.function_list() == []
