@@ -141,6 +141,8 @@ class Engine:
         except lua51.LuaMemoryError:
             self._collect()
             raise CommandError("ERR Error compiling script: not enough memory") from None
+        except lua51.LuaError as exc:
+            raise CommandError(f"ERR Error compiling script: {_text(exc)[:100]}") from None
         if fn is None:
             raise CommandError("ERR Error compiling script (new function): "
                                + error.decode("utf-8", "surrogateescape"))

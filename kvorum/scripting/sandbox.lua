@@ -12,6 +12,10 @@ local setmetatable, rawget, rawset, setfenv = setmetatable, rawget, rawset, setf
 local real_pcall, xpcall, loadstring = pcall, xpcall, loadstring
 local getinfo, sethook = debug.getinfo, debug.sethook
 local SOURCE = "@kvorum_sandbox"
+local sub = string.sub
+
+-- Strings share one metatable; hidden from scripts, no script can change what s:method() means.
+getmetatable("").__metatable = false
 
 local function readonly_error()
     error("Attempt to modify a readonly table", 2)
@@ -27,13 +31,17 @@ local function copy(t)
     return c
 end
 
+-- G stays empty: an assignment to any name reaches its __newindex (Lua calls __newindex only
+-- for absent keys, so a G holding `redis` would let a script replace it). The globals
+-- themselves live in `globals`, read through G's __index.
 local G = {}
+local globals = {}
 local protected = {}
 
 -- loadstring compiles into the thread's real globals in Lua 5.1: bind the
 -- result to G instead, and refuse precompiled chunks (they bypass the verifier).
 local function sandboxed_loadstring(s, name)
-    if type(s) == "string" and s:sub(1, 1) == "\27" then
+    if type(s) == "string" and sub(s, 1, 1) == "\27" then
         return nil, "attempt to load a binary chunk"
     end
     local f, err = loadstring(s, name)
@@ -68,7 +76,7 @@ local function safe_unpack(t, i, j)
 end
 
 local function safe_rawset(t, k, v)
-    if t == G or protected[t] then readonly_error() end
+    if t == G or t == globals or protected[t] then readonly_error() end
     return rawset(t, k, v)
 end
 
@@ -84,7 +92,7 @@ redis.pcall = function(...)
 end
 redis.error_reply = function(msg)
     if type(msg) ~= "string" then error({err = "ERR wrong number or type of arguments"}, 0) end
-    if msg:sub(1, 1) == "-" then msg = msg:sub(2) end
+    if sub(msg, 1, 1) == "-" then msg = sub(msg, 2) end
     return {err = msg}
 end
 redis.status_reply = function(msg)
@@ -137,21 +145,25 @@ local builtins = {
     "rawequal", "rawget", "select", "setmetatable", "tonumber", "tostring", "type",
     "xpcall", "_VERSION",
 }
-for _, name in ipairs(builtins) do rawset(G, name, _G[name]) end
-rawset(G, "pcall", redis_pcall)
-rawset(G, "unpack", safe_unpack)
-rawset(G, "rawset", safe_rawset)
-rawset(G, "loadstring", sandboxed_loadstring)
-rawset(G, "_G", G)
+for _, name in ipairs(builtins) do globals[name] = _G[name] end
+globals.pcall = redis_pcall
+globals.unpack = safe_unpack
+globals.rawset = safe_rawset
+globals.loadstring = sandboxed_loadstring
+globals._G = G
 for name, lib in pairs({string = string, table = table, math = math, coroutine = coroutine,
                         redis = redis, cjson = cjson, bit = bit}) do
     local proxy = readonly(name == "math" and copy(lib) or lib)
     protected[proxy] = true
-    rawset(G, name, proxy)
+    globals[name] = proxy
 end
 setmetatable(G, {
     __index = function(_, name)
-        error("Script attempted to access nonexistent global variable '" .. tostring(name) .. "'", 2)
+        local value = globals[name]
+        if value == nil then
+            error("Script attempted to access nonexistent global variable '" .. tostring(name) .. "'", 2)
+        end
+        return value
     end,
     __newindex = readonly_error,
     __metatable = false,
@@ -193,7 +205,7 @@ local env = {}
 
 -- compile(body, chunkname): the function bound to G, or nil and the compile error.
 env.compile = function(body, name)
-    if body:sub(1, 1) == "\27" then return nil, "attempt to load a binary chunk" end
+    if sub(body, 1, 1) == "\27" then return nil, "attempt to load a binary chunk" end
     local f, err = loadstring(body, name)
     if not f then return nil, err end
     setfenv(f, G)
@@ -208,8 +220,8 @@ env.run = function(f, keys, args, as_function, hook_instructions)
     if as_function then
         ok, result = xpcall(function() return f(keys, args) end, error_handler)
     else
-        rawset(G, "KEYS", keys)
-        rawset(G, "ARGV", args)
+        globals.KEYS = keys
+        globals.ARGV = args
         ok, result = xpcall(f, error_handler)
     end
     sethook()

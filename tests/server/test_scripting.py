@@ -141,6 +141,14 @@ ERRORS = [
     ("error('boom')", "boom"),
     ("redis.setresp(4)", "RESP version must be 2 or 3"),
     ("redis.log(99, 'x')", "Invalid debug level"),
+    ("redis = function() return 1 end", "Attempt to modify a readonly table"),
+    ("_G = {}", "Attempt to modify a readonly table"),
+    ("KEYS = {}", "Attempt to modify a readonly table"),
+    ("redis.call = function() return 1 end", "Attempt to modify a readonly table"),
+    ("cjson.encode = function() return 1 end", "Attempt to modify a readonly table"),
+    ("rawset(_G, 'x', 1)", "Attempt to modify a readonly table"),
+    ("setmetatable(_G, {})", "cannot change a protected metatable"),
+    ("getmetatable('').__index = {}", "attempt to index a boolean value"),
     ("return {unpack({1, 2, 3}, -2, 2147483647)}", "too many results to unpack"),
     ("return {unpack({1, 2, 3}, -2147483648, -2)}", "too many results to unpack"),
 ]
@@ -151,6 +159,15 @@ def test_script_errors(r, script, message):
     with pytest.raises(redis.ResponseError, match=message.replace("(", r"\(").replace(")", r"\)")):
         r.eval(script, 0)
     assert r.ping()
+
+
+def test_tricks_on_the_sandbox_leave_later_scripts_intact(r):
+    for trick in ("redis = function() return 1 end", "_G = {}", "string.sub = nil", "rawset(_G, 'redis', 1)",
+                  "getmetatable('').__index = {}", "math.floor = nil", "KEYS = 1"):
+        with pytest.raises(redis.ResponseError):
+            r.eval(trick, 0)
+    assert r.eval("return redis.call('set', KEYS[1], string.sub('hello', 1, 2) .. math.floor(1.5))", 1, "k")
+    assert r.get("k") == b"he1"
 
 
 def test_a_failed_script_keeps_its_earlier_writes_like_redis(r, real_redis):
