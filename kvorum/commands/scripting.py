@@ -46,6 +46,8 @@ def shebang_flags(body: bytes) -> frozenset[str] | None:
         if not part.startswith("flags="):
             raise CommandError(f"ERR Unknown lua shebang option: {part}")
         for flag in part[len("flags="):].split(","):
+            if not flag:
+                continue  # "flags=" alone sets none, as in Redis
             if flag not in SCRIPT_FLAGS:
                 raise CommandError(f"ERR Unexpected flag in script shebang: {flag}")
             flags.add(flag)

@@ -75,6 +75,19 @@ local function safe_unpack(t, i, j)
     return real_unpack(t, i, j)
 end
 
+-- Metatables of the sandbox's tables (and of strings) read as read-only, as in Redis.
+local real_setmetatable, real_getmetatable = setmetatable, getmetatable
+local function safe_getmetatable(t)
+    if t == G or protected[t] or type(t) == "string" then
+        return readonly({})
+    end
+    return real_getmetatable(t)
+end
+local function safe_setmetatable(t, mt)
+    if t == G or protected[t] then readonly_error() end
+    return real_setmetatable(t, mt)
+end
+
 local function safe_rawset(t, k, v)
     if t == G or t == globals or protected[t] then readonly_error() end
     return rawset(t, k, v)
@@ -93,6 +106,8 @@ end
 redis.error_reply = function(msg)
     if type(msg) ~= "string" then error({err = "ERR wrong number or type of arguments"}, 0) end
     if sub(msg, 1, 1) == "-" then msg = sub(msg, 2) end
+    -- As Redis: the first word is the error code; a message of one word gets the ERR code.
+    if not string.find(msg, " ", 1, true) then msg = "ERR " .. msg end
     return {err = msg}
 end
 redis.status_reply = function(msg)
@@ -141,14 +156,16 @@ for _, name in ipairs({"tobit", "tohex", "bnot", "band", "bor", "bxor", "lshift"
 end
 
 local builtins = {
-    "assert", "collectgarbage", "error", "gcinfo", "getmetatable", "ipairs", "next", "pairs",
-    "rawequal", "rawget", "select", "setmetatable", "tonumber", "tostring", "type",
+    "assert", "collectgarbage", "error", "gcinfo", "ipairs", "next", "pairs",
+    "rawequal", "rawget", "select", "tonumber", "tostring", "type",
     "xpcall", "_VERSION",
 }
 for _, name in ipairs(builtins) do globals[name] = _G[name] end
 globals.pcall = redis_pcall
 globals.unpack = safe_unpack
 globals.rawset = safe_rawset
+globals.getmetatable = safe_getmetatable
+globals.setmetatable = safe_setmetatable
 globals.loadstring = sandboxed_loadstring
 globals._G = G
 for name, lib in pairs({string = string, table = table, math = math, coroutine = coroutine,

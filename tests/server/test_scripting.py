@@ -90,6 +90,10 @@ CONVERSIONS = [
     "local ok, e = pcall(error, 'x') return {tostring(ok), e}",
     "return select('#', pcall(function() return 1, nil, 3 end))",
     "return redis.error_reply('MYERR custom')",
+    "return redis.error_reply('oneword')",
+    "return redis.error_reply('-CODE with dash')",
+    "return setmetatable({}, {__index = function() return 1 end})[5]",
+    "return getmetatable(setmetatable({}, {x = 1})).x",
 ]
 
 
@@ -147,8 +151,9 @@ ERRORS = [
     ("redis.call = function() return 1 end", "Attempt to modify a readonly table"),
     ("cjson.encode = function() return 1 end", "Attempt to modify a readonly table"),
     ("rawset(_G, 'x', 1)", "Attempt to modify a readonly table"),
-    ("setmetatable(_G, {})", "cannot change a protected metatable"),
-    ("getmetatable('').__index = {}", "attempt to index a boolean value"),
+    ("setmetatable(_G, {})", "Attempt to modify a readonly table"),
+    ("getmetatable(_G).__index = {}", "Attempt to modify a readonly table"),
+    ("getmetatable('').__index = {}", "Attempt to modify a readonly table"),
     ("return {unpack({1, 2, 3}, -2, 2147483647)}", "too many results to unpack"),
     ("return {unpack({1, 2, 3}, -2147483648, -2)}", "too many results to unpack"),
 ]
@@ -213,6 +218,8 @@ def test_eval_ro_refuses_writes_and_reads(r):
     assert r.evalsha_ro(sha, 1, "k") == b"v"
     with pytest.raises(redis.ResponseError, match="Write commands are not allowed from read-only scripts"):
         r.eval("#!lua flags=no-writes\nreturn redis.call('del', KEYS[1])", 1, "k")
+    r.eval("#!lua flags=\nreturn redis.call('set', KEYS[1], 'w')", 1, "k")  # an empty flag list
+    assert r.get("k") == b"w"
     with pytest.raises(redis.ResponseError, match="Unexpected flag in script shebang: bogus"):
         r.eval("#!lua flags=bogus\nreturn 1", 0)
 
