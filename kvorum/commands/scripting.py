@@ -164,9 +164,9 @@ def prepare(ctx: CommandContext, argv: list[bytes]) -> Prepared:
     name = argv[0].lower()
     by_sha = name.startswith(b"evalsha")
     ro = name.endswith(b"_ro")
-    keys, args = parse_keys(argv)
     if name.startswith(b"fcall"):
-        return _prepare_function(ctx, argv, keys, args, ro)
+        return _prepare_function(ctx, argv, ro)
+    keys, args = parse_keys(argv)
     scripts = ctx.server.scripts
     if by_sha:
         entry = scripts.lookup(argv[1])
@@ -189,11 +189,15 @@ def prepare(ctx: CommandContext, argv: list[bytes]) -> Prepared:
     return Prepared(fn, f"f_{sha}", keys, args, readonly, allow_oom, flags)
 
 
-def _prepare_function(ctx: CommandContext, argv: list[bytes], keys: list[bytes], args: list[bytes],
-                      ro: bool) -> Prepared:
-    function = registry(ctx).functions.get(argv[1].decode("utf-8", "surrogateescape"))
+def _prepare_function(ctx: CommandContext, argv: list[bytes], ro: bool) -> Prepared:
+    function = registry(ctx).lookup(argv[1].decode("utf-8", "surrogateescape"))
     if function is None:
         raise CommandError("ERR Function not found")
+    try:
+        int(argv[2])
+    except ValueError:
+        raise CommandError("ERR Bad number of keys provided") from None
+    keys, args = parse_keys(argv)
     flags = function.flags
     writes = "no-writes" not in flags
     if ro and writes:

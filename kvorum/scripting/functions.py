@@ -80,6 +80,13 @@ class FunctionRegistry:
         self.libraries: dict[str, Library] = {}
         self.functions: dict[str, Function] = {}
 
+    def lookup(self, name: str) -> Function | None:
+        """A function by name; names match case-insensitively, as in Redis."""
+        return self.functions.get(name) or self._by_lower_name().get(name.lower())
+
+    def _by_lower_name(self) -> dict[str, Function]:
+        return {fname.lower(): function for fname, function in self.functions.items()}
+
     # Changes (replicated on a cluster: each is applied from a log entry on every replica).
 
     def load(self, code: bytes, replace: bool) -> str:
@@ -178,7 +185,11 @@ class FunctionRegistry:
 
     def _compile(self, name: str, code: bytes) -> Library:
         engine = self.engine
-        fn = engine.compile(code, b"@user_function")
+        try:
+            fn = engine.compile(code, b"@user_function")
+        except CommandError as exc:
+            raise CommandError(exc.message.replace("Error compiling script (new function)",
+                                                   "Error compiling function")) from None
         registered: dict[str, Function] = {}
 
         def register(*args) -> str | None:

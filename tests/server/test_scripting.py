@@ -365,3 +365,12 @@ def test_function_load_errors_change_nothing(kvorum_node, code, message):
     with pytest.raises(redis.ResponseError, match=message):
         r.function_load(code)
     assert r.function_list() == []
+
+
+def test_fcall_names_match_case_insensitively_and_numkeys_errors(r):
+    r.function_load(LIBRARY, replace=True)
+    assert r.fcall("MYGET", 1, "k") is None
+    with pytest.raises(redis.ResponseError, match="Bad number of keys provided"):
+        r.execute_command("FCALL", "myget", "x")
+    with pytest.raises(redis.ResponseError, match="Error compiling function"):
+        r.function_load("#!lua name=broken\nreturn 1 +")
