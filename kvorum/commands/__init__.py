@@ -7,6 +7,7 @@ from kvorum.commands import (  # noqa: F401  (imported to register their command
     keys,
     leases,
     pubsub,
+    scripting,
     server,
     strings,
     tracking,

@@ -1,4 +1,4 @@
-"""Server commands: INFO CONFIG SLOWLOG TIME FUNCTION LASTSAVE ROLE SHUTDOWN.
+"""Server commands: INFO CONFIG SLOWLOG TIME LASTSAVE ROLE SHUTDOWN.
 
 DBSIZE, FLUSHDB and FLUSHALL live with the keyspace commands (`keys.py`).
 """
@@ -384,15 +384,3 @@ def shutdown(ctx: CommandContext, argv: list[bytes]):
     ctx.client.close_after_reply = True
     ctx.server.request_shutdown()
     return RawReply(b"")
-
-
-container("function", group="scripting", summary="A container for function commands.", since="7.0.0")
-
-
-# FUNCTION FLUSH [ASYNC|SYNC]
-@command("flush", container="function", arity=-2, flags="write noscript", group="scripting",
-         summary="Deletes all libraries and functions.", since="7.0.0")
-def function_flush(ctx: CommandContext, argv: list[bytes]):
-    if len(argv) > 3 or (len(argv) == 3 and argv[2].lower() not in (b"async", b"sync")):
-        raise CommandError(SYNTAX)
-    return OK

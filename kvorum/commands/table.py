@@ -52,12 +52,13 @@ KNOWN_FLAGS = frozenset(
         "leader_state",  # uses state only the leader holds (LEASEGET's tokens): not in a replicated MULTI
         "unwatches",  # ends the connection's WATCH (DISCARD, UNWATCH, RESET)
         "membership",  # changes or moves the replica group (CLUSTER MEMBER ...): the handler returns a Future
+        "script",  # runs a script: a replicated node runs it on the leader and replicates its effects
     }
 )
 
 
 # kvorum's own flags, for its replication layer; COMMAND does not report them.
-REPLICATION_FLAGS = frozenset({"leader_state", "unwatches", "membership"})
+REPLICATION_FLAGS = frozenset({"leader_state", "unwatches", "membership", "script"})
 
 
 @dataclass(slots=True)
@@ -166,6 +167,43 @@ def container(name: str, *, arity: int = -2, group: str, summary: str, since: st
     return cmd
 
 
+def decode_arg(arg: bytes) -> str:
+    """Connection bytes as text for error messages, byte-exact on the way back out."""
+    return arg.decode("utf-8", "surrogateescape")
+
+
+def unknown_command(argv: list[bytes]) -> str:
+    args = ""
+    for arg in argv[1:]:
+        if len(args) >= 128:
+            break
+        args += "'" + decode_arg(arg)[:128 - len(args)] + "' "
+    return f"ERR unknown command '{decode_arg(argv[0])[:128]}', with args beginning with: {args}"
+
+
+def resolve(argv: list[bytes]) -> Command | str:
+    """The command argv names (a subcommand for containers), or the error text."""
+    cmd = TABLE_BY_BYTES.get(argv[0])
+    if cmd is None:
+        cmd = TABLE_BY_BYTES.get(argv[0].lower())
+        if cmd is None:
+            return unknown_command(argv)
+    argc = len(argv)
+    arity = cmd.arity
+    if argc != arity if arity > 0 else argc < -arity:
+        return f"ERR wrong number of arguments for '{cmd.name}' command"
+    if cmd.handler is None or (cmd.subcommands and argc > 1):
+        sub = cmd.subcommands.get(decode_arg(argv[1]).lower())
+        if sub is None:
+            return (f"ERR unknown subcommand '{decode_arg(argv[1])[:128]}'. "
+                    f"Try {cmd.name.upper()} HELP.")
+        arity = sub.arity
+        if argc != arity if arity > 0 else argc < -arity:
+            return f"ERR wrong number of arguments for '{cmd.name}|{sub.name}' command"
+        cmd = sub
+    return cmd
+
+
 def lookup(name: bytes) -> Command | None:
     cmd = TABLE_BY_BYTES.get(name)
     if cmd is None:
@@ -181,10 +219,12 @@ class CommandContext:
     in a log entry on a replica), so a handler never reads a clock itself.
     """
 
-    __slots__ = ("db", "now_ms", "client", "server")
+    __slots__ = ("db", "now_ms", "client", "server", "functions")
 
-    def __init__(self, db: Any, now_ms: int, client: Any = None, server: Any = None):
+    def __init__(self, db: Any, now_ms: int, client: Any = None, server: Any = None, functions: Any = None):
         self.db = db
         self.now_ms = now_ms
         self.client = client
         self.server = server
+        # The function registry (kvorum.scripting.functions), replicated state like `db`.
+        self.functions = functions

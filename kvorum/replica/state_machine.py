@@ -39,7 +39,9 @@ EXPIRE_KEYS_PER_ENTRY_MAX keys); lookups made while applying an entry may also
 expire a key lazily, but at the entry's stamp, identically everywhere.
 
 `GroupState` is one replica group's replicated state: its keyspace, its
-roster and its stamper. Its snapshot image holds the keyspace and the roster.
+roster, its stamper and its Lua function libraries (FUNCTION LOAD / DELETE /
+FLUSH / RESTORE are COMMAND entries). Its snapshot image holds the keyspace,
+the roster and the libraries' sources.
 
 `apply` returns the reply value; the leader encodes it for the client that
 proposed the entry, followers drop it. A handler's CommandError is a reply
@@ -79,7 +81,9 @@ class EntryType(enum.IntEnum):
 
 
 # The first element of a snapshot image; a node refuses an image of another format.
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3
+# The format before function libraries joined the image; still read.
+SNAPSHOT_FORMAT_NO_FUNCTIONS = 2
 
 
 class Stamper:
@@ -143,11 +147,11 @@ def _run(ctx: CommandContext, argv: list[bytes]):
         return CommandError(f"ERR internal error while running '{cmd.full_name}'")
 
 
-def apply(db, data: bytes, stamper: Stamper, roster: Roster | None = None):
-    """Apply one entry's data to the keyspace `db` (and `roster`); the reply value for the proposer."""
+def apply(db, data: bytes, stamper: Stamper, roster: Roster | None = None, functions=None):
+    """Apply one entry's data to the keyspace `db` (and `roster`, `functions`); the reply value for the proposer."""
     kind, stamp_ms, body = decode(data)
     stamper.observe(stamp_ms)
-    ctx = CommandContext(db, stamp_ms)
+    ctx = CommandContext(db, stamp_ms, functions=functions)
     if kind == EntryType.COMMAND:
         return _run(ctx, body)
     if kind == EntryType.EXEC:
@@ -168,22 +172,29 @@ def apply(db, data: bytes, stamper: Stamper, roster: Roster | None = None):
 
 
 class GroupState:
-    """The replicated state of one replica group: keyspace, roster, stamper."""
+    """The replicated state of one replica group: keyspace, roster, stamper, function registry."""
 
-    def __init__(self, db) -> None:
+    def __init__(self, db, functions=None) -> None:
         self.db = db
         self.roster = Roster()
         self.stamper = Stamper()
+        # Lua function libraries (kvorum.scripting.functions.FunctionRegistry); None where
+        # nothing runs Lua (the simulator), whose logs then carry no FUNCTION entries.
+        self.functions = functions
 
     def apply(self, data: bytes):
-        return apply(self.db, data, self.stamper, self.roster)
+        return apply(self.db, data, self.stamper, self.roster, self.functions)
 
     def dump(self) -> bytes:
-        return msgpack.packb([SNAPSHOT_FORMAT, self.db.dump(), self.roster.dump()], use_bin_type=True)
+        libraries = self.functions.snapshot() if self.functions is not None else []
+        return msgpack.packb([SNAPSHOT_FORMAT, self.db.dump(), self.roster.dump(), libraries], use_bin_type=True)
 
     def load(self, blob: bytes) -> None:
-        image_format, keyspace, roster = msgpack.unpackb(blob, raw=False)
-        if image_format != SNAPSHOT_FORMAT:
+        image = msgpack.unpackb(blob, raw=False)
+        image_format = image[0]
+        if image_format not in (SNAPSHOT_FORMAT, SNAPSHOT_FORMAT_NO_FUNCTIONS):
             raise ValueError(f"snapshot image format {image_format}, expected {SNAPSHOT_FORMAT}")
-        self.db.load(keyspace)
-        self.roster.load(roster)
+        self.db.load(image[1])
+        self.roster.load(image[2])
+        if self.functions is not None:
+            self.functions.restore_snapshot(image[3] if image_format == SNAPSHOT_FORMAT else [])

@@ -138,7 +138,7 @@ class Connection(asyncio.Protocol):
             authenticated=self.authenticated,
         )
         self.db = server.db
-        self.ctx = CommandContext(server.db, 0, self, server)
+        self.ctx = CommandContext(server.db, 0, self, server, server.functions)
         # MULTI: queued (command, argv) pairs, or None outside a transaction.
         self.multi: list | None = None
         self.multi_failed = False

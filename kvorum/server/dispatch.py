@@ -38,7 +38,7 @@ import logging
 from time import perf_counter_ns
 from typing import TYPE_CHECKING
 
-from kvorum.commands.table import TABLE_BY_BYTES, Command
+from kvorum.commands.table import TABLE_BY_BYTES, Command, resolve
 from kvorum.protocol.encoder import OK_REPLY, encode, error_line
 from kvorum.protocol.values import NOAUTH, OK, OOM, QUEUED, CommandError
 from kvorum.server.command_stats import TICK_SHIFT, CommandStat, latency_bucket
@@ -84,43 +84,6 @@ def prepare() -> dict[str, CommandStat]:
     _DATA.clear()
     _DATA.update(_data_commands(_PLAIN))
     return STATS
-
-
-def decode_arg(arg: bytes) -> str:
-    """Connection bytes as text for error messages, byte-exact on the way back out."""
-    return arg.decode("utf-8", "surrogateescape")
-
-
-def unknown_command(argv: list[bytes]) -> str:
-    args = ""
-    for arg in argv[1:]:
-        if len(args) >= 128:
-            break
-        args += "'" + decode_arg(arg)[:128 - len(args)] + "' "
-    return f"ERR unknown command '{decode_arg(argv[0])[:128]}', with args beginning with: {args}"
-
-
-def resolve(argv: list[bytes]) -> Command | str:
-    """The command argv names (a subcommand for containers), or the error text."""
-    cmd = TABLE_BY_BYTES.get(argv[0])
-    if cmd is None:
-        cmd = TABLE_BY_BYTES.get(argv[0].lower())
-        if cmd is None:
-            return unknown_command(argv)
-    argc = len(argv)
-    arity = cmd.arity
-    if argc != arity if arity > 0 else argc < -arity:
-        return f"ERR wrong number of arguments for '{cmd.name}' command"
-    if cmd.handler is None or (cmd.subcommands and argc > 1):
-        sub = cmd.subcommands.get(decode_arg(argv[1]).lower())
-        if sub is None:
-            return (f"ERR unknown subcommand '{decode_arg(argv[1])[:128]}'. "
-                    f"Try {cmd.name.upper()} HELP.")
-        arity = sub.arity
-        if argc != arity if arity > 0 else argc < -arity:
-            return f"ERR wrong number of arguments for '{cmd.name}|{sub.name}' command"
-        cmd = sub
-    return cmd
 
 
 def execute(client: Connection, argv: list[bytes], now_ms: int) -> bytes:

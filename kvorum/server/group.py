@@ -50,10 +50,10 @@ class Group:
     """One replica group hosted by this node."""
 
     def __init__(self, group_id: int, node_id: str, db, leases: LeaseTable, hub: PeerHub,
-                 seed: list[Member], on_removed: Callable[[str], None]) -> None:
+                 seed: list[Member], on_removed: Callable[[str], None], functions=None) -> None:
         self.id = group_id
         self.node_id = node_id
-        self.state = state_machine.GroupState(db)
+        self.state = state_machine.GroupState(db, functions)
         self.state.roster.seed(seed)
         self.leases = leases
         self.hub = hub

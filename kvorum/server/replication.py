@@ -71,7 +71,7 @@ from kvorum.protocol.encoder import OK_REPLY, encode, error_line
 from kvorum.protocol.values import OOM, CommandError, NullArray
 from kvorum.replica import state_machine
 from kvorum.replica.roster import Member
-from kvorum.server import cluster_views, dispatch, membership
+from kvorum.server import cluster_views, dispatch, membership, script_replication
 from kvorum.server.group import Group
 from kvorum.server.group_driver import GroupDriver, Unavailable
 from kvorum.server.leases import LeaseTable
@@ -109,7 +109,7 @@ def _pipelinable(client: Connection, cmd: Command) -> bool:
     barrier: the read runs on the keyspace when the barrier passes, and the
     write's entry could be applied by then (committed with the entries the read
     waits for), so the read would see a write sent after it."""
-    if client.multi is not None:
+    if client.multi is not None or "script" in cmd.flags:
         return False
     if "write" in cmd.flags:
         return client.read_waiting is None or client.read_waiting.done()
@@ -132,6 +132,9 @@ class ClusterNode:
         self._lease_term = 0  # the term in which this node's lease table was last used
         # Keys of the EVICT entries this leader proposed that have not applied yet -> their bytes.
         self._evicting: dict[bytes, int] = {}
+        # Key -> the latest write to it this leader proposed that has not applied yet. Bounded by
+        # the proposals in flight: each entry goes when its proposal settles.
+        self._pending_writes: dict[bytes, asyncio.Future] = {}
 
     # The state machine, as the driver calls it.
 
@@ -149,8 +152,19 @@ class ClusterNode:
     # Routing.
 
     def redirect(self, cmd: Command | None, argv: list[bytes]) -> bytes | None:
-        """None on the leader; else MOVED to the leader, or CLUSTERDOWN without one (each
-        counted in INFO errorstats, as Redis counts its redirections)."""
+        """None on the leader; else MOVED (for the first key's slot) to the leader, or
+        CLUSTERDOWN without one (each counted in INFO errorstats, as Redis counts its redirections)."""
+        if self.driver.leader == self.id:
+            return None
+        slot = 0
+        if cmd is not None:
+            keys = cmd.key_positions(len(argv))
+            if keys:
+                slot = key_slot(argv[keys[0]])
+        return self.redirect_slot(slot)
+
+    def redirect_slot(self, slot: int) -> bytes | None:
+        """None on the leader; else MOVED for `slot` to the leader, or CLUSTERDOWN without one."""
         leader = self.driver.leader
         if leader == self.id:
             return None
@@ -158,11 +172,6 @@ class ClusterNode:
         if address is None:
             self.state.stats.error("CLUSTERDOWN The cluster is down")
             return CLUSTERDOWN
-        slot = 0
-        if cmd is not None:
-            keys = cmd.key_positions(len(argv))
-            if keys:
-                slot = key_slot(argv[keys[0]])
         moved = f"MOVED {slot} {address.client_addr}"
         self.state.stats.error(moved)
         return b"-%s\r\n" % moved.encode()
@@ -189,12 +198,17 @@ class ClusterNode:
                 client.watch_versions = {}
             if "leader_state" in cmd.flags:
                 return dispatch.reject(client, "ERR Command not allowed inside a transaction")
+            if "script" in cmd.flags:
+                # EXEC's entry carries commands; a script's effects are known only after it ran.
+                return dispatch.reject(client, "ERR scripts are not allowed inside MULTI on a replicated node")
             if _is_data(cmd) and name not in dispatch.MULTI_DIRECT:
                 moved = self.redirect(cmd, argv)
                 if moved is not None:
                     client.multi_failed = True
                     return moved
             return dispatch.execute(client, argv, now_ms)
+        if "script" in cmd.flags:
+            return script_replication.execute(self, client, cmd, argv, now_ms)
         if "membership" in cmd.flags:
             return membership.execute(self, client, cmd, argv)
         if name == "watch":
@@ -217,7 +231,7 @@ class ClusterNode:
         """Propose a write, voiding its keys' leases first (the single node's `void_keys`)."""
         if "denyoom" in cmd.flags and self.state.db.maxmemory and not dispatch.memory_ok(client, now_ms):
             return dispatch.reject(client, OOM)
-        leases = self._leases()
+        leases = self.leases()
         if cmd.name == "leaseset":
             argv = self._lease_set(leases, argv, now_ms)
             if argv.__class__ is not list:
@@ -226,7 +240,7 @@ class ClusterNode:
             leases.void_keys(cmd, argv)
         data = state_machine.encode_command(self.stamper.next_ms(), argv)
         start_ns = time.perf_counter_ns()
-        reply = self._propose(client, data, _blind(cmd, argv))
+        reply = self._propose(client, data, _blind(cmd, argv), keys=[argv[i] for i in cmd.key_positions(len(argv))])
         stat = dispatch.STATS[cmd.full_name]
         if reply.__class__ is bytes:
             self._count(stat, reply, start_ns)
@@ -281,10 +295,10 @@ class ClusterNode:
 
     def _read(self, client: Connection, name: str, argv: list[bytes]) -> bytes:
         if name == "leaseget":
-            self._leases()
+            self.leases()
         return dispatch.execute(client, argv, int(time.time() * 1000))
 
-    def _leases(self) -> LeaseTable:
+    def leases(self) -> LeaseTable:
         """The leader's lease table, emptied when this node leads a new term: writes that
         other leaders accepted in between (a DEL of a missing key changes nothing here)
         may have voided any token it holds."""
@@ -312,15 +326,39 @@ class ClusterNode:
         return dispatch.execute(client, argv, now_ms)
 
     def _propose(self, client: Connection, data: bytes, blind: bool,
-                 finish: Callable[[object], bytes] | None = None) -> bytes | asyncio.Future:
+                 finish: Callable[[object], bytes] | None = None, keys: Sequence[bytes] = ()) -> bytes | asyncio.Future:
         try:
             inner = self.driver.propose(data, self.write_concern(client), blind, client)
         except ProposalDropped as exc:
             return error_line(f"TRYAGAIN {exc}")
+        self.note_pending(keys, inner)
         if blind:
             # None: acknowledged under `one` before it applied; else the reply it applied with.
             return _chain(inner, lambda reply: OK_REPLY if reply is None else _encode(reply, client.resp3))
         return _chain(inner, finish or (lambda reply: _encode(reply, client.resp3)))
+
+    def note_pending(self, keys: Sequence[bytes], proposal: asyncio.Future) -> None:
+        """Remember `proposal` as the latest write to `keys` until it is applied (or fails).
+
+        Only scripts read this, to copy their keys when no write to them is in flight;
+        correctness rests on the versions an entry's watches check, this saves reruns."""
+        if not keys:
+            return
+        pending = self._pending_writes
+        for key in keys:
+            pending[key] = proposal
+
+        def settled(_done: asyncio.Future) -> None:
+            for key in keys:
+                if pending.get(key) is proposal:
+                    del pending[key]
+
+        proposal.add_done_callback(settled)
+
+    def pending_writes(self, keys: Sequence[bytes]) -> list[asyncio.Future]:
+        """This leader's proposals to `keys` that have not applied yet."""
+        pending = self._pending_writes
+        return [pending[key] for key in keys if key in pending]
 
     def _after_barrier(self, client: Connection, cmd: Command, argv: list[bytes],
                        serve: Callable[[], bytes], earlier: Sequence[asyncio.Future] = ()) -> bytes | asyncio.Future:
@@ -365,7 +403,7 @@ class ClusterNode:
         if (self.state.db.maxmemory and any("denyoom" in cmd.flags for cmd, _ in queued)
                 and not dispatch.memory_ok(client, now_ms)):
             return error_line("EXECABORT Transaction discarded because of: " + OOM)
-        leases = self._leases()
+        leases = self.leases()
         argvs = []
         # One item per queued command: _LOGGED, a (command, argv) answered locally,
         # or a reply known already (a refused LEASESET's nil or error).
@@ -386,8 +424,9 @@ class ClusterNode:
         if not argvs and not watches:
             return _encode(_exec_replies(client, plan, []), client.resp3)
         data = state_machine.encode_exec(self.stamper.next_ms(), watches, argvs)
+        keys = [argv[i] for cmd, argv in queued if _is_data(cmd) for i in cmd.key_positions(len(argv))]
         return self._propose(client, data, False,
-                             lambda logged: _encode(_exec_replies(client, plan, logged), client.resp3))
+                             lambda logged: _encode(_exec_replies(client, plan, logged), client.resp3), keys)
 
     # Views (INFO replication, CLUSTER INFO / SLOTS / SHARDS / NODES / MEMBERS): kvorum.server.cluster_views.
 
@@ -537,7 +576,8 @@ async def start_replication(state: ServerState, join: list[Member] | None = None
                   secret=secret)
     on_removed = membership.removed(state)
     hub.on_removed = on_removed
-    group = Group(0, settings.node_id, state.db, state.leases, hub, seed, on_removed=on_removed)
+    group = Group(0, settings.node_id, state.db, state.leases, hub, seed, on_removed=on_removed,
+                  functions=state.functions)
     driver = GroupDriver(
         0, settings.node_id, initial, settings.data_dir, settings.fsync, hub,
         apply=lambda data, origin: node.apply(data, origin), dump=group.dump, load=group.load,

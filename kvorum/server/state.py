@@ -21,6 +21,9 @@ import os
 import time
 from typing import TYPE_CHECKING, Callable
 
+from kvorum.commands.connection import REDIS_VERSION
+from kvorum.scripting.functions import FunctionRegistry
+from kvorum.scripting.runtime import Engine
 from kvorum.server import dispatch, metrics
 from kvorum.server.command_stats import LATENCY_LINEAR_NS_MAX, ErrorStats, SlowLog
 from kvorum.settings import LOG_LEVELS_PY, Settings
@@ -115,6 +118,10 @@ class ServerState:
         # CLIENT TRACKING (client-side caching) and pub/sub of this node.
         self.tracking = Tracking(self)
         self.pubsub = PubSub()
+        # The Lua runtime and script cache (EVAL, SCRIPT ...), this node's only.
+        self.scripts = Engine(version=REDIS_VERSION)
+        # Lua function libraries (FUNCTION, FCALL); a replicated node's group applies their changes.
+        self.functions = FunctionRegistry(self.scripts)
         self.event_loop_name = "asyncio"
         self.port = settings.port
         self.shutting_down = False

@@ -537,6 +537,20 @@ class Keyspace:
         self.set(dst, value, now_ms, self._expires.get(src, 0), ext_version=self._ext_versions.get(src))
         return True
 
+    def copy_keys_to(self, other: "Keyspace", keys: Iterable[bytes], now_ms: int) -> None:
+        """Copy live keys, with their versions, deadlines and external versions, into `other`
+        (a scratch keyspace that a script runs on before its effects are replicated)."""
+        for key in keys:
+            value = self._live(key, now_ms)
+            if value is None:
+                continue
+            if value.__class__ is dict:
+                value = dict(value)
+            other.set(key, value, now_ms, self._expires.get(key, 0), ext_version=self._ext_versions.get(key))
+            entry = other._entries[key]
+            other._entries[key] = (entry[0], self._entries[key][1], entry[2])
+        other._version_last = max(other._version_last, self._version_last)
+
     def flush(self) -> None:
         self._reset()
         cb = self.on_key_modified
