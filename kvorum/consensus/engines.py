@@ -4,7 +4,7 @@ An engine registers an `EngineSpec`: a factory that builds one node from
 engine-neutral `NodeSettings`, the decoder of its MEMBERSHIP entries (the only
 engine encoding a driver must read, to know the membership at a snapshot's
 index), and its wire codec (every message object it emits has `.to` and
-`.frm`). Adding Multi-Paxos is one more `register` call.
+`.frm`). Two engines are registered: "raft" and "paxos".
 
 Engines are imported only when a node is built, so looking up the registry
 costs nothing; the deliberately broken variants an engine offers for the
@@ -84,6 +84,10 @@ class EngineSpec:
     # other side with `snapshot_message(to, frm, term, snapshot)`.
     snapshot_in: Callable[[Any], tuple[int, Snapshot] | None] = lambda message: None
     snapshot_message: Callable[[NodeId, NodeId, int, Snapshot], Any] | None = None
+    # Raft's log matching: two logs that hold the same (index, term) hold the same
+    # prefix. Multi-Paxos chooses each slot on its own, so its checker asks only
+    # that one (index, term) be one entry.
+    prefix_matching: bool = True
 
 
 _ENGINES: dict[str, EngineSpec] = {}
@@ -180,5 +184,81 @@ register(
         known_bugs=_raft_bugs,
         snapshot_in=_raft_snapshot_in,
         snapshot_message=_raft_snapshot_message,
+    )
+)
+
+
+# --- paxos ---------------------------------------------------------------------
+
+
+def _make_paxos(settings: NodeSettings) -> ReplicatedLog:
+    from kvorum.consensus.paxos import PaxosConfig, PaxosNode
+
+    # Multi-Paxos has no PreVote: acceptors already refuse new proposers while
+    # they hear a leader (check_quorum), which is what PreVote buys Raft.
+    config = PaxosConfig(
+        id=settings.id,
+        membership=settings.membership,
+        rng=settings.rng,
+        election_tick=settings.election_tick,
+        heartbeat_tick=settings.heartbeat_tick,
+        check_quorum=settings.check_quorum,
+        lease_reads=settings.lease_reads,
+        lease_drift_ticks=settings.lease_drift_ticks,
+        max_entries_per_msg=settings.max_entries_per_msg,
+        max_uncommitted_bytes=settings.max_uncommitted_bytes,
+        max_pending_reads=settings.max_pending_reads,
+    )
+    if settings.bugs:
+        from kvorum.consensus.paxos.bugs import node_class
+
+        return node_class(settings.bugs)(config, settings.restore)
+    return PaxosNode(config, settings.restore)
+
+
+def _encode_paxos_message(message: Any) -> bytes:
+    from kvorum.consensus.paxos.messages import encode_message
+
+    return encode_message(message)
+
+
+def _decode_paxos_message(data: bytes) -> Any:
+    from kvorum.consensus.paxos.messages import decode_message
+
+    return decode_message(data)
+
+
+def _paxos_snapshot_in(message: Any) -> tuple[int, Snapshot] | None:
+    from kvorum.consensus.paxos.messages import Catchup
+
+    if type(message) is Catchup:
+        return message.ballot, message.snapshot
+    return None
+
+
+def _paxos_snapshot_message(to: NodeId, frm: NodeId, ballot: int, snapshot: Snapshot) -> Any:
+    from kvorum.consensus.paxos.messages import Catchup
+
+    return Catchup(to, frm, ballot, snapshot)
+
+
+def _paxos_bugs() -> frozenset[str]:
+    from kvorum.consensus.paxos.bugs import KNOWN_BUGS
+
+    return KNOWN_BUGS
+
+
+register(
+    EngineSpec(
+        name="paxos",
+        make=_make_paxos,
+        # MEMBERSHIP entries are encoded as Raft's: one format for both engines.
+        decode_membership=_decode_raft_membership,
+        encode_message=_encode_paxos_message,
+        decode_message=_decode_paxos_message,
+        known_bugs=_paxos_bugs,
+        snapshot_in=_paxos_snapshot_in,
+        snapshot_message=_paxos_snapshot_message,
+        prefix_matching=False,
     )
 )

@@ -10,7 +10,9 @@ nodes involved have since crashed, compacted or been removed:
   configurations, removed nodes included. Every node's status is read after
   each event it handles.
 - Log matching: `entries[(index, term)]` holds the kind, data and previous
-  entry's term of the first entry seen at that slot. If every log agrees with
+  entry's term of the first entry seen at that slot (for Multi-Paxos, whose
+  slots are chosen one by one, only kind and data: one ballot proposes one
+  value per slot, and that is all it promises; `EngineSpec.prefix_matching`). If every log agrees with
   the table, then two logs that share (index, term) share the entry and, by
   induction on the previous term, the whole prefix. Entries are checked as
   the driver persists them, and every node's in-memory log
@@ -211,8 +213,9 @@ class Invariants:
         first = entries[0].index
         before = node.engine.log_entries(first - 1, first) if first > 1 else ()
         prev_term: int | None = before[0].term if before else (0 if first == 1 else None)
+        prefix = node.spec.prefix_matching
         for entry in entries:
-            self._match(node.id, entry, prev_term)
+            self._match(node.id, entry, prev_term if prefix else None)
             prev_term = entry.term
             if entry.kind is EntryKind.MEMBERSHIP and self.nodes is not None:
                 self._check_membership_step(node, entry)
@@ -246,12 +249,13 @@ class Invariants:
                 continue
             status = node.engine.status()
             prev_term: int | None = None
+            prefix = node.spec.prefix_matching
             expected = status.first_index
             for entry in node.engine.log_entries(status.first_index, status.last_index + 1):
                 if entry.index != expected:
                     raise InvariantViolation("log matching", f"{node.id}'s log has a gap before {entry.index}")
                 expected += 1
-                self._match(node.id, entry, prev_term if entry.index > 1 else 0)
+                self._match(node.id, entry, (prev_term if entry.index > 1 else 0) if prefix else None)
                 prev_term = entry.term
 
     def on_snapshot(self, node: SimNode, snap: Snapshot) -> None:
