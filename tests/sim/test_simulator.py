@@ -295,6 +295,7 @@ class _FakeNode:
     def __init__(self, node_id, role, term, log=()):
         self.id = node_id
         self.engine = _FakeEngine(role, term, list(log))
+        self.spec = engines.get("raft")
         self.up = True
 
 
